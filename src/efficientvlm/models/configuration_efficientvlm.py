@@ -1,0 +1,319 @@
+"""EfficientVLM configuration.
+
+One config with three sub-configs (vision, text, fusion). The config is the single source of truth for every
+shape in the model, including the per-layer sizes of a pruned model:
+
+* ``num_attention_heads`` (and, for fusion, ``num_cross_attention_heads``) and ``intermediate_size`` are either
+  an ``int`` (the same for every layer) or a ``list`` with one entry per layer;
+* ``0`` means that sub-block is absent in that layer: the residual stream passes through unchanged;
+* ``head_dim`` is stored explicitly, because removing heads does not change the width of the remaining ones.
+
+Defaults are the paper's teacher, X-VLM_clip: a CLIP ViT-B/16 vision tower (12 layers, 224 px), 6 BERT-base text
+layers and 6 fusion layers (self-attention, cross-attention to the image tokens, FFN). ``EfficientVLMConfig.student()``
+gives the paper's 6/3/3 student.
+
+This file is shipped to the Hub as remote code: it imports only transformers and the standard library.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import PreTrainedConfig
+from transformers.activations import ACT2FN
+
+
+def _per_layer(config: PreTrainedConfig, field: str) -> list[int]:
+    value = getattr(config, field)
+    if isinstance(value, (list, tuple)):
+        return [int(v) for v in value]
+    return [int(value)] * config.num_hidden_layers
+
+
+class _EncoderConfigMixin:
+    """Shared validation and per-layer accessors of the three encoder configs."""
+
+    #: fields that may be an int or a per-layer list
+    per_layer_fields: tuple[str, ...] = ("num_attention_heads", "intermediate_size")
+
+    def per_layer(self, field: str) -> list[int]:
+        """The value of ``field`` for every layer, as a list of ``num_hidden_layers`` ints."""
+        if field not in self.per_layer_fields:
+            raise KeyError(f"{field!r} is not a per-layer field of {type(self).__name__}: {self.per_layer_fields}")
+        return _per_layer(self, field)
+
+    def _validate_encoder(self) -> None:
+        name = type(self).__name__
+        for field in ("hidden_size", "head_dim"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name}.{field} must be a positive int, got {value!r}.")
+        layers = self.num_hidden_layers
+        if not isinstance(layers, int) or isinstance(layers, bool) or layers < 0:
+            raise ValueError(f"{name}.num_hidden_layers must be an int >= 0, got {layers!r}.")
+        for field in self.per_layer_fields:
+            value = getattr(self, field)
+            if isinstance(value, (list, tuple)):
+                if len(value) != layers:
+                    raise ValueError(
+                        f"{name}.{field} has {len(value)} entries but num_hidden_layers is {layers}: give one entry "
+                        f"per layer, or a single int for all layers."
+                    )
+                values = list(value)
+            else:
+                values = [value]
+            for i, v in enumerate(values):
+                if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                    where = f"[{i}]" if isinstance(value, (list, tuple)) else ""
+                    raise ValueError(f"{name}.{field}{where} must be an int >= 0 (0 = sub-block absent), got {v!r}.")
+        if self.hidden_act not in ACT2FN:
+            raise ValueError(f"{name}.hidden_act={self.hidden_act!r} is unknown; choose one of {sorted(ACT2FN)}.")
+        if self.layer_norm_eps <= 0:
+            raise ValueError(f"{name}.layer_norm_eps must be > 0, got {self.layer_norm_eps!r}.")
+
+
+class EfficientVLMVisionConfig(_EncoderConfigMixin, PreTrainedConfig):
+    r"""Vision tower: a pre-LayerNorm CLIP ViT.
+
+    Args:
+        hidden_size: width of the residual stream.
+        num_hidden_layers: number of transformer layers.
+        num_attention_heads: heads per layer (int, or a list with one entry per layer; 0 = no attention block).
+        head_dim: width of one attention head.
+        intermediate_size: FFN width (int or per-layer list; 0 = no FFN block).
+        hidden_act: FFN activation (CLIP uses ``quick_gelu``).
+        image_size: the resolution the position embeddings were trained for. Other resolutions are handled by
+            interpolating the position embeddings (see ``EfficientVLMModel.resize_position_embeddings``).
+        patch_size: side of a square patch.
+        num_channels: image channels.
+        layer_norm_eps: LayerNorm epsilon.
+        attention_dropout: dropout on attention probabilities.
+        initializer_range: std of the truncated-normal weight init.
+    """
+
+    model_type = "efficientvlm_vision"
+    base_config_key = "vision_config"
+
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int | list[int] = 12
+    head_dim: int = 64
+    intermediate_size: int | list[int] = 3072
+    hidden_act: str = "quick_gelu"
+    image_size: int = 224
+    patch_size: int = 16
+    num_channels: int = 3
+    layer_norm_eps: float = 1e-5
+    attention_dropout: float = 0.0
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        self._validate_encoder()
+        for field in ("image_size", "patch_size", "num_channels"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"EfficientVLMVisionConfig.{field} must be a positive int, got {value!r}.")
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"EfficientVLMVisionConfig.image_size={self.image_size} is not a multiple of "
+                f"patch_size={self.patch_size}."
+            )
+        super().__post_init__(**kwargs)
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+class EfficientVLMTextConfig(_EncoderConfigMixin, PreTrainedConfig):
+    r"""Text encoder: post-LayerNorm BERT layers (self-attention, FFN) with BERT embeddings.
+
+    Args:
+        vocab_size: WordPiece vocabulary size (bert-base-uncased: 30522).
+        hidden_size, num_hidden_layers, num_attention_heads, head_dim, intermediate_size: as for vision.
+        hidden_act: FFN activation.
+        hidden_dropout_prob: dropout on sub-block outputs and embeddings.
+        attention_probs_dropout_prob: dropout on attention probabilities.
+        max_position_embeddings: longest sequence.
+        type_vocab_size: number of token types.
+        layer_norm_eps: LayerNorm epsilon.
+        pad_token_id, bos_token_id, eos_token_id, mask_token_id: special tokens of the tokenizer ([PAD], [CLS],
+            [SEP], [MASK] for BERT). The captioning decoder starts from ``bos_token_id`` and stops at
+            ``eos_token_id``.
+        initializer_range: std of the normal weight init.
+    """
+
+    model_type = "efficientvlm_text"
+    base_config_key = "text_config"
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 6
+    num_attention_heads: int | list[int] = 12
+    head_dim: int = 64
+    intermediate_size: int | list[int] = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int | None = 0
+    bos_token_id: int | None = 101
+    eos_token_id: int | None = 102
+    mask_token_id: int | None = 103
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        self._validate_encoder()
+        for field in ("vocab_size", "max_position_embeddings", "type_vocab_size"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"EfficientVLMTextConfig.{field} must be a positive int, got {value!r}.")
+        for field in ("pad_token_id", "bos_token_id", "eos_token_id", "mask_token_id"):
+            value = getattr(self, field)
+            if value is not None and not 0 <= value < self.vocab_size:
+                raise ValueError(
+                    f"EfficientVLMTextConfig.{field}={value} is outside the vocabulary (vocab_size={self.vocab_size})."
+                )
+        super().__post_init__(**kwargs)
+
+
+class EfficientVLMFusionConfig(_EncoderConfigMixin, PreTrainedConfig):
+    r"""Fusion (cross-modal) encoder: post-LayerNorm BERT layers with self-attention over the text, cross-attention
+    from the text to the image tokens, and an FFN. It continues the text residual stream, so its ``hidden_size``
+    equals the text encoder's; the cross-attention keys and values read the vision tower's output
+    (``encoder_hidden_size``, filled in from the vision config).
+
+    Args:
+        num_cross_attention_heads: cross-attention heads per layer (int or per-layer list; 0 = no cross-attention).
+        other fields: as for the text config.
+    """
+
+    model_type = "efficientvlm_fusion"
+    base_config_key = "fusion_config"
+    per_layer_fields = ("num_attention_heads", "num_cross_attention_heads", "intermediate_size")
+
+    hidden_size: int = 768
+    num_hidden_layers: int = 6
+    num_attention_heads: int | list[int] = 12
+    num_cross_attention_heads: int | list[int] = 12
+    head_dim: int = 64
+    intermediate_size: int | list[int] = 3072
+    encoder_hidden_size: int | None = None
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    layer_norm_eps: float = 1e-12
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        self._validate_encoder()
+        if self.encoder_hidden_size is not None and self.encoder_hidden_size <= 0:
+            raise ValueError(
+                f"EfficientVLMFusionConfig.encoder_hidden_size must be positive, got {self.encoder_hidden_size!r}."
+            )
+        super().__post_init__(**kwargs)
+
+
+_SUB_CONFIGS = {
+    "vision_config": EfficientVLMVisionConfig,
+    "text_config": EfficientVLMTextConfig,
+    "fusion_config": EfficientVLMFusionConfig,
+}
+
+
+class EfficientVLMConfig(PreTrainedConfig):
+    r"""Configuration of an EfficientVLM model (teacher, student or pruned student).
+
+    Args:
+        vision_config: dict or ``EfficientVLMVisionConfig``.
+        text_config: dict or ``EfficientVLMTextConfig``.
+        fusion_config: dict or ``EfficientVLMFusionConfig``.
+        projection_dim: width of the image-text contrastive (ITC) projections.
+        temperature: initial ITC temperature (learnable; clamped to [0.001, 0.5] as in X-VLM).
+        tie_word_embeddings: tie the MLM / captioning output layer to the word embeddings.
+        pruning_info: optional record of what pruning did (target, achieved sparsity per modality, parameter
+            counts). Informational only: shapes are always read from the sub-configs.
+
+    Example:
+
+    ```python
+    >>> from efficientvlm import EfficientVLMConfig, EfficientVLMModel
+    >>> teacher_config = EfficientVLMConfig()            # X-VLM_clip teacher: 12 vision / 6 text / 6 fusion layers
+    >>> student_config = EfficientVLMConfig.student()    # EfficientVLM student: 6 / 3 / 3
+    >>> pruned = EfficientVLMConfig(vision_config={"num_hidden_layers": 2, "num_attention_heads": [12, 3],
+    ...                                            "intermediate_size": [3072, 0]})
+    ```
+    """
+
+    model_type = "efficientvlm"
+    sub_configs_defaults = _SUB_CONFIGS
+
+    vision_config: dict | EfficientVLMVisionConfig | None = None
+    text_config: dict | EfficientVLMTextConfig | None = None
+    fusion_config: dict | EfficientVLMFusionConfig | None = None
+    projection_dim: int = 256
+    temperature: float = 0.07
+    initializer_range: float = 0.02
+    tie_word_embeddings: bool = True
+    pruning_info: dict | None = None
+
+    def __post_init__(self, **kwargs):
+        for key, cls in _SUB_CONFIGS.items():
+            value = getattr(self, key)
+            if value is None:
+                value = cls()
+            elif isinstance(value, dict):
+                value = cls(**value)
+            elif not isinstance(value, cls):
+                raise ValueError(f"EfficientVLMConfig.{key} must be a dict or {cls.__name__}, got {type(value)}.")
+            setattr(self, key, value)
+        if self.fusion_config.encoder_hidden_size is None:
+            self.fusion_config.encoder_hidden_size = self.vision_config.hidden_size
+        elif self.fusion_config.encoder_hidden_size != self.vision_config.hidden_size:
+            raise ValueError(
+                f"fusion_config.encoder_hidden_size={self.fusion_config.encoder_hidden_size} does not match "
+                f"vision_config.hidden_size={self.vision_config.hidden_size}: the cross-attention reads the vision "
+                f"tower's output."
+            )
+        if self.fusion_config.hidden_size != self.text_config.hidden_size:
+            raise ValueError(
+                f"fusion_config.hidden_size={self.fusion_config.hidden_size} differs from "
+                f"text_config.hidden_size={self.text_config.hidden_size}: the fusion encoder continues the text "
+                f"residual stream, so the widths must be equal."
+            )
+        if not isinstance(self.projection_dim, int) or self.projection_dim <= 0:
+            raise ValueError(f"EfficientVLMConfig.projection_dim must be a positive int, got {self.projection_dim!r}.")
+        if not 0 < self.temperature:
+            raise ValueError(f"EfficientVLMConfig.temperature must be > 0, got {self.temperature!r}.")
+        super().__post_init__(**kwargs)
+
+    @classmethod
+    def student(cls, vision_layers: int = 6, text_layers: int = 3, fusion_layers: int = 3, **kwargs: Any):
+        """The paper's student (6 vision, 3 text, 3 fusion layers) with the teacher's widths.
+
+        Keyword arguments update the top-level config; sub-config dicts are merged into the student layer counts.
+        """
+        sub = {
+            "vision_config": {"num_hidden_layers": vision_layers},
+            "text_config": {"num_hidden_layers": text_layers},
+            "fusion_config": {"num_hidden_layers": fusion_layers},
+        }
+        for key in sub:
+            extra = kwargs.pop(key, None) or {}
+            if isinstance(extra, PreTrainedConfig):
+                extra = extra.to_dict()
+            sub[key] = {**extra, **sub[key]}
+        return cls(**sub, **kwargs)
+
+    def layer_sizes(self) -> dict[str, dict[str, list[int]]]:
+        """Per-modality, per-layer sizes: ``{"vision": {"num_attention_heads": [...], ...}, ...}``."""
+        return {
+            modality: {field: sub.per_layer(field) for field in sub.per_layer_fields}
+            for modality, sub in (("vision", self.vision_config), ("text", self.text_config),
+                                  ("fusion", self.fusion_config))
+        }
+
+
+__all__ = ["EfficientVLMConfig", "EfficientVLMVisionConfig", "EfficientVLMTextConfig", "EfficientVLMFusionConfig"]

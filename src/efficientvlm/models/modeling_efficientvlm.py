@@ -1,0 +1,1189 @@
+"""EfficientVLM modeling, top down: embeddings, attention, MLP, layers, encoders, the base model, the task heads.
+
+Architecture (X-VLM with a CLIP vision tower, as in the EfficientVLM paper):
+
+* a pre-LayerNorm CLIP ViT encodes the image into patch tokens (``image_embeds``);
+* post-LayerNorm BERT layers encode the text (``text_embeds``);
+* fusion layers continue the text stream: self-attention, cross-attention from text to image tokens, FFN.
+  The fused ``[CLS]`` token is the joint representation.
+
+Every layer is built from the per-layer sizes of the config, so a pruned model is an ordinary dense model whose
+layers differ in size. A layer whose attention or FFN has size 0 has no such sub-block: the residual passes
+through.
+
+Pruning hooks. Attention modules, MLPs and layers carry *gate* attributes that are ``None`` by default and are
+not part of the ``state_dict``: ``EfficientVLMAttention.head_gate`` (one value per head, scales each head's context
+vector before the output projection), ``EfficientVLMMLP.neuron_gate`` (one value per FFN neuron, scales the
+activations) and the layer's ``attention_gate`` / ``cross_attention_gate`` / ``ffn_gate`` (one value per
+sub-block). A sub-block whose combined gate is 0 - or all of whose heads / neurons are gated to 0 - behaves exactly
+like an absent one, so a masked model and its materialised (sliced) counterpart compute the same function.
+
+This file is shipped to the Hub as remote code: it imports only torch, transformers and its sibling modules.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.generation import GenerationConfig, GenerationMixin
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import ModelOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from .configuration_efficientvlm import EfficientVLMConfig, EfficientVLMFusionConfig
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Outputs
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EfficientVLMEncoderOutput(ModelOutput):
+    """Output of one encoder stack.
+
+    Args:
+        last_hidden_state: ``(batch, seq, hidden)``.
+        hidden_states: the input of the stack and the output of every layer (``num_layers + 1`` tensors).
+        attentions: per layer, self-attention probabilities ``(batch, heads, seq, seq)``; ``None`` for a layer
+            without self-attention.
+        cross_attentions: fusion only: per layer, cross-attention probabilities ``(batch, heads, seq, image_seq)``.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor | None, ...] | None = None
+    cross_attentions: tuple[torch.FloatTensor | None, ...] | None = None
+
+
+@dataclass
+class EfficientVLMModelOutput(ModelOutput):
+    """Output of ``EfficientVLMModel`` and the per-encoder fields shared by every head's output.
+
+    Args:
+        last_hidden_state: fusion output ``(batch, text_seq, hidden)``.
+        pooler_output: the fused ``[CLS]`` token ``(batch, hidden)``.
+        image_embeds: vision tower output ``(batch, image_seq, vision_hidden)``.
+        text_embeds: text encoder output ``(batch, text_seq, hidden)``.
+        vision_hidden_states, vision_attentions, text_hidden_states, text_attentions, fusion_hidden_states,
+        fusion_attentions, fusion_cross_attentions: per-layer states, when requested.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+    vision_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    vision_attentions: tuple[torch.FloatTensor | None, ...] | None = None
+    text_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    text_attentions: tuple[torch.FloatTensor | None, ...] | None = None
+    fusion_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    fusion_attentions: tuple[torch.FloatTensor | None, ...] | None = None
+    fusion_cross_attentions: tuple[torch.FloatTensor | None, ...] | None = None
+
+
+@dataclass
+class EfficientVLMHeadOutput(ModelOutput):
+    """Common output of the task heads: ``loss``, ``logits`` and the per-encoder states when requested.
+
+    Per-encoder fields are only filled when ``output_hidden_states`` / ``output_attentions`` is set, so that
+    evaluation loops do not gather them.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    vision_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    vision_attentions: tuple[torch.FloatTensor | None, ...] | None = None
+    text_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    text_attentions: tuple[torch.FloatTensor | None, ...] | None = None
+    fusion_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    fusion_attentions: tuple[torch.FloatTensor | None, ...] | None = None
+    fusion_cross_attentions: tuple[torch.FloatTensor | None, ...] | None = None
+
+
+@dataclass
+class EfficientVLMRetrievalOutput(EfficientVLMHeadOutput):
+    """Output of ``EfficientVLMForImageTextRetrieval``.
+
+    Args:
+        loss: ``itc_loss + itm_loss``.
+        logits: ITM logits ``(n_pairs, 2)`` of the fused pairs: the ``batch`` positives, then one mined negative
+            text per image and one mined negative image per text (``3 * batch`` pairs when ``batch > 1``).
+        itm_labels: 1 for positive pairs, 0 for negatives.
+        itc_loss, itm_loss: the two task losses.
+        logits_per_image, logits_per_text: ITC similarities divided by the temperature ``(batch, batch)``.
+        image_features, text_features: L2-normalised ITC projections ``(batch, projection_dim)``.
+        itm_negative_text_index, itm_negative_image_index: the mined negatives, so that a teacher can score the
+            very same pairs (pass them back into ``forward``).
+        fusion_* fields: states of the fusion pass over all ITM pairs (positives first).
+    """
+
+    itm_labels: torch.LongTensor | None = None
+    itc_loss: torch.FloatTensor | None = None
+    itm_loss: torch.FloatTensor | None = None
+    logits_per_image: torch.FloatTensor | None = None
+    logits_per_text: torch.FloatTensor | None = None
+    image_features: torch.FloatTensor | None = None
+    text_features: torch.FloatTensor | None = None
+    itm_negative_text_index: torch.LongTensor | None = None
+    itm_negative_image_index: torch.LongTensor | None = None
+
+
+@dataclass
+class EfficientVLMPreTrainingOutput(EfficientVLMRetrievalOutput):
+    """Output of ``EfficientVLMForPreTraining``: the retrieval fields plus masked language modelling.
+
+    Args:
+        loss: ``itc_loss + itm_loss + mlm_loss``.
+        mlm_loss: masked language modelling loss.
+        mlm_logits: ``(batch, text_seq, vocab)``.
+        mlm_text_hidden_states, mlm_text_attentions, mlm_fusion_hidden_states, mlm_fusion_attentions,
+        mlm_fusion_cross_attentions: states of the text + fusion pass over the masked text.
+    """
+
+    mlm_loss: torch.FloatTensor | None = None
+    mlm_logits: torch.FloatTensor | None = None
+    mlm_text_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    mlm_text_attentions: tuple[torch.FloatTensor | None, ...] | None = None
+    mlm_fusion_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    mlm_fusion_attentions: tuple[torch.FloatTensor | None, ...] | None = None
+    mlm_fusion_cross_attentions: tuple[torch.FloatTensor | None, ...] | None = None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Masks and attention
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def build_attention_mask(
+    attention_mask: torch.Tensor | None, seq_len: int, dtype: torch.dtype, device: torch.device, causal: bool = False
+) -> torch.Tensor | None:
+    """Turn a ``(batch, seq)`` 1/0 padding mask into an additive ``(batch, 1, q, k)`` mask (optionally causal)."""
+    if attention_mask is None and not causal:
+        return None
+    keep = None
+    if attention_mask is not None:
+        keep = attention_mask[:, None, None, :].to(device=device, dtype=torch.bool)
+    if causal:
+        tri = torch.ones(seq_len, seq_len, dtype=torch.bool, device=device).tril()[None, None]
+        keep = tri if keep is None else keep & tri
+    return torch.zeros(keep.shape, dtype=dtype, device=device).masked_fill(~keep, torch.finfo(dtype).min)
+
+
+def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """Plain softmax attention that also returns the attention probabilities (which distillation needs)."""
+    weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        weights = weights + attention_mask
+    weights = F.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    output = torch.matmul(weights, value).transpose(1, 2).contiguous()
+    return output, weights
+
+
+def _nonempty(gate: torch.Tensor) -> torch.Tensor:
+    """1.0 if any entry of ``gate`` is non-zero, else 0.0 - computed on device, without a host sync."""
+    return (gate != 0).any().to(gate.dtype)
+
+
+def _combine_gates(block_gate: torch.Tensor | None, unit_gate: torch.Tensor | None) -> torch.Tensor | None:
+    """The gate of a whole sub-block: its own gate times "does any head / neuron survive"."""
+    gate = block_gate
+    if unit_gate is not None:
+        alive = _nonempty(unit_gate)
+        gate = alive if gate is None else gate * alive
+    return gate
+
+
+class EfficientVLMAttention(nn.Module):
+    """Multi-head attention with ``num_heads`` heads of width ``head_dim`` (self- or cross-attention).
+
+    The attention kernel comes from transformers' attention interface (``config._attn_implementation``: ``sdpa``
+    by default). When attention probabilities are requested the eager kernel is used, since fused kernels do not
+    return them.
+    """
+
+    def __init__(self, config: EfficientVLMConfig, hidden_size: int, num_heads: int, head_dim: int,
+                 dropout: float = 0.0, kv_input_size: int | None = None):
+        super().__init__()
+        self.config = config
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.scaling = head_dim**-0.5
+        self.dropout = dropout
+        self.is_causal = False  # causality is always given through the explicit mask
+        inner = num_heads * head_dim
+        kv_input_size = kv_input_size or hidden_size
+        self.q_proj = nn.Linear(hidden_size, inner)
+        self.k_proj = nn.Linear(kv_input_size, inner)
+        self.v_proj = nn.Linear(kv_input_size, inner)
+        self.out_proj = nn.Linear(inner, hidden_size)
+        self.head_gate: torch.Tensor | None = None  # pruning hook, shape (num_heads,)
+
+    def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None, output_attentions=False):
+        batch, q_len, _ = hidden_states.shape
+        kv_states = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        kv_len = kv_states.shape[1]
+        query = self.q_proj(hidden_states).view(batch, q_len, self.num_heads, self.head_dim).transpose(1, 2)
+        key = self.k_proj(kv_states).view(batch, kv_len, self.num_heads, self.head_dim).transpose(1, 2)
+        value = self.v_proj(kv_states).view(batch, kv_len, self.num_heads, self.head_dim).transpose(1, 2)
+
+        implementation = "eager" if output_attentions else self.config._attn_implementation
+        attention_fn = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+        context, weights = attention_fn(
+            self, query, key, value, attention_mask,
+            scaling=self.scaling, dropout=self.dropout if self.training else 0.0, is_causal=False,
+        )
+        if self.head_gate is not None:  # context: (batch, q_len, heads, head_dim)
+            context = context * self.head_gate.to(context.dtype).view(1, 1, self.num_heads, 1)
+        output = self.out_proj(context.reshape(batch, q_len, self.num_heads * self.head_dim))
+        return output, (weights if output_attentions else None)
+
+
+class EfficientVLMMLP(nn.Module):
+    """Feed-forward block ``fc2(act(fc1(x)))`` with ``intermediate_size`` neurons."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, hidden_act: str):
+        super().__init__()
+        self.fc1 = nn.Linear(hidden_size, intermediate_size)
+        self.act = ACT2FN[hidden_act]
+        self.fc2 = nn.Linear(intermediate_size, hidden_size)
+        self.neuron_gate: torch.Tensor | None = None  # pruning hook, shape (intermediate_size,)
+
+    def forward(self, hidden_states):
+        hidden_states = self.act(self.fc1(hidden_states))
+        if self.neuron_gate is not None:
+            hidden_states = hidden_states * self.neuron_gate.to(hidden_states.dtype)
+        return self.fc2(hidden_states)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Layers
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class EfficientVLMVisionLayer(GradientCheckpointingLayer):
+    """Pre-LayerNorm CLIP layer: ``x + attn(ln1(x))`` then ``x + mlp(ln2(x))``. Absent sub-blocks pass through."""
+
+    def __init__(self, config: EfficientVLMConfig, layer_idx: int):
+        super().__init__()
+        vc = config.vision_config
+        heads = vc.per_layer("num_attention_heads")[layer_idx]
+        ffn = vc.per_layer("intermediate_size")[layer_idx]
+        self.layer_norm1 = nn.LayerNorm(vc.hidden_size, eps=vc.layer_norm_eps) if heads else None
+        self.self_attn = (
+            EfficientVLMAttention(config, vc.hidden_size, heads, vc.head_dim, vc.attention_dropout) if heads else None
+        )
+        self.layer_norm2 = nn.LayerNorm(vc.hidden_size, eps=vc.layer_norm_eps) if ffn else None
+        self.mlp = EfficientVLMMLP(vc.hidden_size, ffn, vc.hidden_act) if ffn else None
+        self.attention_gate: torch.Tensor | None = None  # pruning hooks (scalars)
+        self.ffn_gate: torch.Tensor | None = None
+
+    def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None, output_attentions=False):
+        attn_weights = None
+        if self.self_attn is not None:
+            branch, attn_weights = self.self_attn(
+                self.layer_norm1(hidden_states), attention_mask, output_attentions=output_attentions
+            )
+            gate = _combine_gates(self.attention_gate, self.self_attn.head_gate)
+            hidden_states = hidden_states + (branch if gate is None else gate * branch)
+        if self.mlp is not None:
+            branch = self.mlp(self.layer_norm2(hidden_states))
+            gate = _combine_gates(self.ffn_gate, self.mlp.neuron_gate)
+            hidden_states = hidden_states + (branch if gate is None else gate * branch)
+        return hidden_states, attn_weights, None
+
+
+class EfficientVLMTextLayer(GradientCheckpointingLayer):
+    """Post-LayerNorm BERT layer: ``ln(x + attn(x))``, [``ln(x + cross_attn(x, image))``], ``ln(x + mlp(x))``.
+
+    Used for the text encoder (no cross-attention) and the fusion encoder (with cross-attention). A gated
+    sub-block computes ``x + g * (ln(x + branch(x)) - x)``: the usual block for ``g = 1`` and an exact
+    pass-through for ``g = 0``, the same as an absent block.
+    """
+
+    def __init__(self, config: EfficientVLMConfig, layer_idx: int, fusion: bool):
+        super().__init__()
+        sub = config.fusion_config if fusion else config.text_config
+        hidden = sub.hidden_size
+        heads = sub.per_layer("num_attention_heads")[layer_idx]
+        cross_heads = sub.per_layer("num_cross_attention_heads")[layer_idx] if fusion else 0
+        ffn = sub.per_layer("intermediate_size")[layer_idx]
+        attn_dropout = sub.attention_probs_dropout_prob
+
+        def layer_norm():
+            return nn.LayerNorm(hidden, eps=sub.layer_norm_eps)
+
+        self.self_attn = EfficientVLMAttention(config, hidden, heads, sub.head_dim, attn_dropout) if heads else None
+        self.self_attn_layer_norm = layer_norm() if heads else None
+        self.cross_attn = (
+            EfficientVLMAttention(config, hidden, cross_heads, sub.head_dim, attn_dropout,
+                                  kv_input_size=config.vision_config.hidden_size)
+            if cross_heads else None
+        )
+        self.cross_attn_layer_norm = layer_norm() if cross_heads else None
+        self.mlp = EfficientVLMMLP(hidden, ffn, sub.hidden_act) if ffn else None
+        self.final_layer_norm = layer_norm() if ffn else None
+        self.dropout = nn.Dropout(sub.hidden_dropout_prob)
+        self.attention_gate: torch.Tensor | None = None  # pruning hooks (scalars)
+        self.cross_attention_gate: torch.Tensor | None = None
+        self.ffn_gate: torch.Tensor | None = None
+
+    def _residual(self, residual, branch, layer_norm, gate):
+        output = layer_norm(residual + self.dropout(branch))
+        return output if gate is None else residual + gate * (output - residual)
+
+    def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None, output_attentions=False):
+        attn_weights = cross_weights = None
+        if self.self_attn is not None:
+            branch, attn_weights = self.self_attn(hidden_states, attention_mask, output_attentions=output_attentions)
+            gate = _combine_gates(self.attention_gate, self.self_attn.head_gate)
+            hidden_states = self._residual(hidden_states, branch, self.self_attn_layer_norm, gate)
+        if self.cross_attn is not None:
+            if encoder_hidden_states is None:
+                raise ValueError("A fusion layer with cross-attention needs the image tokens (encoder_hidden_states).")
+            branch, cross_weights = self.cross_attn(
+                hidden_states, None, encoder_hidden_states, output_attentions=output_attentions
+            )
+            gate = _combine_gates(self.cross_attention_gate, self.cross_attn.head_gate)
+            hidden_states = self._residual(hidden_states, branch, self.cross_attn_layer_norm, gate)
+        if self.mlp is not None:
+            branch = self.mlp(hidden_states)
+            gate = _combine_gates(self.ffn_gate, self.mlp.neuron_gate)
+            hidden_states = self._residual(hidden_states, branch, self.final_layer_norm, gate)
+        return hidden_states, attn_weights, cross_weights
+
+
+class EfficientVLMEncoder(nn.Module):
+    """A stack of layers that collects hidden states and attention maps."""
+
+    def __init__(self, layers: list[nn.Module]):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None,
+                output_attentions=False, output_hidden_states=False) -> EfficientVLMEncoderOutput:
+        all_hidden = (hidden_states,) if output_hidden_states else None
+        all_attn = () if output_attentions else None
+        all_cross = () if output_attentions and encoder_hidden_states is not None else None
+        for layer in self.layers:
+            # positional arguments, as gradient checkpointing requires
+            hidden_states, attn, cross = layer(hidden_states, attention_mask, encoder_hidden_states, output_attentions)
+            if output_hidden_states:
+                all_hidden += (hidden_states,)
+            if output_attentions:
+                all_attn += (attn,)
+                if all_cross is not None:
+                    all_cross += (cross,)
+        return EfficientVLMEncoderOutput(
+            last_hidden_state=hidden_states, hidden_states=all_hidden, attentions=all_attn, cross_attentions=all_cross
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Encoders
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class EfficientVLMVisionEmbeddings(nn.Module):
+    """CLIP patch + class + position embeddings; position embeddings are interpolated for other resolutions."""
+
+    def __init__(self, config: EfficientVLMConfig):
+        super().__init__()
+        vc = config.vision_config
+        self.config = vc
+        self.patch_size = vc.patch_size
+        self.class_embedding = nn.Parameter(torch.zeros(vc.hidden_size))
+        self.patch_embedding = nn.Conv2d(vc.num_channels, vc.hidden_size, vc.patch_size, vc.patch_size, bias=False)
+        self.position_embedding = nn.Embedding(vc.num_patches + 1, vc.hidden_size)
+
+    def interpolated_position_embeddings(self, height: int, width: int) -> torch.Tensor:
+        """Position embeddings for a ``height x width`` image: bicubic interpolation of the patch grid."""
+        table = self.position_embedding.weight
+        grid = int(math.sqrt(table.shape[0] - 1))
+        new_h, new_w = height // self.patch_size, width // self.patch_size
+        if (new_h, new_w) == (grid, grid):
+            return table
+        patch_pos = table[1:].reshape(1, grid, grid, -1).permute(0, 3, 1, 2)
+        patch_pos = F.interpolate(patch_pos.float(), size=(new_h, new_w), mode="bicubic", align_corners=False)
+        patch_pos = patch_pos.to(table.dtype).permute(0, 2, 3, 1).reshape(new_h * new_w, -1)
+        return torch.cat([table[:1], patch_pos], dim=0)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if pixel_values.dim() != 4 or pixel_values.shape[1] != self.config.num_channels:
+            raise ValueError(
+                f"pixel_values must have shape (batch, {self.config.num_channels}, height, width), got "
+                f"{tuple(pixel_values.shape)}; use EfficientVLMProcessor / EfficientVLMImageProcessor to prepare images."
+            )
+        height, width = pixel_values.shape[-2:]
+        if height % self.patch_size or width % self.patch_size:
+            raise ValueError(f"Image size {height}x{width} is not a multiple of the patch size {self.patch_size}.")
+        weight_dtype = self.patch_embedding.weight.dtype
+        patches = self.patch_embedding(pixel_values.to(weight_dtype)).flatten(2).transpose(1, 2)
+        cls = self.class_embedding.to(patches.dtype).expand(patches.shape[0], 1, -1)
+        embeddings = torch.cat([cls, patches], dim=1)
+        return embeddings + self.interpolated_position_embeddings(height, width).to(patches.dtype)[None]
+
+
+class EfficientVLMVisionTransformer(nn.Module):
+    """CLIP ViT: embeddings, ``pre_layrnorm``, pre-LN layers, ``post_layernorm`` over every token."""
+
+    def __init__(self, config: EfficientVLMConfig):
+        super().__init__()
+        vc = config.vision_config
+        self.embeddings = EfficientVLMVisionEmbeddings(config)
+        self.pre_layrnorm = nn.LayerNorm(vc.hidden_size, eps=vc.layer_norm_eps)
+        self.encoder = EfficientVLMEncoder([EfficientVLMVisionLayer(config, i) for i in range(vc.num_hidden_layers)])
+        self.post_layernorm = nn.LayerNorm(vc.hidden_size, eps=vc.layer_norm_eps)
+
+    def forward(self, pixel_values, output_attentions=False, output_hidden_states=False) -> EfficientVLMEncoderOutput:
+        hidden_states = self.pre_layrnorm(self.embeddings(pixel_values))
+        outputs = self.encoder(hidden_states, None, None, output_attentions, output_hidden_states)
+        outputs.last_hidden_state = self.post_layernorm(outputs.last_hidden_state)
+        return outputs
+
+
+class EfficientVLMTextEmbeddings(nn.Module):
+    """BERT embeddings: word + position + token type, LayerNorm, dropout."""
+
+    def __init__(self, config: EfficientVLMConfig):
+        super().__init__()
+        tc = config.text_config
+        self.word_embeddings = nn.Embedding(tc.vocab_size, tc.hidden_size, padding_idx=tc.pad_token_id)
+        self.position_embeddings = nn.Embedding(tc.max_position_embeddings, tc.hidden_size)
+        self.token_type_embeddings = nn.Embedding(tc.type_vocab_size, tc.hidden_size)
+        self.layer_norm = nn.LayerNorm(tc.hidden_size, eps=tc.layer_norm_eps)
+        self.dropout = nn.Dropout(tc.hidden_dropout_prob)
+
+    def forward(self, input_ids, token_type_ids=None):
+        seq_len = input_ids.shape[1]
+        if seq_len > self.position_embeddings.num_embeddings:
+            raise ValueError(
+                f"Text of {seq_len} tokens is longer than max_position_embeddings="
+                f"{self.position_embeddings.num_embeddings}; truncate it (the processor's max_length)."
+            )
+        positions = torch.arange(seq_len, device=input_ids.device)[None]
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        embeddings = (
+            self.word_embeddings(input_ids) + self.position_embeddings(positions)
+            + self.token_type_embeddings(token_type_ids)
+        )
+        return self.dropout(self.layer_norm(embeddings))
+
+
+class EfficientVLMTextEncoder(nn.Module):
+    """BERT text encoder: embeddings and post-LN self-attention layers."""
+
+    def __init__(self, config: EfficientVLMConfig):
+        super().__init__()
+        self.embeddings = EfficientVLMTextEmbeddings(config)
+        self.encoder = EfficientVLMEncoder(
+            [EfficientVLMTextLayer(config, i, fusion=False) for i in range(config.text_config.num_hidden_layers)]
+        )
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, causal=False,
+                output_attentions=False, output_hidden_states=False) -> EfficientVLMEncoderOutput:
+        hidden_states = self.embeddings(input_ids, token_type_ids)
+        mask = build_attention_mask(attention_mask, input_ids.shape[1], hidden_states.dtype, hidden_states.device,
+                                    causal)
+        return self.encoder(hidden_states, mask, None, output_attentions, output_hidden_states)
+
+
+class EfficientVLMFusionEncoder(nn.Module):
+    """Cross-modal layers: self-attention over the text, cross-attention to the image tokens, FFN."""
+
+    def __init__(self, config: EfficientVLMConfig):
+        super().__init__()
+        self.encoder = EfficientVLMEncoder(
+            [EfficientVLMTextLayer(config, i, fusion=True) for i in range(config.fusion_config.num_hidden_layers)]
+        )
+
+    def forward(self, text_embeds, attention_mask, image_embeds, causal=False,
+                output_attentions=False, output_hidden_states=False) -> EfficientVLMEncoderOutput:
+        mask = build_attention_mask(attention_mask, text_embeds.shape[1], text_embeds.dtype, text_embeds.device, causal)
+        image_embeds = image_embeds.to(text_embeds.dtype)
+        return self.encoder(text_embeds, mask, image_embeds, output_attentions, output_hidden_states)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pre-trained model base class and the base model
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class EfficientVLMPreTrainedModel(PreTrainedModel):
+    """Weight init, Auto-class plumbing and checkpoint-initialisation helpers shared by every EfficientVLM class."""
+
+    config_class = EfficientVLMConfig
+    config: EfficientVLMConfig
+    base_model_prefix = "efficientvlm"
+    main_input_name = "pixel_values"
+    input_modalities = ["image", "text"]
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["EfficientVLMVisionLayer", "EfficientVLMTextLayer"]
+    _supports_sdpa = True
+    _supports_attention_backend = True
+    accepts_loss_kwargs = False  # losses are per-batch means (VQA soft scores are not token counts)
+    model_tags = ["efficientvlm"]
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """``PreTrainedModel.from_pretrained``, aware that ``config.fusion_config`` is the fusion *encoder*.
+
+        transformers 5.x also reads a ``fusion_config`` attribute of any config as a request for runtime kernel
+        fusions. EfficientVLM's ``fusion_config`` (the cross-modal encoder, a public field name) is not such a
+        request, so kernel fusions are skipped for it.
+        """
+        if isinstance(kwargs.get("fusion_config"), dict):
+            raise ValueError(
+                "from_pretrained(fusion_config=...) requests transformers kernel fusions, which EfficientVLM does not "
+                "support: its config.fusion_config describes the fusion encoder. Change encoder sizes through the "
+                "config instead."
+            )
+        from transformers import fusion_mapping
+
+        original = getattr(fusion_mapping, "register_fusion_patches", None)
+        if original is None:
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+
+        def register_fusion_patches(model_class, config, fusion_config=None):
+            if isinstance(fusion_config, EfficientVLMFusionConfig):
+                return None
+            return original(model_class, config, fusion_config)
+
+        fusion_mapping.register_fusion_patches = register_fusion_patches
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        finally:
+            fusion_mapping.register_fusion_patches = original
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, EfficientVLMVisionEmbeddings):
+            init.normal_(module.class_embedding, mean=0.0, std=module.config.hidden_size**-0.5)
+        elif isinstance(module, EfficientVLMContrastiveMixin):
+            init.constant_(module.temp, self.config.temperature)
+
+    @classmethod
+    def from_vision_text_pretrained(cls, vision_name_or_path: str, text_name_or_path: str,
+                                    text_layers: int | None = None, fusion_layers: int | None = None,
+                                    image_size: int | None = None, config_kwargs: dict | None = None,
+                                    **loading_kwargs):
+        """Build a model of this class from a CLIP vision checkpoint and a BERT checkpoint (local folders or Hub ids).
+
+        The vision tower is copied from CLIP; the text layers are BERT's first ``text_layers`` layers (default: half of
+        BERT's layers), the fusion self-attention and FFN are BERT's following ``fusion_layers`` layers (default: the
+        rest); the fusion cross-attention, the projections and the task head are freshly initialised.
+
+        Args:
+            vision_name_or_path: a ``CLIPVisionModel`` or ``CLIPModel`` checkpoint.
+            text_name_or_path: a ``BertModel`` (or ``BertForMaskedLM`` ...) checkpoint.
+            text_layers, fusion_layers: how many BERT layers go to each stack.
+            image_size: resolution to fine-tune at; the position embeddings are interpolated to it.
+            config_kwargs: extra top-level config fields (e.g. ``id2label`` for VQA).
+            loading_kwargs: passed to both ``from_pretrained`` calls (``revision``, ``cache_dir``, ``local_files_only``...).
+        """
+        from transformers import BertModel, CLIPVisionModel
+
+        vision = CLIPVisionModel.from_pretrained(vision_name_or_path, **loading_kwargs)
+        text = BertModel.from_pretrained(text_name_or_path, add_pooling_layer=False, **loading_kwargs)
+        vcfg, tcfg = vision.config, text.config
+        total = tcfg.num_hidden_layers
+        text_layers = total // 2 if text_layers is None else text_layers
+        fusion_layers = total - text_layers if fusion_layers is None else fusion_layers
+        if text_layers < 0 or fusion_layers < 0 or text_layers + fusion_layers > total:
+            raise ValueError(
+                f"text_layers={text_layers} + fusion_layers={fusion_layers} must not exceed the {total} layers of "
+                f"{text_name_or_path!r}."
+            )
+        bert_shared = {
+            "hidden_size": tcfg.hidden_size, "num_attention_heads": tcfg.num_attention_heads,
+            "head_dim": tcfg.hidden_size // tcfg.num_attention_heads, "intermediate_size": tcfg.intermediate_size,
+            "hidden_act": tcfg.hidden_act, "hidden_dropout_prob": tcfg.hidden_dropout_prob,
+            "attention_probs_dropout_prob": tcfg.attention_probs_dropout_prob, "layer_norm_eps": tcfg.layer_norm_eps,
+        }
+        special = {}
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            if getattr(tcfg, name, None) is not None:
+                special[name] = getattr(tcfg, name)
+        config = EfficientVLMConfig(
+            vision_config={
+                "hidden_size": vcfg.hidden_size, "num_hidden_layers": vcfg.num_hidden_layers,
+                "num_attention_heads": vcfg.num_attention_heads,
+                "head_dim": vcfg.hidden_size // vcfg.num_attention_heads, "intermediate_size": vcfg.intermediate_size,
+                "hidden_act": vcfg.hidden_act, "image_size": vcfg.image_size, "patch_size": vcfg.patch_size,
+                "num_channels": vcfg.num_channels, "layer_norm_eps": vcfg.layer_norm_eps,
+                "attention_dropout": vcfg.attention_dropout,
+            },
+            text_config={
+                **bert_shared, **special, "vocab_size": tcfg.vocab_size, "num_hidden_layers": text_layers,
+                "max_position_embeddings": tcfg.max_position_embeddings, "type_vocab_size": tcfg.type_vocab_size,
+            },
+            fusion_config={
+                **bert_shared, "num_hidden_layers": fusion_layers,
+                "num_cross_attention_heads": tcfg.num_attention_heads,
+            },
+            **(config_kwargs or {}),
+        )
+        model = cls(config)
+        base = model.base_model
+        missing = base.vision_model.load_state_dict(vision.vision_model.state_dict(), strict=False)
+        unexpected = [k for k in missing.unexpected_keys if not k.endswith("position_ids")]
+        if missing.missing_keys or unexpected:
+            raise ValueError(f"CLIP vision weights do not fit: missing {missing.missing_keys}, unexpected {unexpected}")
+        text_state = text.state_dict()
+        base.text_model.embeddings.load_state_dict(
+            {k.replace("embeddings.LayerNorm", "embeddings.layer_norm").removeprefix("embeddings."): v
+             for k, v in text_state.items() if k.startswith("embeddings.") and "position_ids" not in k
+             and "token_type_ids" not in k}
+        )
+        for i in range(text_layers):
+            base.text_model.encoder.layers[i].load_state_dict(bert_layer_state_dict(text_state, f"encoder.layer.{i}."))
+        for i in range(fusion_layers):
+            layer_state = bert_layer_state_dict(text_state, f"encoder.layer.{text_layers + i}.")
+            result = base.fusion_model.encoder.layers[i].load_state_dict(layer_state, strict=False)
+            if result.unexpected_keys or any(not k.startswith("cross_attn") for k in result.missing_keys):
+                raise ValueError(f"BERT layer {text_layers + i} does not fit fusion layer {i}: {result}")
+        if image_size is not None and image_size != config.vision_config.image_size:
+            model.resize_position_embeddings(image_size)
+        return model
+
+    def resize_position_embeddings(self, image_size: int) -> None:
+        """Interpolate the vision position embeddings to ``image_size`` and record it in the config
+        (e.g. 224 px pre-training -> 384 px retrieval / 480 px VQA fine-tuning)."""
+        vc = self.config.vision_config
+        if image_size % vc.patch_size:
+            raise ValueError(f"image_size={image_size} is not a multiple of patch_size={vc.patch_size}.")
+        embeddings = self.base_model.vision_model.embeddings
+        with torch.no_grad():
+            table = embeddings.interpolated_position_embeddings(image_size, image_size).detach().clone()
+        embeddings.position_embedding = nn.Embedding.from_pretrained(table, freeze=False)
+        vc.image_size = image_size
+
+
+def bert_layer_state_dict(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """Map one transformers ``BertLayer`` (keys under ``prefix``) to ``EfficientVLMTextLayer`` names."""
+    names = {
+        "attention.self.query": "self_attn.q_proj", "attention.self.key": "self_attn.k_proj",
+        "attention.self.value": "self_attn.v_proj", "attention.output.dense": "self_attn.out_proj",
+        "attention.output.LayerNorm": "self_attn_layer_norm",
+        "crossattention.self.query": "cross_attn.q_proj", "crossattention.self.key": "cross_attn.k_proj",
+        "crossattention.self.value": "cross_attn.v_proj", "crossattention.output.dense": "cross_attn.out_proj",
+        "crossattention.output.LayerNorm": "cross_attn_layer_norm",
+        "intermediate.dense": "mlp.fc1", "output.dense": "mlp.fc2", "output.LayerNorm": "final_layer_norm",
+    }
+    mapped = {}
+    for key, value in state.items():
+        if not key.startswith(prefix):
+            continue
+        module, param = key[len(prefix):].rsplit(".", 1)
+        if module in names:
+            mapped[f"{names[module]}.{param}"] = value
+    return mapped
+
+
+class EfficientVLMModel(EfficientVLMPreTrainedModel):
+    """The bare EfficientVLM model: vision tower, text encoder and fusion encoder.
+
+    ``forward`` encodes images and texts and fuses them; ``encode_image``, ``encode_text`` and ``fuse`` expose the
+    three stages separately (retrieval re-ranking, ITM with mined negatives, NLVR2 and captioning use them).
+    """
+
+    def __init__(self, config: EfficientVLMConfig):
+        super().__init__(config)
+        self.vision_model = EfficientVLMVisionTransformer(config)
+        self.text_model = EfficientVLMTextEncoder(config)
+        self.fusion_model = EfficientVLMFusionEncoder(config)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.text_model.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value):
+        self.text_model.embeddings.word_embeddings = value
+
+    def encode_image(self, pixel_values, output_attentions=False, output_hidden_states=False):
+        """Vision tower. Returns an ``EfficientVLMEncoderOutput``; ``last_hidden_state`` is ``image_embeds``."""
+        return self.vision_model(pixel_values, output_attentions, output_hidden_states)
+
+    def encode_text(self, input_ids, attention_mask=None, token_type_ids=None, causal=False,
+                    output_attentions=False, output_hidden_states=False):
+        """Text encoder. Returns an ``EfficientVLMEncoderOutput``; ``last_hidden_state`` is ``text_embeds``."""
+        return self.text_model(input_ids, attention_mask, token_type_ids, causal, output_attentions,
+                               output_hidden_states)
+
+    def fuse(self, text_embeds, attention_mask, image_embeds, causal=False,
+             output_attentions=False, output_hidden_states=False):
+        """Fusion encoder over already encoded text and image tokens."""
+        return self.fusion_model(text_embeds, attention_mask, image_embeds, causal, output_attentions,
+                                 output_hidden_states)
+
+    def forward(self, pixel_values=None, input_ids=None, attention_mask=None, token_type_ids=None,
+                image_embeds=None, causal=False, output_attentions=None, output_hidden_states=None,
+                return_dict=None, **kwargs) -> EfficientVLMModelOutput:
+        """Encode images and texts and fuse them.
+
+        Args:
+            pixel_values: ``(batch, 3, H, W)`` from ``EfficientVLMImageProcessor``.
+            input_ids, attention_mask, token_type_ids: ``(batch, seq)`` from the tokenizer.
+            image_embeds: already encoded images (skips the vision tower).
+            causal: causal self-attention in the text and fusion layers (captioning).
+        """
+        output_attentions = bool(output_attentions if output_attentions is not None else self.config.output_attentions)
+        output_hidden_states = bool(
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        if input_ids is None:
+            raise ValueError("input_ids are required: EfficientVLMModel fuses a text with an image.")
+        vision = None
+        if image_embeds is None:
+            if pixel_values is None:
+                raise ValueError("Pass pixel_values (or precomputed image_embeds).")
+            vision = self.encode_image(pixel_values, output_attentions, output_hidden_states)
+            image_embeds = vision.last_hidden_state
+        if image_embeds.shape[0] != input_ids.shape[0]:
+            raise ValueError(
+                f"{image_embeds.shape[0]} images but {input_ids.shape[0]} texts: pass one image per text."
+            )
+        text = self.encode_text(input_ids, attention_mask, token_type_ids, causal, output_attentions,
+                                output_hidden_states)
+        fusion = self.fuse(text.last_hidden_state, attention_mask, image_embeds, causal, output_attentions,
+                           output_hidden_states)
+        return EfficientVLMModelOutput(
+            last_hidden_state=fusion.last_hidden_state,
+            pooler_output=fusion.last_hidden_state[:, 0],
+            image_embeds=image_embeds,
+            text_embeds=text.last_hidden_state,
+            vision_hidden_states=vision.hidden_states if vision is not None else None,
+            vision_attentions=vision.attentions if vision is not None else None,
+            text_hidden_states=text.hidden_states,
+            text_attentions=text.attentions,
+            fusion_hidden_states=fusion.hidden_states,
+            fusion_attentions=fusion.attentions,
+            fusion_cross_attentions=fusion.cross_attentions,
+        )
+
+
+def _encoder_fields(prefix: str, output: EfficientVLMEncoderOutput | None) -> dict:
+    if output is None:
+        return {}
+    fields = {f"{prefix}_hidden_states": output.hidden_states, f"{prefix}_attentions": output.attentions}
+    if output.cross_attentions is not None:
+        fields[f"{prefix}_cross_attentions"] = output.cross_attentions
+    return fields
+
+
+def _classifier(in_features: int, hidden: int, num_outputs: int, eps: float) -> nn.Sequential:
+    """The X-VLM / ALBEF head MLP: Linear, LayerNorm, GELU, Linear."""
+    return nn.Sequential(nn.Linear(in_features, hidden), nn.LayerNorm(hidden, eps=eps), nn.GELU(),
+                         nn.Linear(hidden, num_outputs))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Heads
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class EfficientVLMForVisualQuestionAnswering(EfficientVLMPreTrainedModel):
+    """VQA as classification over the answer vocabulary in ``config.id2label``, trained on soft VQA scores.
+
+    This deliberately differs from the paper, which ranks answers with a generative decoder: a classifier head
+    gives a fixed-cost forward pass, prunes like the rest of the model and plugs into the standard
+    ``visual-question-answering`` pipeline. ``labels`` are soft scores ``(batch, num_labels)`` in [0, 1]; the loss is
+    binary cross-entropy with logits, multiplied by the number of labels (the ViLT / BUTD convention).
+    """
+
+    def __init__(self, config: EfficientVLMConfig):
+        super().__init__(config)
+        self.efficientvlm = EfficientVLMModel(config)
+        hidden = config.text_config.hidden_size
+        self.classifier = _classifier(hidden, 2 * hidden, config.num_labels, config.text_config.layer_norm_eps)
+        self.post_init()
+
+    def forward(self, pixel_values=None, input_ids=None, attention_mask=None, token_type_ids=None, labels=None,
+                output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs) -> EfficientVLMHeadOutput:
+        outputs = self.efficientvlm(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask,
+                                    token_type_ids=token_type_ids, output_attentions=output_attentions,
+                                    output_hidden_states=output_hidden_states)
+        logits = self.classifier(outputs.pooler_output)
+        loss = None
+        if labels is not None:
+            if labels.shape != logits.shape:
+                raise ValueError(
+                    f"VQA labels must be soft scores of shape (batch, num_labels)={tuple(logits.shape)}, got "
+                    f"{tuple(labels.shape)}."
+                )
+            loss = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype)) * labels.shape[1]
+        return EfficientVLMHeadOutput(loss=loss, logits=logits, **_model_fields(outputs))
+
+
+def _model_fields(outputs: EfficientVLMModelOutput) -> dict:
+    keys = ("vision_hidden_states", "vision_attentions", "text_hidden_states", "text_attentions",
+            "fusion_hidden_states", "fusion_attentions", "fusion_cross_attentions")
+    return {k: getattr(outputs, k) for k in keys}
+
+
+class EfficientVLMContrastiveMixin(nn.Module):
+    """ITC projections with a learnable temperature and the ITM head, shared by retrieval and pre-training."""
+
+    def _init_contrastive(self, config: EfficientVLMConfig):
+        vision_hidden, text_hidden = config.vision_config.hidden_size, config.text_config.hidden_size
+        self.vision_proj = nn.Linear(vision_hidden, config.projection_dim)
+        self.text_proj = nn.Linear(text_hidden, config.projection_dim)
+        self.temp = nn.Parameter(torch.tensor(config.temperature))
+        self.itm_head = _classifier(text_hidden, 2 * text_hidden, 2, config.text_config.layer_norm_eps)
+
+    def clamped_temperature(self) -> torch.Tensor:
+        return self.temp.clamp(0.001, 0.5)
+
+    def image_features(self, image_embeds: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.vision_proj(image_embeds[:, 0]), dim=-1)
+
+    def text_features(self, text_embeds: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.text_proj(text_embeds[:, 0]), dim=-1)
+
+    @torch.no_grad()
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """L2-normalised ITC image features ``(batch, projection_dim)``."""
+        return self.image_features(self.efficientvlm.encode_image(pixel_values).last_hidden_state)
+
+    @torch.no_grad()
+    def get_text_features(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+        """L2-normalised ITC text features ``(batch, projection_dim)``."""
+        return self.text_features(self.efficientvlm.encode_text(input_ids, attention_mask, token_type_ids)
+                                  .last_hidden_state)
+
+    def itm_logits(self, image_embeds, text_embeds, attention_mask, output_attentions=False,
+                   output_hidden_states=False):
+        """ITM logits ``(batch, 2)`` (index 1 = match) of already encoded image/text pairs, and the fusion output."""
+        fusion = self.efficientvlm.fuse(text_embeds, attention_mask, image_embeds,
+                                        output_attentions=output_attentions, output_hidden_states=output_hidden_states)
+        return self.itm_head(fusion.last_hidden_state[:, 0]), fusion
+
+    @staticmethod
+    def mine_hard_negatives(similarity: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+        """Sample one negative column per row with probability ``softmax(similarity)`` over non-positive columns."""
+        weights = F.softmax(similarity.float(), dim=1).masked_fill(positive, 0.0)
+        empty = weights.sum(dim=1, keepdim=True) <= 0  # rows without a valid negative: fall back to uniform
+        fallback = (~torch.eye(*weights.shape, dtype=torch.bool, device=weights.device)).float()
+        weights = torch.where(empty, fallback, weights)
+        return torch.multinomial(weights, 1).squeeze(1)
+
+    def contrastive_forward(self, pixel_values, input_ids, attention_mask, token_type_ids, image_ids,
+                            itm_negative_text_index, itm_negative_image_index, output_attentions,
+                            output_hidden_states):
+        vision = self.efficientvlm.encode_image(pixel_values, output_attentions, output_hidden_states)
+        text = self.efficientvlm.encode_text(input_ids, attention_mask, token_type_ids, False, output_attentions,
+                                             output_hidden_states)
+        image_embeds, text_embeds = vision.last_hidden_state, text.last_hidden_state
+        batch = image_embeds.shape[0]
+        if text_embeds.shape[0] != batch:
+            raise ValueError(f"{batch} images but {text_embeds.shape[0]} texts: pass one caption per image.")
+        image_feat, text_feat = self.image_features(image_embeds), self.text_features(text_embeds)
+        temp = self.clamped_temperature()
+        logits_per_image = image_feat @ text_feat.t() / temp
+        logits_per_text = logits_per_image.t()
+
+        if image_ids is None:
+            image_ids = torch.arange(batch, device=image_embeds.device)
+        positive = image_ids.view(-1, 1) == image_ids.view(1, -1)
+        targets = positive.float() / positive.float().sum(dim=1, keepdim=True)
+        itc_loss = (-(F.log_softmax(logits_per_image, dim=1) * targets).sum(1).mean()
+                    - (F.log_softmax(logits_per_text, dim=1) * targets).sum(1).mean()) / 2
+
+        # ITM: positives, then (image, mined negative text), then (mined negative image, text)
+        if batch > 1:
+            if itm_negative_text_index is None or itm_negative_image_index is None:
+                with torch.no_grad():
+                    itm_negative_text_index = self.mine_hard_negatives(logits_per_image.detach(), positive)
+                    itm_negative_image_index = self.mine_hard_negatives(logits_per_text.detach(), positive)
+            pair_images = torch.cat([image_embeds, image_embeds, image_embeds[itm_negative_image_index]])
+            pair_texts = torch.cat([text_embeds, text_embeds[itm_negative_text_index], text_embeds])
+            pair_mask = None if attention_mask is None else torch.cat(
+                [attention_mask, attention_mask[itm_negative_text_index], attention_mask])
+            itm_labels = torch.cat([torch.ones(batch), torch.zeros(2 * batch)]).long().to(image_embeds.device)
+        else:  # a single pair has no negative
+            pair_images, pair_texts, pair_mask = image_embeds, text_embeds, attention_mask
+            itm_labels = torch.ones(1, dtype=torch.long, device=image_embeds.device)
+        itm_logits, fusion = self.itm_logits(pair_images, pair_texts, pair_mask, output_attentions,
+                                             output_hidden_states)
+        itm_loss = F.cross_entropy(itm_logits, itm_labels)
+        fields = {**_encoder_fields("vision", vision), **_encoder_fields("text", text),
+                  **_encoder_fields("fusion", fusion)}
+        return dict(
+            itc_loss=itc_loss, itm_loss=itm_loss, logits=itm_logits, itm_labels=itm_labels,
+            logits_per_image=logits_per_image, logits_per_text=logits_per_text, image_features=image_feat,
+            text_features=text_feat, itm_negative_text_index=itm_negative_text_index,
+            itm_negative_image_index=itm_negative_image_index, **fields,
+        ), image_embeds
+
+    @torch.no_grad()
+    def rank(self, image_embeds: torch.Tensor, text_input_ids: torch.Tensor, text_attention_mask=None,
+             k: int = 128, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rank a gallery: ITC similarity for every image-text pair, then ITM re-scoring of each query's top ``k``.
+
+        Args:
+            image_embeds: vision tower outputs of the gallery images ``(n_images, image_seq, hidden)``
+                (``model.efficientvlm.encode_image(pixel_values).last_hidden_state``, batched by the caller).
+            text_input_ids, text_attention_mask: the tokenised gallery texts ``(n_texts, seq)``.
+            k: how many ITC candidates per query are re-scored with ITM (the paper: 256 for COCO, 128 for VQA).
+            batch_size: pairs per fusion forward.
+
+        Returns:
+            ``(scores_i2t, scores_t2i)`` of shapes ``(n_images, n_texts)`` and ``(n_texts, n_images)``: the ITM match
+            logit for re-scored candidates, ``-inf`` elsewhere. Higher is better.
+        """
+        text_embeds = torch.cat([
+            self.efficientvlm.encode_text(text_input_ids[i:i + batch_size],
+                                          None if text_attention_mask is None
+                                          else text_attention_mask[i:i + batch_size]).last_hidden_state
+            for i in range(0, text_input_ids.shape[0], batch_size)
+        ])
+        similarity = self.image_features(image_embeds) @ self.text_features(text_embeds).t()
+
+        def rescore(query_embeds_of, n_queries, n_items, sim):
+            scores = torch.full((n_queries, n_items), float("-inf"), device=sim.device)
+            top = sim.topk(min(k, n_items), dim=1).indices
+            pairs = [(q, int(c)) for q in range(n_queries) for c in top[q]]
+            for start in range(0, len(pairs), batch_size):
+                chunk = pairs[start:start + batch_size]
+                imgs, txts = query_embeds_of(chunk)
+                idx_t = torch.tensor([t for _, t in txts], device=sim.device)
+                mask = None if text_attention_mask is None else text_attention_mask[idx_t]
+                logits, _ = self.itm_logits(imgs, text_embeds[idx_t], mask)
+                for (q, c), value in zip(chunk, logits[:, 1]):
+                    scores[q, c] = value
+            return scores
+
+        def i2t_pairs(chunk):
+            return image_embeds[torch.tensor([q for q, _ in chunk])], [(q, c) for q, c in chunk]
+
+        def t2i_pairs(chunk):
+            return image_embeds[torch.tensor([c for _, c in chunk])], [(c, q) for q, c in chunk]
+
+        scores_i2t = rescore(i2t_pairs, image_embeds.shape[0], text_embeds.shape[0], similarity)
+        scores_t2i = rescore(t2i_pairs, text_embeds.shape[0], image_embeds.shape[0], similarity.t())
+        return scores_i2t, scores_t2i
+
+
+class EfficientVLMForImageTextRetrieval(EfficientVLMContrastiveMixin, EfficientVLMPreTrainedModel):
+    """Image-text retrieval: ITC (contrastive) features and ITM (match) scores; ``rank`` re-ranks a gallery.
+
+    ``forward`` computes ``itc_loss + itm_loss`` with hard negatives mined from the ITC similarity. ``image_ids``
+    marks captions of the same image as positives of each other.
+    """
+
+    def __init__(self, config: EfficientVLMConfig):
+        super().__init__(config)
+        self.efficientvlm = EfficientVLMModel(config)
+        self._init_contrastive(config)
+        self.post_init()
+
+    def forward(self, pixel_values=None, input_ids=None, attention_mask=None, token_type_ids=None, image_ids=None,
+                itm_negative_text_index=None, itm_negative_image_index=None, output_attentions=None,
+                output_hidden_states=None, return_dict=None, **kwargs) -> EfficientVLMRetrievalOutput:
+        fields, _ = self.contrastive_forward(
+            pixel_values, input_ids, attention_mask, token_type_ids, image_ids, itm_negative_text_index,
+            itm_negative_image_index, bool(output_attentions), bool(output_hidden_states))
+        return EfficientVLMRetrievalOutput(loss=fields["itc_loss"] + fields["itm_loss"], **fields)
+
+
+class EfficientVLMLMHead(nn.Module):
+    """BERT LM head: dense, activation, LayerNorm, decoder (tied to the word embeddings by default)."""
+
+    def __init__(self, config: EfficientVLMConfig):
+        super().__init__()
+        tc = config.text_config
+        self.dense = nn.Linear(tc.hidden_size, tc.hidden_size)
+        self.act = ACT2FN[tc.hidden_act]
+        self.layer_norm = nn.LayerNorm(tc.hidden_size, eps=tc.layer_norm_eps)
+        self.decoder = nn.Linear(tc.hidden_size, tc.vocab_size)
+
+    def forward(self, hidden_states):
+        return self.decoder(self.layer_norm(self.act(self.dense(hidden_states))))
+
+
+_TIED_DECODER = {"lm_head.decoder.weight": "efficientvlm.text_model.embeddings.word_embeddings.weight"}
+
+
+class EfficientVLMForPreTraining(EfficientVLMContrastiveMixin, EfficientVLMPreTrainedModel):
+    """Vision-language pre-training: ITC, ITM with hard negatives, and masked language modelling (MLM).
+
+    ``input_ids`` is the clean caption (ITC, ITM); ``mlm_input_ids`` is the masked caption and ``mlm_labels`` the
+    original ids at masked positions (-100 elsewhere). Masking happens in the data collator, so a teacher sees the
+    very same masks as the student.
+    """
+
+    _tied_weights_keys = _TIED_DECODER
+
+    def __init__(self, config: EfficientVLMConfig):
+        super().__init__(config)
+        self.efficientvlm = EfficientVLMModel(config)
+        self._init_contrastive(config)
+        self.lm_head = EfficientVLMLMHead(config)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.lm_head.decoder
+
+    def set_output_embeddings(self, value):
+        self.lm_head.decoder = value
+
+    def forward(self, pixel_values=None, input_ids=None, attention_mask=None, token_type_ids=None, mlm_input_ids=None,
+                mlm_labels=None, image_ids=None, itm_negative_text_index=None, itm_negative_image_index=None,
+                output_attentions=None, output_hidden_states=None, return_dict=None,
+                **kwargs) -> EfficientVLMPreTrainingOutput:
+        output_attentions, output_hidden_states = bool(output_attentions), bool(output_hidden_states)
+        fields, image_embeds = self.contrastive_forward(
+            pixel_values, input_ids, attention_mask, token_type_ids, image_ids, itm_negative_text_index,
+            itm_negative_image_index, output_attentions, output_hidden_states)
+        loss = fields["itc_loss"] + fields["itm_loss"]
+        if mlm_input_ids is not None:
+            text = self.efficientvlm.encode_text(mlm_input_ids, attention_mask, token_type_ids, False,
+                                                 output_attentions, output_hidden_states)
+            fusion = self.efficientvlm.fuse(text.last_hidden_state, attention_mask, image_embeds, False,
+                                            output_attentions, output_hidden_states)
+            mlm_logits = self.lm_head(fusion.last_hidden_state)
+            fields.update(mlm_logits=mlm_logits, **_encoder_fields("mlm_text", text),
+                          **_encoder_fields("mlm_fusion", fusion))
+            if mlm_labels is not None:
+                mlm_loss = F.cross_entropy(mlm_logits.flatten(0, 1).float(), mlm_labels.flatten(), ignore_index=-100)
+                fields["mlm_loss"] = mlm_loss
+                loss = loss + mlm_loss
+        return EfficientVLMPreTrainingOutput(loss=loss, **fields)
+
+
+class EfficientVLMForNLVR2(EfficientVLMPreTrainedModel):
+    """NLVR2: two images and one statement -> true / false.
+
+    The statement is fused with each image separately (shared fusion weights); the two fused ``[CLS]`` vectors are
+    concatenated and classified. (The paper duplicates every fusion layer per image instead; sharing keeps the
+    pruned structure identical to the other tasks.) ``pixel_values`` has shape ``(batch, 2, 3, H, W)``; ``labels``
+    are 0 (false) / 1 (true).
+    """
+
+    def __init__(self, config: EfficientVLMConfig):
+        super().__init__(config)
+        self.efficientvlm = EfficientVLMModel(config)
+        hidden = config.text_config.hidden_size
+        self.classifier = _classifier(2 * hidden, 2 * hidden, 2, config.text_config.layer_norm_eps)
+        self.post_init()
+
+    def forward(self, pixel_values=None, input_ids=None, attention_mask=None, token_type_ids=None, labels=None,
+                output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs) -> EfficientVLMHeadOutput:
+        if pixel_values is None or pixel_values.dim() != 5 or pixel_values.shape[1] != 2:
+            shape = None if pixel_values is None else tuple(pixel_values.shape)
+            raise ValueError(f"NLVR2 needs pixel_values of shape (batch, 2, 3, H, W) - an image pair per statement; "
+                             f"got {shape}. Pass images=[(left, right), ...] to the processor.")
+        output_attentions, output_hidden_states = bool(output_attentions), bool(output_hidden_states)
+        batch = pixel_values.shape[0]
+        vision = self.efficientvlm.encode_image(pixel_values.flatten(0, 1), output_attentions, output_hidden_states)
+        text = self.efficientvlm.encode_text(input_ids, attention_mask, token_type_ids, False, output_attentions,
+                                             output_hidden_states)
+        # pairs ordered (statement 0 left, statement 0 right, statement 1 left, ...)
+        text_embeds = text.last_hidden_state.repeat_interleave(2, dim=0)
+        mask = None if attention_mask is None else attention_mask.repeat_interleave(2, dim=0)
+        fusion = self.efficientvlm.fuse(text_embeds, mask, vision.last_hidden_state, False, output_attentions,
+                                        output_hidden_states)
+        pooled = fusion.last_hidden_state[:, 0].reshape(batch, -1)
+        logits = self.classifier(pooled)
+        loss = F.cross_entropy(logits, labels.long()) if labels is not None else None
+        return EfficientVLMHeadOutput(loss=loss, logits=logits, **_encoder_fields("vision", vision),
+                                      **_encoder_fields("text", text), **_encoder_fields("fusion", fusion))
+
+
+class EfficientVLMForCaptioning(EfficientVLMPreTrainedModel, GenerationMixin):
+    """Image captioning: the text and fusion layers run as a causal decoder that cross-attends to the image.
+
+    As in the paper, the text layers become causal self-attention layers and the fusion layers add cross-attention
+    to the image tokens. ``labels`` are the caption ids with padding set to -100 (shifted inside). ``generate``
+    encodes the image once and decodes with any of transformers' strategies (greedy, beam search, sampling);
+    without ``input_ids`` it starts from ``config.text_config.bos_token_id`` (``[CLS]``). Generation recomputes the
+    prefix at each step (no key/value cache): captions are short.
+    """
+
+    _tied_weights_keys = _TIED_DECODER
+    main_input_name = "input_ids"
+
+    def __init__(self, config: EfficientVLMConfig):
+        super().__init__(config)
+        self.efficientvlm = EfficientVLMModel(config)
+        self.lm_head = EfficientVLMLMHead(config)
+        self.post_init()
+        # The paper's decoding (beam 3, 5-20 tokens). Built explicitly: deriving it from the model config would
+        # pick up the ITC `temperature` as a sampling temperature.
+        tc = config.text_config
+        self.generation_config = GenerationConfig(
+            bos_token_id=tc.bos_token_id, eos_token_id=tc.eos_token_id, pad_token_id=tc.pad_token_id,
+            num_beams=3, max_length=20, min_length=5,
+        )
+
+    def get_output_embeddings(self):
+        return self.lm_head.decoder
+
+    def set_output_embeddings(self, value):
+        self.lm_head.decoder = value
+
+    def forward(self, pixel_values=None, input_ids=None, attention_mask=None, labels=None, image_embeds=None,
+                output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs) -> EfficientVLMHeadOutput:
+        outputs = self.efficientvlm(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask,
+                                    image_embeds=image_embeds, causal=True, output_attentions=output_attentions,
+                                    output_hidden_states=output_hidden_states)
+        logits = self.lm_head(outputs.last_hidden_state)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+        return EfficientVLMHeadOutput(loss=loss, logits=logits, **_model_fields(outputs))
+
+    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, image_embeds=None, **kwargs):
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "image_embeds": image_embeds}
+
+    def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False, **kwargs):
+        mask = model_kwargs.get("attention_mask")
+        if mask is not None:
+            model_kwargs["attention_mask"] = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
+        return model_kwargs
+
+    @torch.no_grad()
+    def generate(self, pixel_values=None, input_ids=None, attention_mask=None, image_embeds=None, **generate_kwargs):
+        """Caption images. ``input_ids`` is an optional prompt (e.g. ``[CLS] a picture of``, without ``[SEP]``)."""
+        if image_embeds is None:
+            if pixel_values is None:
+                raise ValueError("generate() needs pixel_values (or image_embeds).")
+            image_embeds = self.efficientvlm.encode_image(pixel_values).last_hidden_state
+        batch = image_embeds.shape[0]
+        tc = self.config.text_config
+        if input_ids is None:
+            input_ids = torch.full((batch, 1), tc.bos_token_id, dtype=torch.long, device=image_embeds.device)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        generate_kwargs.setdefault("eos_token_id", tc.eos_token_id)
+        generate_kwargs.setdefault("pad_token_id", tc.pad_token_id)
+        generate_kwargs.setdefault("use_cache", False)
+        return super().generate(input_ids=input_ids, attention_mask=attention_mask, image_embeds=image_embeds,
+                                **generate_kwargs)
+
+
+__all__ = [
+    "EfficientVLMPreTrainedModel",
+    "EfficientVLMModel",
+    "EfficientVLMForPreTraining",
+    "EfficientVLMForVisualQuestionAnswering",
+    "EfficientVLMForImageTextRetrieval",
+    "EfficientVLMForNLVR2",
+    "EfficientVLMForCaptioning",
+    "EfficientVLMModelOutput",
+    "EfficientVLMEncoderOutput",
+    "EfficientVLMHeadOutput",
+    "EfficientVLMRetrievalOutput",
+    "EfficientVLMPreTrainingOutput",
+]
