@@ -559,11 +559,24 @@ class EfficientVLMPreTrainedModel(PreTrainedModel):
                 return None
             return original(model_class, config, fusion_config)
 
+        want_info = kwargs.pop("output_loading_info", False)
         fusion_mapping.register_fusion_patches = register_fusion_patches
         try:
-            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+            try:
+                model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args,
+                                                      output_loading_info=True, **kwargs)
+            except RuntimeError as error:
+                if "ignore_mismatched_sizes" not in str(error):
+                    raise
+                model, info = super().from_pretrained(
+                    pretrained_model_name_or_path, *model_args, output_loading_info=True,
+                    **{**kwargs, "ignore_mismatched_sizes": True})
+                raise ValueError(_layer_mismatch_message(pretrained_model_name_or_path, model.config, info)) from error
         finally:
             fusion_mapping.register_fusion_patches = original
+        if _layer_keys(info):
+            raise ValueError(_layer_mismatch_message(pretrained_model_name_or_path, model.config, info))
+        return (model, info) if want_info else model
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -611,10 +624,8 @@ class EfficientVLMPreTrainedModel(PreTrainedModel):
             "hidden_act": tcfg.hidden_act, "hidden_dropout_prob": tcfg.hidden_dropout_prob,
             "attention_probs_dropout_prob": tcfg.attention_probs_dropout_prob, "layer_norm_eps": tcfg.layer_norm_eps,
         }
-        special = {}
-        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
-            if getattr(tcfg, name, None) is not None:
-                special[name] = getattr(tcfg, name)
+        special = _bert_special_tokens(text_name_or_path, tcfg, loading_kwargs)
+        config_kwargs = dict(config_kwargs or {})
         config = EfficientVLMConfig(
             vision_config={
                 "hidden_size": vcfg.hidden_size, "num_hidden_layers": vcfg.num_hidden_layers,
@@ -627,16 +638,18 @@ class EfficientVLMPreTrainedModel(PreTrainedModel):
             text_config={
                 **bert_shared, **special, "vocab_size": tcfg.vocab_size, "num_hidden_layers": text_layers,
                 "max_position_embeddings": tcfg.max_position_embeddings, "type_vocab_size": tcfg.type_vocab_size,
+                **config_kwargs.pop("text_config", {}),
             },
             fusion_config={
                 **bert_shared, "num_hidden_layers": fusion_layers,
-                "num_cross_attention_heads": tcfg.num_attention_heads,
+                "num_cross_attention_heads": tcfg.num_attention_heads, **config_kwargs.pop("fusion_config", {}),
             },
-            **(config_kwargs or {}),
+            **config_kwargs,
         )
         model = cls(config)
         base = model.base_model
-        missing = base.vision_model.load_state_dict(vision.vision_model.state_dict(), strict=False)
+        clip_tower = getattr(vision, "vision_model", vision)  # transformers 5 flattened CLIPVisionModel
+        missing = base.vision_model.load_state_dict(clip_tower.state_dict(), strict=False)
         unexpected = [k for k in missing.unexpected_keys if not k.endswith("position_ids")]
         if missing.missing_keys or unexpected:
             raise ValueError(f"CLIP vision weights do not fit: missing {missing.missing_keys}, unexpected {unexpected}")
@@ -668,6 +681,67 @@ class EfficientVLMPreTrainedModel(PreTrainedModel):
             table = embeddings.interpolated_position_embeddings(image_size, image_size).detach().clone()
         embeddings.position_embedding = nn.Embedding.from_pretrained(table, freeze=False)
         vc.image_size = image_size
+
+
+_FIELD_OF_MODULE = {
+    "self_attn": "num_attention_heads", "layer_norm1": "num_attention_heads",
+    "self_attn_layer_norm": "num_attention_heads", "cross_attn": "num_cross_attention_heads",
+    "cross_attn_layer_norm": "num_cross_attention_heads", "mlp": "intermediate_size", "layer_norm2": "intermediate_size",
+    "final_layer_norm": "intermediate_size",
+}
+_STACK_OF_MODULE = {"vision_model": "vision", "text_model": "text", "fusion_model": "fusion"}
+
+
+def _layer_keys(info: dict) -> list[tuple[str, str, str]]:
+    """(status, key, detail) of every encoder-layer weight that is missing, unexpected or of the wrong shape."""
+    found = []
+    for status in ("mismatched_keys", "missing_keys", "unexpected_keys"):
+        for entry in info.get(status) or ():
+            key, detail = entry, ""
+            if isinstance(entry, tuple):  # (key, checkpoint shape, model shape)
+                key, detail = entry[0], f" {list(entry[1])} in the checkpoint, {list(entry[2])} from the config"
+            if ".encoder.layers." in key and key.split(".encoder.layers.")[0].split(".")[-1] in _STACK_OF_MODULE:
+                found.append((status.split("_")[0], key, detail))
+    return sorted(found)
+
+
+def _layer_mismatch_message(path, config: EfficientVLMConfig, info: dict) -> str:
+    """Explain, per layer and config field, why a checkpoint's tensors do not fit its config."""
+    groups: dict[tuple[str, int, str], list[str]] = {}
+    for status, key, detail in _layer_keys(info):
+        stack, rest = key.split(".encoder.layers.")
+        modality = _STACK_OF_MODULE[stack.split(".")[-1]]
+        index, module = rest.split(".")[:2]
+        name = rest.split(".", 1)[1]
+        what = {"mismatched": f"shape{detail}", "missing": "missing from the checkpoint",
+                "unexpected": "in the checkpoint but not in the config"}[status]
+        groups.setdefault((modality, int(index), _FIELD_OF_MODULE.get(module, "?")), []).append(f"{name} ({what})")
+    lines = []
+    for (modality, index, field), names in sorted(groups.items()):
+        sub = getattr(config, f"{modality}_config")
+        value = sub.per_layer(field)[index] if field in sub.per_layer_fields else "?"
+        lines.append(f"  {modality} layer {index}, {modality}_config.{field}[{index}] = {value}: " + "; ".join(names))
+    return (
+        f"The checkpoint at {str(path)!r} does not fit its config:\n" + "\n".join(lines)
+        + "\nThe config must record the size of every layer of the saved weights (0 = sub-block absent). Fix "
+        "config.json, or re-export the model with save_pretrained()."
+    )
+
+
+def _bert_special_tokens(text_name_or_path, bert_config, loading_kwargs: dict) -> dict:
+    """[PAD]/[CLS]/[SEP]/[MASK] ids from the checkpoint's tokenizer if it ships one, else from its config."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(text_name_or_path, **loading_kwargs)
+        ids = {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.cls_token_id,
+               "eos_token_id": tokenizer.sep_token_id, "mask_token_id": tokenizer.mask_token_id}
+    except (OSError, ValueError, TypeError):
+        ids = {"pad_token_id": getattr(bert_config, "pad_token_id", None)}
+        for name, bert_default in (("bos_token_id", 101), ("eos_token_id", 102), ("mask_token_id", 103)):
+            # bert-base-uncased's ids, if the vocabulary has them; otherwise unknown
+            ids[name] = bert_default if bert_default < bert_config.vocab_size else None
+    return {name: value for name, value in ids.items() if value is None or value < bert_config.vocab_size}
 
 
 def bert_layer_state_dict(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
