@@ -26,7 +26,7 @@ from efficientvlm import (
     create_student,
     uniform_layer_choice,
 )
-from tiny_models import HEAD_CLASSES, main_output, tiny_config, tiny_inputs
+from tests.tiny_models import HEAD_CLASSES, main_output, tiny_config, tiny_inputs
 
 
 # ----------------------------------------------------------------------------------------------------- config

@@ -24,7 +24,7 @@ from typing import Any
 
 from transformers.pipelines.base import Pipeline
 
-from .image_processing_efficientvlm import load_image
+from .image_processing_efficientvlm import load_image_file
 
 
 class EfficientVLMVQAPipeline(Pipeline):
@@ -71,7 +71,7 @@ class EfficientVLMVQAPipeline(Pipeline):
             raise ValueError(f"The question is empty ({question!r}): ask a non-empty question about the image.")
         image = inputs["image"]
         if isinstance(image, (str, Path)):
-            image = load_image(image)
+            image = load_image_file(image)
         model_inputs = self.tokenizer(question, return_tensors="pt", padding=padding, truncation=truncation,
                                       max_length=max_length)
         pixel_values = self.image_processor(images=image, return_tensors="pt")["pixel_values"]

@@ -1,0 +1,94 @@
+"""pipeline("visual-question-answering") on a saved tiny checkpoint, with image files written by the test."""
+
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor, AutoProcessor, pipeline
+
+from efficientvlm import (
+    EfficientVLMForVisualQuestionAnswering,
+    EfficientVLMImageProcessor,
+    EfficientVLMProcessor,
+    EfficientVLMVQAPipeline,
+)
+from tests.tiny_models import ANSWERS, tiny_config
+from tests.utils import make_test_images, make_tiny_tokenizer
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vqa")
+    tokenizer = make_tiny_tokenizer(root / "tok")
+    config = tiny_config(text_config={"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
+                                      "bos_token_id": tokenizer.cls_token_id, "eos_token_id": tokenizer.sep_token_id,
+                                      "mask_token_id": tokenizer.mask_token_id})
+    torch.manual_seed(0)
+    model = EfficientVLMForVisualQuestionAnswering(config).eval()
+    processor = EfficientVLMProcessor(EfficientVLMImageProcessor(size={"height": 32, "width": 32}), tokenizer)
+    model.save_pretrained(root / "model")
+    processor.save_pretrained(root / "model")
+    return root / "model", model, processor
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    return make_test_images(tmp_path_factory.mktemp("images"))
+
+
+@pytest.fixture(scope="module")
+def vqa(checkpoint):
+    return pipeline("visual-question-answering", model=str(checkpoint[0]))
+
+
+def test_pipeline_resolves_the_library_classes(vqa, checkpoint):
+    assert isinstance(vqa, EfficientVLMVQAPipeline)
+    assert isinstance(vqa.model, EfficientVLMForVisualQuestionAnswering)
+    assert isinstance(vqa.image_processor, EfficientVLMImageProcessor)
+    assert isinstance(AutoProcessor.from_pretrained(checkpoint[0]), EfficientVLMProcessor)
+    assert isinstance(AutoImageProcessor.from_pretrained(checkpoint[0]), EfficientVLMImageProcessor)
+
+
+@pytest.mark.parametrize("name", ["rgb.png", "rgba.png", "l.png", "p.png", "rgb.jpg", "l.jpg", "cmyk.jpg"])
+def test_answers_for_image_files_of_every_mode(vqa, images, name):
+    answers = vqa(str(images[name]), "what color is the circle?", top_k=3)
+    assert len(answers) == 3
+    assert all(set(a) == {"answer", "score"} and a["answer"] in ANSWERS and 0 <= a["score"] <= 1 for a in answers)
+    assert answers[0]["score"] >= answers[1]["score"] >= answers[2]["score"]
+
+
+def test_scores_are_the_model_sigmoid(vqa, checkpoint, images):
+    _, model, processor = checkpoint
+    image = Image.open(images["rgb.png"])
+    answers = vqa(image, "is there a red square?", top_k=len(ANSWERS))
+    inputs = processor(images=[image], text=["is there a red square?"])
+    with torch.no_grad():
+        probs = model(**inputs).logits.sigmoid()[0]
+    expected = {ANSWERS[i]: float(p) for i, p in enumerate(probs)}
+    assert {a["answer"]: pytest.approx(a["score"], abs=1e-5) for a in answers} == expected
+
+
+def test_many_images_many_questions_and_batching(vqa, images):
+    files = [str(images["rgb.png"]), str(images["l.jpg"])]
+    per_image = vqa(files, "how many squares are there?", top_k=1)
+    assert len(per_image) == 2 and all(len(a) == 1 for a in per_image)
+    per_question = vqa(files[0], ["what shape is it?", "is there a blue triangle?"], top_k=2)
+    assert len(per_question) == 2
+    as_dicts = vqa([{"image": f, "question": "what color is the square?"} for f in files], top_k=1)
+    batched = vqa([{"image": f, "question": q} for f, q in zip(files, ["what color is it?", "how many?"])],
+                  top_k=1, batch_size=2)
+    single = [vqa(f, q, top_k=1) for f, q in zip(files, ["what color is it?", "how many?"])]
+    assert [b[0]["answer"] for b in batched] == [s[0]["answer"] for s in single]
+    for b, s in zip(batched, single):
+        assert b[0]["score"] == pytest.approx(s[0]["score"], abs=1e-5)
+    assert len(as_dicts) == 2
+
+
+def test_bad_inputs_give_clear_errors(vqa, images, tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        vqa(str(tmp_path / "missing.png"), "what color is the circle?")
+    with pytest.raises(ValueError, match="corrupt.png"):
+        vqa(str(images["corrupt.png"]), "what color is the circle?")
+    with pytest.raises(ValueError, match="empty"):
+        vqa(str(images["rgb.png"]), "   ")
+    with pytest.raises(ValueError, match="top_k"):
+        vqa(str(images["rgb.png"]), "what color?", top_k=0)
