@@ -154,6 +154,9 @@ def cider_d_scores(
     to the reference weights, the clipped dot product is divided by both norms, and the result is multiplied
     by the Gaussian length penalty ``exp(-(l_cand - l_ref)^2 / (2 sigma^2))``. Scores are averaged over the
     orders and the references, then multiplied by 10.
+
+    The IDF makes CIDEr-D a corpus metric: scores depend on the other images evaluated with it, and a
+    single-image corpus always scores 0 (every IDF is ``log 1 = 0``). Evaluate whole test sets at once.
     """
     _check_pairs(predictions, references)
     cand_counts = [_ngram_counts(_tokens(p, tokenize), n) for p in predictions]
