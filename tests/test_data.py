@@ -89,7 +89,9 @@ def test_shapes_vqa_schema_and_vocabulary(vqa_data):
 
 
 def _matches(o, color=None, shape=None, size=None):
-    return (color is None or o.color == color) and (shape is None or o.shape == shape) and (size is None or o.size == size)
+    return (
+        (color is None or o.color == color) and (shape is None or o.shape == shape) and (size is None or o.size == size)
+    )
 
 
 def _resolve(scene, description):
@@ -97,7 +99,13 @@ def _resolve(scene, description):
     words = description.replace(" object", "").split()
     kwargs = {}
     for w in words:
-        key = "color" if w in ("red", "green", "blue", "yellow", "purple", "orange") else "size" if w in ("small", "large") else "shape"
+        key = (
+            "color"
+            if w in ("red", "green", "blue", "yellow", "purple", "orange")
+            else "size"
+            if w in ("small", "large")
+            else "shape"
+        )
         kwargs[key] = w
     return [o for o in scene.objects if _matches(o, **kwargs)]
 
@@ -116,7 +124,9 @@ def test_shapes_vqa_answers_follow_the_scene_graph(vqa_data):
             assert a == ("yes" if _resolve(scene, m.group(1)) else "no"), q
         elif m := re.fullmatch(r"what (color|shape) is the (\w+most) object\?", q):
             attr, word = m.groups()
-            coord, sign = {"leftmost": ("x", -1), "rightmost": ("x", 1), "topmost": ("y", -1), "bottommost": ("y", 1)}[word]
+            coord, sign = {"leftmost": ("x", -1), "rightmost": ("x", 1), "topmost": ("y", -1), "bottommost": ("y", 1)}[
+                word
+            ]
             ordered = sorted(scene.objects, key=lambda o: sign * getattr(o, coord), reverse=True)
             assert abs(getattr(ordered[0], coord) - getattr(ordered[1], coord)) >= CONFIG.margin
             assert a == getattr(ordered[0], attr), q
@@ -194,7 +204,11 @@ def test_shapes_are_not_trivial():
     sizes = Counter(len(s.objects) for s in scenes)
     assert set(sizes) == {1, 2, 3, 4, 5}
     overlaps = sum(
-        any(np.hypot(a.x - b.x, a.y - b.y) < a.radius + b.radius for i, a in enumerate(s.objects) for b in s.objects[i + 1 :])
+        any(
+            np.hypot(a.x - b.x, a.y - b.y) < a.radius + b.radius
+            for i, a in enumerate(s.objects)
+            for b in s.objects[i + 1 :]
+        )
         for s in scenes
     )
     assert overlaps > 5
@@ -220,11 +234,20 @@ def test_load_xvlm_vqa(tmp_path):
     train = _write_json(
         tmp_path / "vqa_train.json",
         [
-            {"image": "train2014/COCO_train2014_000000000001.jpg", "question": "What color?", "answer": ["red"] * 9 + ["pink"], "question_id": 11, "dataset": "vqa"},
+            {
+                "image": "train2014/COCO_train2014_000000000001.jpg",
+                "question": "What color?",
+                "answer": ["red"] * 9 + ["pink"],
+                "question_id": 11,
+                "dataset": "vqa",
+            },
             {"image": "1.png", "question": "Is it green?", "answer": "yes", "question_id": 12, "dataset": "vg"},
         ],
     )
-    test = _write_json(tmp_path / "vqa_test.json", [{"image": "train2014/COCO_train2014_000000000001.jpg", "question": "Why?", "question_id": 99}])
+    test = _write_json(
+        tmp_path / "vqa_test.json",
+        [{"image": "train2014/COCO_train2014_000000000001.jpg", "question": "Why?", "question_id": 99}],
+    )
     ds = load_xvlm_vqa([train], tmp_path / "coco", vg_root=tmp_path / "vg")
     assert len(ds) == 2
     assert ds[0]["answers"] == ["red"] * 9 + ["pink"] and ds[1]["answers"] == ["yes"]
@@ -295,6 +318,7 @@ def test_load_vqav2_and_answer_vocabulary(tmp_path):
             ],
         },
     )
+
     def answers(values):
         return [{"answer": v, "answer_confidence": "yes", "answer_id": i + 1} for i, v in enumerate(values)]
 
@@ -302,8 +326,22 @@ def test_load_vqav2_and_answer_vocabulary(tmp_path):
         tmp_path / "a.json",
         {
             "annotations": [
-                {"question_id": 70, "image_id": 7, "answers": answers(["2"] * 6 + ["two"] * 2 + ["3"] * 2), "multiple_choice_answer": "2", "answer_type": "number", "question_type": "how many"},
-                {"question_id": 420, "image_id": 42, "answers": answers(["dog"] * 10), "multiple_choice_answer": "a dog", "answer_type": "other", "question_type": "what is"},
+                {
+                    "question_id": 70,
+                    "image_id": 7,
+                    "answers": answers(["2"] * 6 + ["two"] * 2 + ["3"] * 2),
+                    "multiple_choice_answer": "2",
+                    "answer_type": "number",
+                    "question_type": "how many",
+                },
+                {
+                    "question_id": 420,
+                    "image_id": 42,
+                    "answers": answers(["dog"] * 10),
+                    "multiple_choice_answer": "a dog",
+                    "answer_type": "other",
+                    "question_type": "what is",
+                },
             ]
         },
     )
@@ -325,12 +363,33 @@ def test_load_karpathy(tmp_path):
         _image(tmp_path / "val2014" / name)
     data = {
         "images": [
-            {"filepath": "val2014", "filename": "COCO_val2014_000000000001.jpg", "imgid": 0, "split": "test", "cocoid": 1,
-             "sentences": [{"raw": "A cat. ", "tokens": ["a", "cat"], "sentid": 10}, {"raw": "A kitten.", "tokens": ["a", "kitten"], "sentid": 11}]},
-            {"filepath": "val2014", "filename": "COCO_val2014_000000000002.jpg", "imgid": 1, "split": "restval", "cocoid": 2,
-             "sentences": [{"raw": "A dog.", "tokens": ["a", "dog"], "sentid": 12}]},
-            {"filepath": "train2014", "filename": "missing_but_not_selected.jpg", "imgid": 2, "split": "train", "cocoid": 3,
-             "sentences": [{"raw": "x", "tokens": ["x"], "sentid": 13}]},
+            {
+                "filepath": "val2014",
+                "filename": "COCO_val2014_000000000001.jpg",
+                "imgid": 0,
+                "split": "test",
+                "cocoid": 1,
+                "sentences": [
+                    {"raw": "A cat. ", "tokens": ["a", "cat"], "sentid": 10},
+                    {"raw": "A kitten.", "tokens": ["a", "kitten"], "sentid": 11},
+                ],
+            },
+            {
+                "filepath": "val2014",
+                "filename": "COCO_val2014_000000000002.jpg",
+                "imgid": 1,
+                "split": "restval",
+                "cocoid": 2,
+                "sentences": [{"raw": "A dog.", "tokens": ["a", "dog"], "sentid": 12}],
+            },
+            {
+                "filepath": "train2014",
+                "filename": "missing_but_not_selected.jpg",
+                "imgid": 2,
+                "split": "train",
+                "cocoid": 3,
+                "sentences": [{"raw": "x", "tokens": ["x"], "sentid": 13}],
+            },
         ]
     }
     path = _write_json(tmp_path / "dataset_coco.json", data)
@@ -349,7 +408,14 @@ def test_load_nlvr2_official_jsonl(tmp_path):
     _image(tmp_path / "dev/dev-850-0-img0.png", (30, 0, 0))
     _image(tmp_path / "dev/dev-850-0-img1.png", (40, 0, 0))
     lines = [
-        {"identifier": "train-10171-0-0", "sentence": "A bird.", "label": "True", "directory": "71", "left_url": "http://x/l.jpg", "right_url": "http://x/r.jpg"},
+        {
+            "identifier": "train-10171-0-0",
+            "sentence": "A bird.",
+            "label": "True",
+            "directory": "71",
+            "left_url": "http://x/l.jpg",
+            "right_url": "http://x/r.jpg",
+        },
         {"identifier": "train-10171-0-1", "sentence": "No bird.", "label": "False", "directory": "71"},
     ]
     train = tmp_path / "train.json"
@@ -358,7 +424,9 @@ def test_load_nlvr2_official_jsonl(tmp_path):
     assert ds["label"] == [1, 0] and ds["id"] == ["train-10171-0-0", "train-10171-0-1"]
     assert ds[0]["image_left"].getpixel((0, 0)) == (10, 0, 0) and ds[1]["image_right"].getpixel((0, 0)) == (20, 0, 0)
     dev = tmp_path / "dev.json"
-    dev.write_text(json.dumps({"identifier": "dev-850-0-1", "sentence": "s", "label": "False"}) + "\n", encoding="utf-8")
+    dev.write_text(
+        json.dumps({"identifier": "dev-850-0-1", "sentence": "s", "label": "False"}) + "\n", encoding="utf-8"
+    )
     assert load_nlvr2(dev, tmp_path / "dev")[0]["image_right"].getpixel((0, 0)) == (40, 0, 0)
 
 
@@ -387,7 +455,10 @@ def test_missing_image_is_reported_with_path_and_id(tmp_path):
     raw = load_xvlm_vqa(ann, tmp_path, check_files=False, decode_images=False)
     assert raw[1]["image"] == str(tmp_path / "gone.jpg")
 
-    nlvr = _write_json(tmp_path / "nlvr.json", [{"images": ["ok.jpg", "nope-img1.png"], "sentence": "s", "label": "True", "identifier": "dev-1-1-0"}])
+    nlvr = _write_json(
+        tmp_path / "nlvr.json",
+        [{"images": ["ok.jpg", "nope-img1.png"], "sentence": "s", "label": "True", "identifier": "dev-1-1-0"}],
+    )
     with pytest.raises(MissingImageError, match=r"nope-img1\.png.*id='dev-1-1-0'.*image_right"):
         load_xvlm_nlvr2(nlvr, tmp_path)
 
@@ -402,13 +473,25 @@ class FakeProcessor:
         self.calls = []
 
     def __call__(self, images=None, text=None, padding=None, truncation=None, max_length=None, return_tensors=None):
-        self.calls.append({"images": images, "text": text, "padding": padding, "max_length": max_length, "return_tensors": return_tensors})
+        self.calls.append(
+            {
+                "images": images,
+                "text": text,
+                "padding": padding,
+                "max_length": max_length,
+                "return_tensors": return_tensors,
+            }
+        )
         ids = [[1] + [len(w) + 10 for w in t.split()][: max_length - 2] + [2] for t in text]
         width = max(len(x) for x in ids)
         input_ids = torch.tensor([x + [0] * (width - len(x)) for x in ids])
         pair = isinstance(images[0], tuple)
         pixel_shape = (len(images), 2, 3, 4, 4) if pair else (len(images), 3, 4, 4)
-        return {"input_ids": input_ids, "attention_mask": (input_ids != 0).long(), "pixel_values": torch.zeros(pixel_shape)}
+        return {
+            "input_ids": input_ids,
+            "attention_mask": (input_ids != 0).long(),
+            "pixel_values": torch.zeros(pixel_shape),
+        }
 
 
 def test_vqa_collator_soft_labels():
@@ -426,7 +509,9 @@ def test_vqa_collator_soft_labels():
     assert batch["pixel_values"].shape == (2, 3, 4, 4)
     assert processor.calls[0]["text"] == ["is it?", "how many dogs are there?"]
     assert processor.calls[0]["return_tensors"] == "pt" and processor.calls[0]["max_length"] == 16
-    assert torch.allclose(VQACollator(processor, label2id, score_rule="min3")(rows)["labels"][0], torch.tensor([1.0, 2 / 3, 0.0]))
+    assert torch.allclose(
+        VQACollator(processor, label2id, score_rule="min3")(rows)["labels"][0], torch.tensor([1.0, 2 / 3, 0.0])
+    )
     assert "labels" not in collator([{"image": image, "question": "q", "answers": []}])
     assert vqa_soft_labels([["no"] * 10], label2id).tolist() == [[0.0, 1.0, 0.0]]
 
@@ -444,7 +529,10 @@ def test_vqa_collator_on_shapes(vqa_data):
 def test_nlvr2_collator():
     processor = FakeProcessor()
     a, b = Image.new("RGB", (4, 4)), Image.new("RGB", (4, 4), (9, 9, 9))
-    rows = [{"image_left": a, "image_right": b, "sentence": "s one", "label": 1}, {"image_left": b, "image_right": a, "sentence": "s", "label": "False"}]
+    rows = [
+        {"image_left": a, "image_right": b, "sentence": "s one", "label": 1},
+        {"image_left": b, "image_right": a, "sentence": "s", "label": "False"},
+    ]
     batch = NLVR2Collator(processor)(rows)
     assert batch["labels"].dtype == torch.long and batch["labels"].tolist() == [1, 0]
     assert batch["pixel_values"].shape == (2, 2, 3, 4, 4)
@@ -465,7 +553,9 @@ def test_captioning_collator_masks_padding_and_prompt():
 
 def test_retrieval_collator_image_ids():
     image = Image.new("RGB", (4, 4))
-    rows = [{"image": image, "caption": c, "image_id": i} for c, i in [("a", "coco_5"), ("b", "coco_9"), ("c", "coco_5")]]
+    rows = [
+        {"image": image, "caption": c, "image_id": i} for c, i in [("a", "coco_5"), ("b", "coco_9"), ("c", "coco_5")]
+    ]
     assert RetrievalCollator(FakeProcessor())(rows)["image_ids"].tolist() == [0, 1, 0]
     rows = [{**r, "image_idx": k} for r, k in zip(rows, [4, 7, 4])]
     batch = RetrievalCollator(FakeProcessor())(rows)

@@ -146,7 +146,9 @@ def test_retrieval_recall_ties_are_pessimistic():
     assert out["txt_r2"] == 100.0
     # Permuting the candidates does not change tied results (argsort-based ranking would).
     perm = [2, 1, 0]
-    out_perm = retrieval_recall(scores[:, perm], [[0, 1, 2][p] for p in perm], [[perm.index(0)], [perm.index(1)], [perm.index(2)]], ks=(1, 2))
+    out_perm = retrieval_recall(
+        scores[:, perm], [[0, 1, 2][p] for p in perm], [[perm.index(0)], [perm.index(1)], [perm.index(2)]], ks=(1, 2)
+    )
     assert out_perm["txt_r1"] == out["txt_r1"]
     # Ties between two gold texts do not hurt.
     out = retrieval_recall(np.array([[0.5, 0.5, 0.1]]), [0, 0, 0], [[0, 1, 2]], ks=(1,))
@@ -164,7 +166,17 @@ def test_retrieval_recall_matches_itm_eval_without_ties_and_accepts_tensors():
     out = retrieval_recall(scores, txt2img, img2txt)
     assert [out["txt_r1"], out["txt_r5"], out["txt_r10"]] == pytest.approx(tr)
     assert [out["img_r1"], out["img_r5"], out["img_r10"]] == pytest.approx(ir)
-    assert set(out) == {"txt_r1", "txt_r5", "txt_r10", "img_r1", "img_r5", "img_r10", "txt_r_mean", "img_r_mean", "r_mean"}
+    assert set(out) == {
+        "txt_r1",
+        "txt_r5",
+        "txt_r10",
+        "img_r1",
+        "img_r5",
+        "img_r10",
+        "txt_r_mean",
+        "img_r_mean",
+        "r_mean",
+    }
     assert retrieval_recall(torch.tensor(scores), txt2img, img2txt) == out
     assert retrieval_recall(torch.tensor(scores, dtype=torch.bfloat16), txt2img, img2txt).keys() == out.keys()
     # A separate t2i matrix is honoured.
@@ -196,7 +208,14 @@ def test_nlvr2_accuracy():
 
 def test_tokenize_caption():
     assert tokenize_caption("A man's dog, running. Black/white T-shirt!") == [
-        "a", "mans", "dog", "running", "black", "white", "t", "shirt",
+        "a",
+        "mans",
+        "dog",
+        "running",
+        "black",
+        "white",
+        "t",
+        "shirt",
     ]
 
 
@@ -289,7 +308,9 @@ def loaded_metrics():
 
 def test_evaluate_modules_match_pure_functions(loaded_metrics):
     preds, refs = CAPTION_CORPUS
-    assert loaded_metrics["cider"].compute(predictions=preds, references=refs)["cider"] == pytest.approx(cider_d(preds, refs))
+    assert loaded_metrics["cider"].compute(predictions=preds, references=refs)["cider"] == pytest.approx(
+        cider_d(preds, refs)
+    )
     bleu = loaded_metrics["bleu"].compute(predictions=preds, references=refs)
     assert bleu["bleu"] == pytest.approx(corpus_bleu(preds, refs))
     assert bleu["bleu_1"] == pytest.approx(bleu_scores(preds, refs)["bleu_1"])
@@ -308,7 +329,9 @@ def test_evaluate_modules_match_pure_functions(loaded_metrics):
     txt2img = [i // 2 for i in range(10)]
     out = loaded_metrics["retrieval_recall"].compute(predictions=scores.tolist(), references=img2txt)
     assert out == pytest.approx(retrieval_recall(scores, txt2img, img2txt))
-    out = loaded_metrics["retrieval_recall"].compute(predictions=scores.tolist(), references=img2txt, txt2img=txt2img, ks=(1, 2))
+    out = loaded_metrics["retrieval_recall"].compute(
+        predictions=scores.tolist(), references=img2txt, txt2img=txt2img, ks=(1, 2)
+    )
     assert out == pytest.approx(retrieval_recall(scores, txt2img, img2txt, ks=(1, 2)))
 
 
@@ -330,7 +353,9 @@ def test_metrics_package_imports_no_model_code():
     import subprocess
     import sys
 
-    code = "import sys, efficientvlm.metrics; print(any(m in sys.modules for m in ('torch', 'transformers', 'evaluate')))"
+    code = (
+        "import sys, efficientvlm.metrics; print(any(m in sys.modules for m in ('torch', 'transformers', 'evaluate')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

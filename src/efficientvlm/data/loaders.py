@@ -272,7 +272,12 @@ def load_xvlm_caption_groups(
             match = _COCO_ID.search(entry["image"])
             image_id = str(int(match.group(1))) if match else Path(entry["image"]).stem
         rows.append(
-            {"image": _join(image_root, entry["image"]), "captions": list(captions), "image_id": str(image_id), "image_idx": index}
+            {
+                "image": _join(image_root, entry["image"]),
+                "captions": list(captions),
+                "image_id": str(image_id),
+                "image_idx": index,
+            }
         )
     features = datasets.Features({"image": _STR, "captions": _STR_LIST, "image_id": _STR, "image_idx": _INT})
     return _finish(rows, features, ["image"], "image_id", check_files, decode_images)
@@ -305,9 +310,7 @@ def load_xvlm_nlvr2(
                 "id": str(example_id),
             }
         )
-    features = datasets.Features(
-        {"image_left": _STR, "image_right": _STR, "sentence": _STR, "label": _INT, "id": _STR}
-    )
+    features = datasets.Features({"image_left": _STR, "image_right": _STR, "sentence": _STR, "label": _INT, "id": _STR})
     return _finish(rows, features, ["image_left", "image_right"], "id", check_files, decode_images)
 
 
@@ -327,7 +330,7 @@ def load_vqav2(
     check_files: bool = True,
     decode_images: bool = True,
 ) -> datasets.Dataset:
-    """Official VQAv2 files (e.g. ``v2_OpenEnded_mscoco_val2014_questions.json`` + ``v2_mscoco_val2014_annotations.json``).
+    """Official VQAv2 files (``v2_OpenEnded_mscoco_<split>_questions.json`` + ``v2_mscoco_<split>_annotations.json``).
 
     Args:
         questions_file: ``{"questions": [{"image_id", "question", "question_id"}, ...], "data_subtype": ...}``.
@@ -426,7 +429,13 @@ def load_karpathy(
         path = Path(image_root) / entry.get("filepath", "") / entry["filename"]
         image_id = int(entry.get("cocoid", entry.get("imgid")))
         captions = [s["raw"].strip() for s in entry["sentences"]]
-        base = {"image": str(path), "captions": captions, "image_id": image_id, "image_idx": image_idx, "split": entry["split"]}
+        base = {
+            "image": str(path),
+            "captions": captions,
+            "image_id": image_id,
+            "image_idx": image_idx,
+            "split": entry["split"],
+        }
         if one_row_per_caption:
             for k, sentence in enumerate(entry["sentences"]):
                 rows.append({**base, "caption": captions[k], "sentid": int(sentence.get("sentid", k))})
@@ -463,7 +472,10 @@ def load_nlvr2(
         for line_number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
-            entry = json.loads(line)
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{jsonl_file}:{line_number}: not a JSON object ({err})") from err
             identifier = entry["identifier"]
             stem = identifier.rsplit("-", 1)[0]
             folders = [root / str(entry["directory"]), root] if "directory" in entry else [root]
@@ -480,16 +492,16 @@ def load_nlvr2(
                     "id": identifier,
                 }
             )
-    features = datasets.Features(
-        {"image_left": _STR, "image_right": _STR, "sentence": _STR, "label": _INT, "id": _STR}
-    )
+    features = datasets.Features({"image_left": _STR, "image_right": _STR, "sentence": _STR, "label": _INT, "id": _STR})
     return _finish(rows, features, ["image_left", "image_right"], "id", check_files, decode_images)
 
 
 # ------------------------------------------------------------------------------------------ retrieval eval
 
 
-def retrieval_targets(dataset: datasets.Dataset, captions_column: str = "captions") -> tuple[list[str], list[int], list[list[int]]]:
+def retrieval_targets(
+    dataset: datasets.Dataset, captions_column: str = "captions"
+) -> tuple[list[str], list[int], list[list[int]]]:
     """Flatten a one-row-per-image dataset into ``(texts, txt2img, img2txt)`` for :func:`retrieval_recall`.
 
     Text ``j`` is the ``k``-th caption of row ``i`` in row order; images are never decoded.

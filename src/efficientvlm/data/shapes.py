@@ -29,7 +29,6 @@ import io
 import json
 import math
 import random
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -71,8 +70,27 @@ QUESTION_TYPES: tuple[str, ...] = ("color", "shape", "count", "exist", "position
 _SPLITS = {"train": 0, "validation": 1, "test": 2}
 _TASKS = {"vqa": 1, "caption": 2, "nlvr2": 3}
 _NUMBER_WORDS = (
-    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-    "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty",
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+    "twenty",
 )
 
 
@@ -145,7 +163,15 @@ class Scene:
     def to_json(self) -> str:
         """Serialise (the ``scene`` columns of the datasets)."""
         objects = [
-            {"shape": o.shape, "color": o.color, "size": o.size, "x": o.x, "y": o.y, "radius": o.radius, "rgb": list(o.rgb)}
+            {
+                "shape": o.shape,
+                "color": o.color,
+                "size": o.size,
+                "x": o.x,
+                "y": o.y,
+                "radius": o.radius,
+                "rgb": list(o.rgb),
+            }
             for o in self.objects
         ]
         return json.dumps({"objects": objects, "background": list(self.background), "noise_seed": self.noise_seed})
@@ -160,7 +186,9 @@ class Scene:
     def count(self, color: str | None = None, shape: str | None = None, size: str | None = None) -> int:
         """Number of objects matching every given attribute."""
         return sum(
-            (color is None or o.color == color) and (shape is None or o.shape == shape) and (size is None or o.size == size)
+            (color is None or o.color == color)
+            and (shape is None or o.shape == shape)
+            and (size is None or o.size == size)
             for o in self.objects
         )
 
@@ -204,7 +232,9 @@ def sample_scene(rng: random.Random, config: ShapesConfig) -> Scene:
             rgb = tuple(
                 max(0, min(255, c + rng.randint(-config.color_jitter, config.color_jitter))) for c in COLORS[color]
             )
-            objects.append(SceneObject(rng.choice(config.shapes), color, size, round(x, 4), round(y, 4), round(radius, 4), rgb))
+            objects.append(
+                SceneObject(rng.choice(config.shapes), color, size, round(x, 4), round(y, 4), round(radius, 4), rgb)
+            )
         if len(objects) == n:
             break
     else:  # pragma: no cover - only with extreme radius settings
@@ -377,7 +407,9 @@ _QUESTION_MAKERS: dict[str, Callable] = {
 }
 
 
-def ask_question(scene: Scene, rng: random.Random, config: ShapesConfig, question_type: str | None = None) -> tuple[str, str, str]:
+def ask_question(
+    scene: Scene, rng: random.Random, config: ShapesConfig, question_type: str | None = None
+) -> tuple[str, str, str]:
     """Generate one unambiguous question about ``scene``: ``(question, answer, question_type)``.
 
     The type is drawn uniformly from :data:`QUESTION_TYPES` unless given; when the scene does not support it
@@ -458,7 +490,9 @@ def describe_scene(scene: Scene, rng: random.Random, num_captions: int = 5) -> l
 
 def _relation_truth(scene: Scene, color: str, shape: str, margin: float) -> bool | None:
     """'contains a <color> object to the left of a <shape>': True / False, or None when too close to call."""
-    pairs = [(a, b) for a in scene.objects for b in scene.objects if a is not b and a.color == color and b.shape == shape]
+    pairs = [
+        (a, b) for a in scene.objects for b in scene.objects if a is not b and a.color == color and b.shape == shape
+    ]
     if any(b.x - a.x >= margin for a, b in pairs):
         return True
     if all(a.x >= b.x for a, b in pairs):
@@ -486,11 +520,20 @@ def sample_statement(rng: random.Random, config: ShapesConfig) -> Statement:
 
     kind = rng.randrange(10)
     if kind == 0:
-        return (f"the left image has more {shape}s than the right image", lambda l, r: l.count(shape=shape) > r.count(shape=shape))
+        return (
+            f"the left image has more {shape}s than the right image",
+            lambda l, r: l.count(shape=shape) > r.count(shape=shape),
+        )
     if kind == 1:
-        return (f"the right image has more {shape}s than the left image", lambda l, r: r.count(shape=shape) > l.count(shape=shape))
+        return (
+            f"the right image has more {shape}s than the left image",
+            lambda l, r: r.count(shape=shape) > l.count(shape=shape),
+        )
     if kind == 2:
-        return (f"both images contain {_a(color)} object", lambda l, r: l.count(color=color) > 0 and r.count(color=color) > 0)
+        return (
+            f"both images contain {_a(color)} object",
+            lambda l, r: l.count(color=color) > 0 and r.count(color=color) > 0,
+        )
     if kind == 3:
         return (f"both images contain {_a(shape)}", lambda l, r: l.count(shape=shape) > 0 and r.count(shape=shape) > 0)
     if kind == 4:
@@ -499,7 +542,10 @@ def sample_statement(rng: random.Random, config: ShapesConfig) -> Statement:
             lambda l, r: (l.count(color=color, shape=shape) > 0) != (r.count(color=color, shape=shape) > 0),
         )
     if kind == 5:
-        return (f"neither image contains {_a(color)} object", lambda l, r: l.count(color=color) + r.count(color=color) == 0)
+        return (
+            f"neither image contains {_a(color)} object",
+            lambda l, r: l.count(color=color) + r.count(color=color) == 0,
+        )
     if kind == 6:
         k = rng.randint(0, max(1, (config.min_objects + config.max_objects) // 2))
         return (
@@ -610,7 +656,9 @@ def make_caption_dataset(
         captions = describe_scene(scene, rng, captions_per_image)
         texts = captions if one_row_per_caption else captions[:1]
         for text in texts:
-            rows.append({"image": image, "caption": text, "captions": captions, "image_id": image_id, "scene": scene.to_json()})
+            rows.append(
+                {"image": image, "caption": text, "captions": captions, "image_id": image_id, "scene": scene.to_json()}
+            )
     features = datasets.Features(
         {
             "image": datasets.Image(),

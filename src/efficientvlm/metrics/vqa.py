@@ -32,6 +32,7 @@ __all__ = ["normalize_answer", "vqa_score", "vqa_accuracy", "answer_soft_scores"
 
 # Contractions written without apostrophe -> the official spelling. Keys containing upper case letters
 # can never match after lower-casing; they are kept because the official table has them.
+# fmt: off
 _CONTRACTIONS: dict[str, str] = {
     "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've", "couldnt": "couldn't",
     "couldn'tve": "couldn't've", "couldnt've": "couldn't've", "didnt": "didn't", "doesnt": "doesn't",
@@ -70,9 +71,15 @@ _NUMBER_WORDS: dict[str, str] = {
     "five": "5", "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10",
 }
 
+# fmt: on
+
 _ARTICLES = frozenset({"a", "an", "the"})
 
-_PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!")
+# fmt: off
+_PUNCTUATION = (
+    ";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!",
+)
+# fmt: on
 
 # The official pattern is "(?!<=\d)(\.)(?!\d)"; its first group is a (mistyped) look-*ahead* that can never
 # fail in front of a ".", so the effective rule is: a period not followed by a digit.

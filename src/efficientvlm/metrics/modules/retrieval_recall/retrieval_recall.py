@@ -1,4 +1,7 @@
-"""`evaluate` wrapper of :func:`efficientvlm.metrics.retrieval.retrieval_recall` (load with ``efficientvlm.metrics.load``)."""
+"""`evaluate` wrapper of :func:`efficientvlm.metrics.retrieval.retrieval_recall`.
+
+Load it with ``efficientvlm.metrics.load("retrieval_recall")``.
+"""
 
 import datasets
 import evaluate
