@@ -1,0 +1,43 @@
+"""Data for EfficientVLM: the synthetic ``shapes`` benchmark, loaders for the real annotation formats, collators."""
+
+from .collators import CaptioningCollator, NLVR2Collator, RetrievalCollator, VQACollator, vqa_soft_labels
+from .loaders import (
+    LazyImageDecoder,
+    MissingImageError,
+    build_answer_vocabulary,
+    coco_image_filename,
+    load_karpathy,
+    load_nlvr2,
+    load_vqav2,
+    load_xvlm_caption_groups,
+    load_xvlm_caption_pairs,
+    load_xvlm_nlvr2,
+    load_xvlm_vqa,
+    retrieval_targets,
+)
+from .shapes import ShapesConfig, answer_vocabulary, make_caption_dataset, make_nlvr2_dataset, make_vqa_dataset
+
+__all__ = [
+    "CaptioningCollator",
+    "LazyImageDecoder",
+    "MissingImageError",
+    "NLVR2Collator",
+    "RetrievalCollator",
+    "ShapesConfig",
+    "VQACollator",
+    "answer_vocabulary",
+    "build_answer_vocabulary",
+    "coco_image_filename",
+    "load_karpathy",
+    "load_nlvr2",
+    "load_vqav2",
+    "load_xvlm_caption_groups",
+    "load_xvlm_caption_pairs",
+    "load_xvlm_nlvr2",
+    "load_xvlm_vqa",
+    "make_caption_dataset",
+    "make_nlvr2_dataset",
+    "make_vqa_dataset",
+    "retrieval_targets",
+    "vqa_soft_labels",
+]

@@ -1,0 +1,213 @@
+"""Batch collators: run a processor on raw rows and build the labels each task head expects.
+
+A *processor* is any callable with the signature of ``EfficientVLMProcessor.__call__``::
+
+    processor(images=..., text=..., padding=..., truncation=..., max_length=..., return_tensors="pt")
+
+returning a mapping with ``input_ids``, ``attention_mask`` and ``pixel_values`` (for NLVR2, ``images`` is a
+list of ``(left, right)`` pairs and ``pixel_values`` has shape ``(B, 2, 3, H, W)``). The collators take rows as
+produced by :mod:`efficientvlm.data.shapes` and :mod:`efficientvlm.data.loaders` (PIL images, raw text) and
+are meant for ``Trainer(data_collator=..., args=TrainingArguments(remove_unused_columns=False, ...))``.
+
+Labels:
+
+* :class:`VQACollator` -> ``labels``: float ``(B, num_labels)`` VQA soft scores (see
+  :func:`efficientvlm.metrics.answer_soft_scores`); answers outside ``label2id`` are dropped;
+* :class:`NLVR2Collator` -> ``labels``: long ``(B,)``, 1 = true;
+* :class:`CaptioningCollator` -> ``labels``: ``input_ids`` with padding (and optional prompt) positions set
+  to -100; the model shifts them internally;
+* :class:`RetrievalCollator` -> ``image_ids``: long ``(B,)``; captions of the same image share an id and
+  count as positives for the contrastive / matching losses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from ..metrics.nlvr2 import to_binary_label
+from ..metrics.vqa import answer_soft_scores
+
+__all__ = ["VQACollator", "NLVR2Collator", "CaptioningCollator", "RetrievalCollator", "vqa_soft_labels"]
+
+
+def vqa_soft_labels(
+    answers_per_example: Sequence[Sequence[str]], label2id: Mapping[str, int], rule: str = "official"
+) -> torch.Tensor:
+    """``(B, len(label2id))`` float tensor of soft scores of the (normalised) annotator answers.
+
+    ``label2id`` keys must be normalised answers (as returned by ``build_answer_vocabulary`` or the shapes
+    ``answer_vocabulary``). Rows with no answer in the vocabulary stay all-zero.
+    """
+    num_labels = max(label2id.values()) + 1 if label2id else 0
+    labels = torch.zeros(len(answers_per_example), num_labels, dtype=torch.float32)
+    for i, answers in enumerate(answers_per_example):
+        if not answers:
+            continue
+        for answer, score in answer_soft_scores(answers, rule=rule).items():
+            index = label2id.get(answer)
+            if index is not None:
+                labels[i, index] = score
+    return labels
+
+
+class _ProcessorCollator:
+    """Shared processor call."""
+
+    def __init__(self, processor: Any, max_length: int = 40, padding: bool | str = "longest", truncation: bool = True):
+        self.processor = processor
+        self.max_length = max_length
+        self.padding = padding
+        self.truncation = truncation
+
+    def _process(self, images: list, texts: list[str]):
+        return self.processor(
+            images=images,
+            text=texts,
+            padding=self.padding,
+            truncation=self.truncation,
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
+
+
+class VQACollator(_ProcessorCollator):
+    """Question + image batches with VQA soft-score ``labels``.
+
+    Args:
+        processor: see the module docstring.
+        label2id: normalised answer -> class index.
+        score_rule: ``"official"`` (default: 0.3/0.6/0.9/1 for 1/2/3/4+ of 10 annotators, the score the VQA
+            metric would give) or ``"min3"`` (``min(1, count / 3)``).
+        image_column, question_column, answers_column: row keys. Rows whose ``answers`` are missing or empty
+            (test questions) get no labels; if no row has answers, ``labels`` is omitted.
+    """
+
+    def __init__(
+        self,
+        processor: Any,
+        label2id: Mapping[str, int],
+        max_length: int = 40,
+        padding: bool | str = "longest",
+        score_rule: str = "official",
+        image_column: str = "image",
+        question_column: str = "question",
+        answers_column: str = "answers",
+    ):
+        super().__init__(processor, max_length, padding)
+        self.label2id = dict(label2id)
+        self.score_rule = score_rule
+        self.image_column = image_column
+        self.question_column = question_column
+        self.answers_column = answers_column
+
+    def __call__(self, features: list[dict[str, Any]]):
+        batch = self._process([f[self.image_column] for f in features], [f[self.question_column] for f in features])
+        answers = [f.get(self.answers_column) or [] for f in features]
+        if any(answers):
+            batch["labels"] = vqa_soft_labels(answers, self.label2id, self.score_rule)
+        return batch
+
+
+class NLVR2Collator(_ProcessorCollator):
+    """Image-pair + statement batches with long ``labels`` (1 = true); ``images`` go in as ``(left, right)`` pairs."""
+
+    def __init__(
+        self,
+        processor: Any,
+        max_length: int = 40,
+        padding: bool | str = "longest",
+        left_column: str = "image_left",
+        right_column: str = "image_right",
+        sentence_column: str = "sentence",
+        label_column: str = "label",
+    ):
+        super().__init__(processor, max_length, padding)
+        self.left_column = left_column
+        self.right_column = right_column
+        self.sentence_column = sentence_column
+        self.label_column = label_column
+
+    def __call__(self, features: list[dict[str, Any]]):
+        pairs = [(f[self.left_column], f[self.right_column]) for f in features]
+        batch = self._process(pairs, [f[self.sentence_column] for f in features])
+        if all(self.label_column in f for f in features):
+            batch["labels"] = torch.tensor([to_binary_label(f[self.label_column]) for f in features], dtype=torch.long)
+        return batch
+
+
+def _first_caption(value: str | Sequence[str]) -> str:
+    return value if isinstance(value, str) else value[0]
+
+
+class CaptioningCollator(_ProcessorCollator):
+    """Image + caption batches for language-model training: ``labels`` = ``input_ids`` with ignored positions -100.
+
+    Args:
+        prompt: text put in front of every caption (EfficientVLM uses ``"a picture of "``).
+        prompt_length: number of leading label positions to ignore (e.g. ``[CLS]`` + the prompt's tokens, as
+            X-VLM does); 0 keeps them.
+        caption_column: row key; a list value uses its first caption.
+    """
+
+    def __init__(
+        self,
+        processor: Any,
+        max_length: int = 40,
+        padding: bool | str = "longest",
+        prompt: str = "",
+        prompt_length: int = 0,
+        image_column: str = "image",
+        caption_column: str = "caption",
+    ):
+        super().__init__(processor, max_length, padding)
+        self.prompt = prompt
+        self.prompt_length = prompt_length
+        self.image_column = image_column
+        self.caption_column = caption_column
+
+    def __call__(self, features: list[dict[str, Any]]):
+        texts = [self.prompt + _first_caption(f[self.caption_column]) for f in features]
+        batch = self._process([f[self.image_column] for f in features], texts)
+        labels = batch["input_ids"].clone()
+        labels[batch["attention_mask"] == 0] = -100
+        if self.prompt_length:
+            labels[:, : self.prompt_length] = -100
+        batch["labels"] = labels
+        return batch
+
+
+class RetrievalCollator(_ProcessorCollator):
+    """Image + caption batches with ``image_ids`` (long ``(B,)``) marking which rows show the same image.
+
+    ``image_ids`` come from ``image_id_column`` (default ``image_idx``, the dense id of the loaders, else
+    ``image_id``): integer ids are used as they are; other ids (e.g. COCO strings) are numbered within the
+    batch, which still makes captions of one image positives of each other.
+    """
+
+    def __init__(
+        self,
+        processor: Any,
+        max_length: int = 40,
+        padding: bool | str = "longest",
+        image_column: str = "image",
+        caption_column: str = "caption",
+        image_id_column: str | None = None,
+    ):
+        super().__init__(processor, max_length, padding)
+        self.image_column = image_column
+        self.caption_column = caption_column
+        self.image_id_column = image_id_column
+
+    def __call__(self, features: list[dict[str, Any]]):
+        texts = [_first_caption(f[self.caption_column]) for f in features]
+        batch = self._process([f[self.image_column] for f in features], texts)
+        column = self.image_id_column or ("image_idx" if "image_idx" in features[0] else "image_id")
+        ids = [f[column] for f in features]
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            numbering: dict[Any, int] = {}
+            ids = [numbering.setdefault(i, len(numbering)) for i in ids]
+        batch["image_ids"] = torch.tensor(ids, dtype=torch.long)
+        return batch

@@ -1,0 +1,565 @@
+"""Tests of efficientvlm.data: the shapes benchmark, the annotation loaders and the collators."""
+
+import json
+import re
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from efficientvlm.data import (
+    CaptioningCollator,
+    MissingImageError,
+    NLVR2Collator,
+    RetrievalCollator,
+    ShapesConfig,
+    VQACollator,
+    answer_vocabulary,
+    build_answer_vocabulary,
+    coco_image_filename,
+    load_karpathy,
+    load_nlvr2,
+    load_vqav2,
+    load_xvlm_caption_groups,
+    load_xvlm_caption_pairs,
+    load_xvlm_nlvr2,
+    load_xvlm_vqa,
+    make_caption_dataset,
+    make_nlvr2_dataset,
+    make_vqa_dataset,
+    retrieval_targets,
+    vqa_soft_labels,
+)
+from efficientvlm.data.shapes import Scene, render_scene
+from efficientvlm.metrics import retrieval_recall
+
+# ------------------------------------------------------------------------------------------------ shapes
+
+CONFIG = ShapesConfig(image_size=32)
+
+
+@pytest.fixture(scope="module")
+def vqa_data():
+    return make_vqa_dataset(300, split_seed="train", config=CONFIG)
+
+
+def _raw_rows(dataset, image_columns):
+    """Rows with images as PNG bytes (no decoding), for exact comparisons."""
+    from datasets import Image as ImageFeature
+
+    for column in image_columns:
+        dataset = dataset.cast_column(column, ImageFeature(decode=False))
+    return dataset.to_list()
+
+
+def test_shapes_same_seed_identical_other_seed_different():
+    a = _raw_rows(make_vqa_dataset(12, 0, CONFIG), ["image"])
+    b = _raw_rows(make_vqa_dataset(12, 0, CONFIG), ["image"])
+    assert a == b
+    other_split = _raw_rows(make_vqa_dataset(12, 1, CONFIG), ["image"])
+    other_seed = _raw_rows(make_vqa_dataset(12, 0, ShapesConfig(image_size=32, seed=1)), ["image"])
+    assert [r["image"] for r in a] != [r["image"] for r in other_split]
+    assert [r["scene"] for r in a] != [r["scene"] for r in other_seed]
+    # Examples are independent of n: a prefix is the same data.
+    assert _raw_rows(make_vqa_dataset(5, 0, CONFIG), ["image"]) == a[:5]
+    n1 = _raw_rows(make_nlvr2_dataset(6, 3, CONFIG), ["image_left", "image_right"])
+    assert n1 == _raw_rows(make_nlvr2_dataset(6, 3, CONFIG), ["image_left", "image_right"])
+    c1 = make_caption_dataset(6, 3, CONFIG)
+    assert c1["captions"] == make_caption_dataset(6, 3, CONFIG)["captions"]
+    assert c1["captions"] != make_caption_dataset(6, 4, CONFIG)["captions"]
+
+
+def test_shapes_vqa_schema_and_vocabulary(vqa_data):
+    row = vqa_data[0]
+    assert isinstance(row["image"], Image.Image) and row["image"].size == (32, 32)
+    assert set(vqa_data.column_names) >= {"image", "question", "answers", "answer", "question_type"}
+    vocab = set(answer_vocabulary(CONFIG))
+    assert len(vocab) == len(answer_vocabulary(CONFIG))
+    for answer, answers in zip(vqa_data["answer"], vqa_data["answers"]):
+        assert answer in vocab
+        assert answers == [answer] * 10
+    assert set(vqa_data["question_type"]) == {"color", "shape", "count", "exist", "position"}
+    shared = make_vqa_dataset(7, 0, CONFIG, questions_per_image=3)
+    assert shared["image_id"] == [0, 0, 0, 1, 1, 1, 2] and shared["question_id"] == list(range(7))
+    assert len(set(shared["question"][:3])) == 3 and len(set(shared["scene"][:3])) == 1
+    yes_no = Counter(a for a in vqa_data["answer"] if a in ("yes", "no"))
+    assert 0.35 < yes_no["yes"] / sum(yes_no.values()) < 0.65
+
+
+def _matches(o, color=None, shape=None, size=None):
+    return (
+        (color is None or o.color == color) and (shape is None or o.shape == shape) and (size is None or o.size == size)
+    )
+
+
+def _resolve(scene, description):
+    """Objects matching a description such as 'red object', 'circle', 'red circle', 'large square'."""
+    words = description.replace(" object", "").split()
+    kwargs = {}
+    for w in words:
+        key = (
+            "color"
+            if w in ("red", "green", "blue", "yellow", "purple", "orange")
+            else "size"
+            if w in ("small", "large")
+            else "shape"
+        )
+        kwargs[key] = w
+    return [o for o in scene.objects if _matches(o, **kwargs)]
+
+
+def test_shapes_vqa_answers_follow_the_scene_graph(vqa_data):
+    """Re-derive every answer from the stored scene graph with independent parsing."""
+    checked = Counter()
+    for row in vqa_data.select_columns(["question", "answer", "question_type", "scene"]).to_list():
+        scene = Scene.from_json(row["scene"])
+        q, a = row["question"], row["answer"]
+        if m := re.fullmatch(r"how many (?:(\w+) )?(\w+?)s are there\?", q):
+            color, noun = m.groups()
+            shape = None if noun == "object" else noun
+            assert a == str(sum(_matches(o, color=color, shape=shape) for o in scene.objects)), q
+        elif m := re.fullmatch(r"is there an? (.+)\?", q):
+            assert a == ("yes" if _resolve(scene, m.group(1)) else "no"), q
+        elif m := re.fullmatch(r"what (color|shape) is the (\w+most) object\?", q):
+            attr, word = m.groups()
+            coord, sign = {"leftmost": ("x", -1), "rightmost": ("x", 1), "topmost": ("y", -1), "bottommost": ("y", 1)}[
+                word
+            ]
+            ordered = sorted(scene.objects, key=lambda o: sign * getattr(o, coord), reverse=True)
+            assert abs(getattr(ordered[0], coord) - getattr(ordered[1], coord)) >= CONFIG.margin
+            assert a == getattr(ordered[0], attr), q
+        elif m := re.fullmatch(r"what (color|shape) is the (.+?)\?", q):
+            attr, description = m.groups()
+            targets = _resolve(scene, description)
+            assert len(targets) == 1, q  # only asked when unambiguous
+            assert a == getattr(targets[0], attr), q
+        elif m := re.fullmatch(r"is the (.+) (left of|right of|above|below) the (.+)\?", q):
+            da, relation, db = m.groups()
+            (oa,), (ob,) = _resolve(scene, da), _resolve(scene, db)
+            coord = "x" if relation in ("left of", "right of") else "y"
+            delta = getattr(oa, coord) - getattr(ob, coord)
+            assert abs(delta) >= CONFIG.margin
+            truth = delta < 0 if relation in ("left of", "above") else delta > 0
+            assert a == ("yes" if truth else "no"), q
+        else:
+            pytest.fail(f"unparsed question {q!r}")
+        checked[row["question_type"]] += 1
+    assert min(checked.values()) > 20
+
+
+def test_shapes_render_matches_scene():
+    """The last-drawn object (never occluded) shows its colour at its centre."""
+    config = ShapesConfig(image_size=64, noise_prob=0.0)
+    data = make_vqa_dataset(20, 5, config)
+    for row in data:
+        scene = Scene.from_json(row["scene"])
+        top = scene.objects[-1]
+        pixel = np.asarray(row["image"])[int(top.y * 64), int(top.x * 64)].astype(int)
+        assert np.abs(pixel - np.array(top.rgb)).max() <= 10
+        assert np.asarray(render_scene(scene, config)).tobytes() == np.asarray(row["image"]).tobytes()
+
+
+def test_shapes_captions_describe_the_scene():
+    data = make_caption_dataset(40, "validation", CONFIG, captions_per_image=5)
+    words = ["zero", "one", "two", "three", "four", "five"]
+    for row in data.select_columns(["caption", "captions", "scene", "image_id"]).to_list():
+        scene = Scene.from_json(row["scene"])
+        assert row["caption"] == row["captions"][0]
+        assert len(set(row["captions"])) == len(row["captions"]) >= 3
+        groups = Counter((o.color, o.shape) for o in scene.objects)
+        for (color, shape), count in groups.items():
+            phrase = f"{color} {shape}" if count == 1 else f"{words[count]} {color} {shape}s"
+            assert phrase in row["caption"], (row["caption"], groups)
+        assert sum(groups.values()) == len(scene.objects)
+    flat = make_caption_dataset(10, "validation", CONFIG, captions_per_image=5, one_row_per_caption=True)
+    assert len(flat) == sum(len(c) for c in data.select(range(10))["captions"])
+    assert flat["caption"][:5] == data[0]["captions"]
+    assert set(flat["image_id"][:5]) == {0}
+
+
+def test_shapes_nlvr2_balanced_and_correct():
+    data = make_nlvr2_dataset(120, "train", CONFIG)
+    labels = data["label"]
+    assert sum(labels) == 60
+    assert all(labels[i] != labels[i + 1] for i in range(0, 120, 2))
+    for row in data.select_columns(["sentence", "label", "scene_left", "scene_right"]).to_list():
+        left, right = Scene.from_json(row["scene_left"]), Scene.from_json(row["scene_right"])
+        s = row["sentence"]
+        if s == "the two images contain the same number of objects":
+            assert row["label"] == int(len(left.objects) == len(right.objects))
+        elif m := re.fullmatch(r"both images contain an? (\w+) object", s):
+            truth = bool(_resolve(left, m.group(1))) and bool(_resolve(right, m.group(1)))
+            assert row["label"] == int(truth), s
+        elif m := re.fullmatch(r"the left image has more (\w+)s than the right image", s):
+            assert row["label"] == int(len(_resolve(left, m.group(1))) > len(_resolve(right, m.group(1)))), s
+    assert isinstance(data[0]["image_left"], Image.Image)
+
+
+def test_shapes_are_not_trivial():
+    """Several objects, duplicates and overlaps occur, so counting is not a single-object task."""
+    data = make_vqa_dataset(200, 7, CONFIG)
+    scenes = [Scene.from_json(s) for s in data["scene"]]
+    sizes = Counter(len(s.objects) for s in scenes)
+    assert set(sizes) == {1, 2, 3, 4, 5}
+    overlaps = sum(
+        any(
+            np.hypot(a.x - b.x, a.y - b.y) < a.radius + b.radius
+            for i, a in enumerate(s.objects)
+            for b in s.objects[i + 1 :]
+        )
+        for s in scenes
+    )
+    assert overlaps > 5
+
+
+# ------------------------------------------------------------------------------------------------ loaders
+
+
+def _image(path, color=(255, 0, 0), size=(8, 6)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path)
+    return path
+
+
+def _write_json(path, data):
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path
+
+
+def test_load_xvlm_vqa(tmp_path):
+    _image(tmp_path / "coco/train2014/COCO_train2014_000000000001.jpg")
+    _image(tmp_path / "vg/1.png", (0, 255, 0))
+    train = _write_json(
+        tmp_path / "vqa_train.json",
+        [
+            {
+                "image": "train2014/COCO_train2014_000000000001.jpg",
+                "question": "What color?",
+                "answer": ["red"] * 9 + ["pink"],
+                "question_id": 11,
+                "dataset": "vqa",
+            },
+            {"image": "1.png", "question": "Is it green?", "answer": "yes", "question_id": 12, "dataset": "vg"},
+        ],
+    )
+    test = _write_json(
+        tmp_path / "vqa_test.json",
+        [{"image": "train2014/COCO_train2014_000000000001.jpg", "question": "Why?", "question_id": 99}],
+    )
+    ds = load_xvlm_vqa([train], tmp_path / "coco", vg_root=tmp_path / "vg")
+    assert len(ds) == 2
+    assert ds[0]["answers"] == ["red"] * 9 + ["pink"] and ds[1]["answers"] == ["yes"]
+    assert ds[1]["dataset"] == "vg" and ds[0]["question_id"] == 11
+    assert ds[1]["image"].getpixel((0, 0)) == (0, 255, 0)
+    ds_test = load_xvlm_vqa(test, tmp_path / "coco")
+    assert ds_test[0]["answers"] == [] and ds_test[0]["image"].mode == "RGB"
+    with pytest.raises(ValueError, match="vg_root"):
+        load_xvlm_vqa(train, tmp_path / "coco")
+
+
+def test_load_xvlm_captions_and_retrieval_targets(tmp_path):
+    for i in range(3):
+        _image(tmp_path / f"val2014/COCO_val2014_00000000000{i}.jpg", (i * 50, 0, 0))
+    pairs = _write_json(
+        tmp_path / "coco_train.json",
+        [
+            {"image": "val2014/COCO_val2014_000000000000.jpg", "caption": "a black square", "image_id": "coco_0"},
+            {"image": "val2014/COCO_val2014_000000000001.jpg", "caption": "a dark square", "image_id": "coco_1"},
+            {"image": "val2014/COCO_val2014_000000000000.jpg", "caption": "black", "image_id": "coco_0"},
+        ],
+    )
+    ds = load_xvlm_caption_pairs(pairs, tmp_path)
+    assert ds["image_idx"] == [0, 1, 0] and ds["image_id"] == ["coco_0", "coco_1", "coco_0"]
+    assert ds[2]["caption"] == "black" and ds[2]["image"].size == (8, 6)
+
+    groups = _write_json(
+        tmp_path / "coco_test.json",
+        [
+            {"image": f"val2014/COCO_val2014_00000000000{i}.jpg", "caption": [f"caption {i}.{k}" for k in range(2)]}
+            for i in range(3)
+        ],
+    )
+    ds = load_xvlm_caption_groups(groups, tmp_path)
+    assert ds["image_id"] == ["0", "1", "2"]
+    texts, txt2img, img2txt = retrieval_targets(ds)
+    assert texts[3] == "caption 1.1" and txt2img == [0, 0, 1, 1, 2, 2] and img2txt[2] == [4, 5]
+    perfect = np.array([[1.0 if txt2img[t] == i else 0.0 for t in range(6)] for i in range(3)])
+    assert retrieval_recall(perfect, txt2img, img2txt)["r_mean"] == 100.0
+
+
+def test_load_xvlm_nlvr2(tmp_path):
+    _image(tmp_path / "dev/dev-1-0-img0.png", (1, 2, 3))
+    _image(tmp_path / "dev/dev-1-0-img1.png", (4, 5, 6))
+    ann = _write_json(
+        tmp_path / "nlvr_dev.json",
+        [
+            {"images": ["dev/dev-1-0-img0.png", "dev/dev-1-0-img1.png"], "sentence": "One dog.", "label": "True"},
+            {"images": ["dev/dev-1-0-img0.png", "dev/dev-1-0-img1.png"], "sentence": "Two dogs.", "label": "False"},
+        ],
+    )
+    ds = load_xvlm_nlvr2(ann, tmp_path)
+    assert ds["label"] == [1, 0] and ds["id"] == ["dev-1-0", "dev-1-0"]
+    assert ds[0]["image_left"].getpixel((0, 0)) == (1, 2, 3) and ds[0]["image_right"].getpixel((0, 0)) == (4, 5, 6)
+
+
+def test_load_vqav2_and_answer_vocabulary(tmp_path):
+    for image_id in (7, 42):
+        _image(tmp_path / "val2014" / coco_image_filename(image_id, "val2014"))
+    assert coco_image_filename(42, "val2014") == "COCO_val2014_000000000042.jpg"
+    questions = _write_json(
+        tmp_path / "q.json",
+        {
+            "data_subtype": "val2014",
+            "questions": [
+                {"image_id": 7, "question": "How many?", "question_id": 70},
+                {"image_id": 42, "question": "What is it?", "question_id": 420},
+            ],
+        },
+    )
+
+    def answers(values):
+        return [{"answer": v, "answer_confidence": "yes", "answer_id": i + 1} for i, v in enumerate(values)]
+
+    annotations = _write_json(
+        tmp_path / "a.json",
+        {
+            "annotations": [
+                {
+                    "question_id": 70,
+                    "image_id": 7,
+                    "answers": answers(["2"] * 6 + ["two"] * 2 + ["3"] * 2),
+                    "multiple_choice_answer": "2",
+                    "answer_type": "number",
+                    "question_type": "how many",
+                },
+                {
+                    "question_id": 420,
+                    "image_id": 42,
+                    "answers": answers(["dog"] * 10),
+                    "multiple_choice_answer": "a dog",
+                    "answer_type": "other",
+                    "question_type": "what is",
+                },
+            ]
+        },
+    )
+    ds = load_vqav2(questions, annotations, tmp_path / "val2014")
+    assert ds["question_id"] == [70, 420] and ds["image_id"] == [7, 42]
+    assert len(ds[0]["answers"]) == 10 and ds[1]["multiple_choice_answer"] == "a dog"
+    assert ds[0]["image"].size == (8, 6)
+    test = load_vqav2(questions, None, tmp_path / "val2014")
+    assert test[0]["answers"] == [] and test[0]["multiple_choice_answer"] == ""
+
+    vocab = build_answer_vocabulary(["yes", "Yes", "no", "a dog", "dog", "two", "2", "cat"], size=3)
+    assert vocab == ["2", "dog", "yes"]  # counts 2, 2, 2 -> alphabetical; "no" and "cat" (1) are cut
+    assert build_answer_vocabulary(["y", "x", "y"], size=None) == ["y", "x"]
+    assert build_answer_vocabulary(["y", "x", "y"], size=None, min_count=2) == ["y"]
+
+
+def test_load_karpathy(tmp_path):
+    for name in ("COCO_val2014_000000000001.jpg", "COCO_val2014_000000000002.jpg"):
+        _image(tmp_path / "val2014" / name)
+    data = {
+        "images": [
+            {
+                "filepath": "val2014",
+                "filename": "COCO_val2014_000000000001.jpg",
+                "imgid": 0,
+                "split": "test",
+                "cocoid": 1,
+                "sentences": [
+                    {"raw": "A cat. ", "tokens": ["a", "cat"], "sentid": 10},
+                    {"raw": "A kitten.", "tokens": ["a", "kitten"], "sentid": 11},
+                ],
+            },
+            {
+                "filepath": "val2014",
+                "filename": "COCO_val2014_000000000002.jpg",
+                "imgid": 1,
+                "split": "restval",
+                "cocoid": 2,
+                "sentences": [{"raw": "A dog.", "tokens": ["a", "dog"], "sentid": 12}],
+            },
+            {
+                "filepath": "train2014",
+                "filename": "missing_but_not_selected.jpg",
+                "imgid": 2,
+                "split": "train",
+                "cocoid": 3,
+                "sentences": [{"raw": "x", "tokens": ["x"], "sentid": 13}],
+            },
+        ]
+    }
+    path = _write_json(tmp_path / "dataset_coco.json", data)
+    test = load_karpathy(path, tmp_path, "test")
+    assert len(test) == 1 and test[0]["captions"] == ["A cat.", "A kitten."] and test[0]["image_id"] == 1
+    flat = load_karpathy(path, tmp_path, ("test", "restval"), one_row_per_caption=True)
+    assert flat["caption"] == ["A cat.", "A kitten.", "A dog."]
+    assert flat["image_idx"] == [0, 0, 1] and flat["sentid"] == [10, 11, 12]
+    with pytest.raises(MissingImageError, match="missing_but_not_selected.jpg"):
+        load_karpathy(path, tmp_path, "train")
+
+
+def test_load_nlvr2_official_jsonl(tmp_path):
+    _image(tmp_path / "train/71/train-10171-0-img0.png", (10, 0, 0))
+    _image(tmp_path / "train/71/train-10171-0-img1.png", (20, 0, 0))
+    _image(tmp_path / "dev/dev-850-0-img0.png", (30, 0, 0))
+    _image(tmp_path / "dev/dev-850-0-img1.png", (40, 0, 0))
+    lines = [
+        {
+            "identifier": "train-10171-0-0",
+            "sentence": "A bird.",
+            "label": "True",
+            "directory": "71",
+            "left_url": "http://x/l.jpg",
+            "right_url": "http://x/r.jpg",
+        },
+        {"identifier": "train-10171-0-1", "sentence": "No bird.", "label": "False", "directory": "71"},
+    ]
+    train = tmp_path / "train.json"
+    train.write_text("\n".join(json.dumps(x) for x in lines) + "\n", encoding="utf-8")
+    ds = load_nlvr2(train, tmp_path / "train")
+    assert ds["label"] == [1, 0] and ds["id"] == ["train-10171-0-0", "train-10171-0-1"]
+    assert ds[0]["image_left"].getpixel((0, 0)) == (10, 0, 0) and ds[1]["image_right"].getpixel((0, 0)) == (20, 0, 0)
+    dev = tmp_path / "dev.json"
+    dev.write_text(
+        json.dumps({"identifier": "dev-850-0-1", "sentence": "s", "label": "False"}) + "\n", encoding="utf-8"
+    )
+    assert load_nlvr2(dev, tmp_path / "dev")[0]["image_right"].getpixel((0, 0)) == (40, 0, 0)
+
+
+def test_missing_image_is_reported_with_path_and_id(tmp_path):
+    _image(tmp_path / "ok.jpg")
+    ann = _write_json(
+        tmp_path / "vqa.json",
+        [
+            {"image": "ok.jpg", "question": "q", "answer": ["a"], "question_id": 1},
+            {"image": "gone.jpg", "question": "q", "answer": ["a"], "question_id": 2},
+        ],
+    )
+    with pytest.raises(MissingImageError) as err:
+        load_xvlm_vqa(ann, tmp_path)
+    message = str(err.value)
+    assert str(tmp_path / "gone.jpg") in message and "question_id=2" in message and "ok.jpg" not in message
+
+    ds = load_xvlm_vqa(ann, tmp_path, check_files=False)
+    assert ds[0]["question_id"] == 1  # the good row still reads
+    with pytest.raises(MissingImageError) as err:
+        ds[1]
+    assert str(tmp_path / "gone.jpg") in str(err.value) and "question_id=2" in str(err.value)
+    with pytest.raises(FileNotFoundError):  # MissingImageError is a FileNotFoundError
+        ds[0:2]
+
+    raw = load_xvlm_vqa(ann, tmp_path, check_files=False, decode_images=False)
+    assert raw[1]["image"] == str(tmp_path / "gone.jpg")
+
+    nlvr = _write_json(
+        tmp_path / "nlvr.json",
+        [{"images": ["ok.jpg", "nope-img1.png"], "sentence": "s", "label": "True", "identifier": "dev-1-1-0"}],
+    )
+    with pytest.raises(MissingImageError, match=r"nope-img1\.png.*id='dev-1-1-0'.*image_right"):
+        load_xvlm_nlvr2(nlvr, tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------- collators
+
+
+class FakeProcessor:
+    """Stands in for EfficientVLMProcessor: word-length token ids, [1] ... [2] framing, 0-padding."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, images=None, text=None, padding=None, truncation=None, max_length=None, return_tensors=None):
+        self.calls.append(
+            {
+                "images": images,
+                "text": text,
+                "padding": padding,
+                "max_length": max_length,
+                "return_tensors": return_tensors,
+            }
+        )
+        ids = [[1] + [len(w) + 10 for w in t.split()][: max_length - 2] + [2] for t in text]
+        width = max(len(x) for x in ids)
+        input_ids = torch.tensor([x + [0] * (width - len(x)) for x in ids])
+        pair = isinstance(images[0], tuple)
+        pixel_shape = (len(images), 2, 3, 4, 4) if pair else (len(images), 3, 4, 4)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": (input_ids != 0).long(),
+            "pixel_values": torch.zeros(pixel_shape),
+        }
+
+
+def test_vqa_collator_soft_labels():
+    label2id = {"yes": 0, "no": 1, "2": 2}
+    processor = FakeProcessor()
+    collator = VQACollator(processor, label2id, max_length=16)
+    image = Image.new("RGB", (4, 4))
+    rows = [
+        {"image": image, "question": "is it?", "answers": ["yes"] * 7 + ["no"] * 2 + ["maybe"]},
+        {"image": image, "question": "how many dogs are there?", "answers": ["Two"] * 2 + ["2"] + ["three"] * 7},
+    ]
+    batch = collator(rows)
+    expected = torch.tensor([[1.0, 0.6, 0.0], [0.0, 0.0, 0.9]])
+    assert batch["labels"].dtype == torch.float32 and torch.allclose(batch["labels"], expected)
+    assert batch["pixel_values"].shape == (2, 3, 4, 4)
+    assert processor.calls[0]["text"] == ["is it?", "how many dogs are there?"]
+    assert processor.calls[0]["return_tensors"] == "pt" and processor.calls[0]["max_length"] == 16
+    assert torch.allclose(
+        VQACollator(processor, label2id, score_rule="min3")(rows)["labels"][0], torch.tensor([1.0, 2 / 3, 0.0])
+    )
+    assert "labels" not in collator([{"image": image, "question": "q", "answers": []}])
+    assert vqa_soft_labels([["no"] * 10], label2id).tolist() == [[0.0, 1.0, 0.0]]
+
+
+def test_vqa_collator_on_shapes(vqa_data):
+    vocab = answer_vocabulary(CONFIG)
+    label2id = {a: i for i, a in enumerate(vocab)}
+    rows = [vqa_data[i] for i in range(8)]
+    batch = VQACollator(FakeProcessor(), label2id)(rows)
+    assert batch["labels"].shape == (8, len(vocab))
+    assert batch["labels"].argmax(-1).tolist() == [label2id[r["answer"]] for r in rows]
+    assert batch["labels"].sum(-1).tolist() == [1.0] * 8
+
+
+def test_nlvr2_collator():
+    processor = FakeProcessor()
+    a, b = Image.new("RGB", (4, 4)), Image.new("RGB", (4, 4), (9, 9, 9))
+    rows = [
+        {"image_left": a, "image_right": b, "sentence": "s one", "label": 1},
+        {"image_left": b, "image_right": a, "sentence": "s", "label": "False"},
+    ]
+    batch = NLVR2Collator(processor)(rows)
+    assert batch["labels"].dtype == torch.long and batch["labels"].tolist() == [1, 0]
+    assert batch["pixel_values"].shape == (2, 2, 3, 4, 4)
+    assert processor.calls[0]["images"] == [(a, b), (b, a)]
+
+
+def test_captioning_collator_masks_padding_and_prompt():
+    image = Image.new("RGB", (4, 4))
+    rows = [{"image": image, "caption": "a red circle"}, {"image": image, "caption": ["two squares", "ignored"]}]
+    batch = CaptioningCollator(FakeProcessor())(rows)
+    # input_ids: [1, 11, 13, 16, 2] and [1, 13, 17, 2, 0]
+    assert batch["labels"].tolist() == [[1, 11, 13, 16, 2], [1, 13, 17, 2, -100]]
+    processor = FakeProcessor()
+    batch = CaptioningCollator(processor, prompt="a picture of ", prompt_length=4)(rows)
+    assert processor.calls[0]["text"][0] == "a picture of a red circle"
+    assert batch["labels"][:, :4].eq(-100).all() and batch["labels"][0, 4:].tolist() == [11, 13, 16, 2]
+
+
+def test_retrieval_collator_image_ids():
+    image = Image.new("RGB", (4, 4))
+    rows = [
+        {"image": image, "caption": c, "image_id": i} for c, i in [("a", "coco_5"), ("b", "coco_9"), ("c", "coco_5")]
+    ]
+    assert RetrievalCollator(FakeProcessor())(rows)["image_ids"].tolist() == [0, 1, 0]
+    rows = [{**r, "image_idx": k} for r, k in zip(rows, [4, 7, 4])]
+    batch = RetrievalCollator(FakeProcessor())(rows)
+    assert batch["image_ids"].dtype == torch.long and batch["image_ids"].tolist() == [4, 7, 4]
+    shapes_rows = list(make_caption_dataset(3, 0, CONFIG, one_row_per_caption=True))
+    ids = RetrievalCollator(FakeProcessor())(shapes_rows)["image_ids"].tolist()
+    assert ids == [r["image_id"] for r in shapes_rows] and len(set(ids)) == 3
