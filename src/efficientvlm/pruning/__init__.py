@@ -1,0 +1,44 @@
+"""Modal-adaptive pruning of EfficientVLM models: L0 gates, their Lagrangian, materialisation and reports.
+
+Typical use (a trainer drives the per-step part; see ``ModalAdaptiveL0Module``)::
+
+    l0 = ModalAdaptiveL0Module(model.config, target_sparsity=0.25, warmup_steps=steps_per_epoch)
+    l0_optimizer = l0.create_optimizer(lr=0.01)
+    for step, batch in enumerate(loader):
+        zs = l0()                                    # sampled gates (training mode)
+        with l0.applied(model, zs):
+            loss = model(**batch).loss + l0.lagrangian(l0.target_at(step))
+            loss.backward()
+        optimizer.step(); l0_optimizer.step(); l0.clamp_()
+        optimizer.zero_grad(); l0_optimizer.zero_grad()
+    pruned = materialize(model, l0.eval().deterministic())
+    save_report(pruning_report(model, pruned, target=0.25), output_dir)
+    pruned.save_pretrained(output_dir)
+"""
+
+from .gates import HardConcreteGate, deterministic_gates, keep_probability, sample_hard_concrete
+from .l0 import PRUNABLE_STRUCTURES, ModalAdaptiveL0Module, apply_gates, clear_gates, gates_applied
+from .materialize import keep_lists_from_gates, materialize, prune_model
+from .report import plot_report, pruning_report, save_report
+from .structure import MODALITIES, layer_sizes, prunable_parameter_count
+
+__all__ = [
+    "MODALITIES",
+    "PRUNABLE_STRUCTURES",
+    "HardConcreteGate",
+    "ModalAdaptiveL0Module",
+    "apply_gates",
+    "clear_gates",
+    "deterministic_gates",
+    "gates_applied",
+    "keep_lists_from_gates",
+    "keep_probability",
+    "layer_sizes",
+    "materialize",
+    "plot_report",
+    "prunable_parameter_count",
+    "prune_model",
+    "pruning_report",
+    "sample_hard_concrete",
+    "save_report",
+]

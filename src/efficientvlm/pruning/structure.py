@@ -1,0 +1,203 @@
+"""What can be pruned in an EfficientVLM model, where it lives, and what it costs.
+
+Every encoder layer is made of *sub-blocks* - self-attention, cross-attention (fusion layers only) and FFN - and
+each sub-block of *units* - attention heads or FFN neurons. This module holds the one table that names them
+(``SUB_BLOCKS``: the config field giving the number of units, the module attribute, the pruning-hook attributes,
+the keys used in gate dicts and keep-lists) and the cost model that prices them in parameters or FLOPs.
+
+The *prunable part* of a model is everything inside the encoder layers; it is what the paper counts ("heads and
+FFNs"). Embeddings, the vision pre/post LayerNorms, the ITC projections and the task heads are not prunable and are
+never counted. Inside the layers every parameter belongs to exactly one sub-block:
+
+* per attention head (``head_dim = h``, query width ``d``, key/value input width ``d_kv``): the ``h`` rows of
+  ``q_proj`` (``d*h`` weights + ``h`` biases), of ``k_proj`` and ``v_proj`` (``d_kv*h + h`` each) and the ``h``
+  input columns of ``out_proj`` (``h*d``);
+* per present attention block: the ``out_proj`` bias (``d``) and the block's LayerNorm (``2d``);
+* per FFN neuron: one ``fc1`` row and bias (``d + 1``) and one ``fc2`` column (``d``);
+* per present FFN block: the ``fc2`` bias (``d``) and its LayerNorm (``2d``).
+
+A sub-block is *present* when it keeps at least one unit; a sub-block without units is absent together with its
+bias and LayerNorm. So for a layer with ``n`` units the size is ``[n > 0] * (block + n * unit)``, which equals the
+number of parameters ``from_pretrained`` allocates for it.
+
+FLOPs are multiply-accumulates of the matrix products for one image-text pair: ``image_tokens`` vision tokens
+(``num_patches + 1``) and ``text_length`` text tokens; the cross-attention queries are text tokens and its keys and
+values are image tokens. Bias additions, LayerNorms, softmax and activations are not counted (they are linear in
+the sequence length and small), so a sub-block has no per-block FLOP cost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from torch import nn
+
+from ..models.configuration_efficientvlm import EfficientVLMConfig
+
+MODALITIES: tuple[str, ...] = ("vision", "text", "fusion")
+BUDGETS: tuple[str, ...] = ("params", "flops")
+
+
+@dataclass(frozen=True)
+class SubBlockSpec:
+    """One kind of sub-block and every name attached to it.
+
+    Attributes:
+        name: ``"attention"``, ``"cross_attention"`` or ``"ffn"``.
+        units: key of its units (heads / neurons) in gate dicts and keep-lists: ``"heads"``, ``"cross_heads"``,
+            ``"ffn"``.
+        block: key of its whole-block gate in gate dicts: ``"attention_block"``, ``"cross_attention_block"``,
+            ``"ffn_block"``.
+        config_field: per-layer config field holding its number of units.
+        module: attribute of the layer holding the sub-block module.
+        unit_gate: pruning-hook attribute of that module (one value per unit).
+        layer_gate: pruning-hook attribute of the layer (one scalar for the whole sub-block).
+    """
+
+    name: str
+    units: str
+    block: str
+    config_field: str
+    module: str
+    unit_gate: str
+    layer_gate: str
+
+
+ATTENTION = SubBlockSpec("attention", "heads", "attention_block", "num_attention_heads", "self_attn", "head_gate",
+                         "attention_gate")
+CROSS_ATTENTION = SubBlockSpec("cross_attention", "cross_heads", "cross_attention_block", "num_cross_attention_heads",
+                               "cross_attn", "head_gate", "cross_attention_gate")
+FFN = SubBlockSpec("ffn", "ffn", "ffn_block", "intermediate_size", "mlp", "neuron_gate", "ffn_gate")
+
+#: the sub-blocks of a layer of each modality, in forward order
+SUB_BLOCKS: dict[str, tuple[SubBlockSpec, ...]] = {
+    "vision": (ATTENTION, FFN),
+    "text": (ATTENTION, FFN),
+    "fusion": (ATTENTION, CROSS_ATTENTION, FFN),
+}
+
+#: the LayerNorm that belongs to each sub-block (removed with it)
+LAYER_NORMS: dict[str, dict[str, str]] = {
+    "vision": {"attention": "layer_norm1", "ffn": "layer_norm2"},
+    "text": {"attention": "self_attn_layer_norm", "ffn": "final_layer_norm"},
+    "fusion": {"attention": "self_attn_layer_norm", "cross_attention": "cross_attn_layer_norm",
+               "ffn": "final_layer_norm"},
+}
+
+_SUB_CONFIG = {"vision": "vision_config", "text": "text_config", "fusion": "fusion_config"}
+_ENCODER = {"vision": "vision_model", "text": "text_model", "fusion": "fusion_model"}
+
+#: ``{modality: [{units_key: number_of_units} per layer]}``
+LayerSizes = dict[str, list[dict[str, int]]]
+
+
+@dataclass(frozen=True)
+class SubBlockCost:
+    """Price of one sub-block: ``size = [units > 0] * (block + units * unit)``."""
+
+    unit: int
+    block: int
+
+    def size(self, units: int) -> int:
+        return (self.block + units * self.unit) if units > 0 else 0
+
+
+def sub_config(config: EfficientVLMConfig, modality: str):
+    """The vision / text / fusion sub-config."""
+    check_modality(modality)
+    return getattr(config, _SUB_CONFIG[modality])
+
+
+def check_modality(modality: str) -> None:
+    if modality not in MODALITIES:
+        raise ValueError(f"Unknown modality {modality!r}; expected one of {MODALITIES}.")
+
+
+def check_budget(budget: str) -> None:
+    if budget not in BUDGETS:
+        raise ValueError(f"Unknown budget {budget!r}; expected one of {BUDGETS}.")
+
+
+def encoder_layers(model: nn.Module, modality: str) -> nn.ModuleList:
+    """The layer list of one encoder of any EfficientVLM model (base model or task head)."""
+    check_modality(modality)
+    base = getattr(model, "base_model", model)
+    encoder = getattr(base, _ENCODER[modality], None)
+    if encoder is None:
+        raise TypeError(f"{type(model).__name__} is not an EfficientVLM model: it has no {_ENCODER[modality]}.")
+    return encoder.encoder.layers
+
+
+def layer_sizes(config: EfficientVLMConfig) -> LayerSizes:
+    """Units per sub-block and layer, read from the config: ``{"fusion": [{"heads": 12, "cross_heads": 12,
+    "ffn": 3072}, ...], ...}`` (0 = sub-block absent)."""
+    sizes: LayerSizes = {}
+    for modality in MODALITIES:
+        sub = sub_config(config, modality)
+        per_field = {spec.units: sub.per_layer(spec.config_field) for spec in SUB_BLOCKS[modality]}
+        sizes[modality] = [{key: values[i] for key, values in per_field.items()}
+                           for i in range(sub.num_hidden_layers)]
+    return sizes
+
+
+def image_tokens(config: EfficientVLMConfig, image_size: int | None = None) -> int:
+    """Vision tokens per image: patches plus the class token (at ``image_size``, default the config's)."""
+    vc = config.vision_config
+    size = vc.image_size if image_size is None else image_size
+    if size % vc.patch_size:
+        raise ValueError(f"image_size={size} is not a multiple of patch_size={vc.patch_size}.")
+    return (size // vc.patch_size) ** 2 + 1
+
+
+def sub_block_costs(config: EfficientVLMConfig, budget: str = "params", text_length: int = 40,
+                    image_size: int | None = None) -> dict[str, dict[str, SubBlockCost]]:
+    """``{modality: {sub-block name: SubBlockCost}}`` in parameters or FLOPs (see the module docstring).
+
+    Args:
+        config: the model config (hidden sizes, ``head_dim``).
+        budget: ``"params"`` or ``"flops"``.
+        text_length: text tokens per example (FLOPs only; the paper's maximum is 40).
+        image_size: image resolution (FLOPs only; default ``config.vision_config.image_size``).
+    """
+    check_budget(budget)
+    if text_length <= 0:
+        raise ValueError(f"text_length must be a positive number of tokens, got {text_length}.")
+    n_img, n_txt = image_tokens(config, image_size), text_length
+    costs: dict[str, dict[str, SubBlockCost]] = {}
+    for modality in MODALITIES:
+        sub = sub_config(config, modality)
+        d, h = sub.hidden_size, sub.head_dim
+        n = n_img if modality == "vision" else n_txt
+        d_img = config.vision_config.hidden_size
+        if budget == "params":
+            costs[modality] = {
+                "attention": SubBlockCost(unit=4 * d * h + 3 * h, block=3 * d),
+                "cross_attention": SubBlockCost(unit=2 * d * h + 2 * d_img * h + 3 * h, block=3 * d),
+                "ffn": SubBlockCost(unit=2 * d + 1, block=3 * d),
+            }
+        else:  # q and out projections of n queries, k/v projections of m keys, scores and context (n*m each)
+            costs[modality] = {
+                "attention": SubBlockCost(unit=h * (4 * n * d + 2 * n * n), block=0),
+                "cross_attention": SubBlockCost(unit=h * (2 * n_txt * d + 2 * n_img * d_img + 2 * n_txt * n_img),
+                                                block=0),
+                "ffn": SubBlockCost(unit=2 * n * d, block=0),
+            }
+        costs[modality] = {spec.name: costs[modality][spec.name] for spec in SUB_BLOCKS[modality]}
+    return costs
+
+
+def sizes_cost(sizes: LayerSizes, costs: Mapping[str, Mapping[str, SubBlockCost]]) -> dict[str, list[int]]:
+    """Per modality, the cost of every layer of a model with the given ``layer_sizes``."""
+    return {
+        modality: [sum(costs[modality][spec.name].size(layer[spec.units]) for spec in SUB_BLOCKS[modality])
+                   for layer in layers]
+        for modality, layers in sizes.items()
+    }
+
+
+def prunable_parameter_count(model: nn.Module) -> dict[str, int]:
+    """Parameters actually allocated in each encoder's layers (the prunable part), counted from the tensors."""
+    return {modality: sum(p.numel() for p in encoder_layers(model, modality).parameters())
+            for modality in MODALITIES}
+
