@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+from transformers import AutoModel, AutoModelForPreTraining, AutoModelForVisualQuestionAnswering
 from torch.utils.flop_counter import FlopCounterMode
 
 from efficientvlm.models.configuration_efficientvlm import EfficientVLMConfig
@@ -213,6 +214,15 @@ def test_masked_equals_materialized_equals_reloaded(cls, tmp_path):
         assert_same_outputs(masked, reloaded.eval()(**inputs))
     assert reloaded.config.layer_sizes() == pruned.config.layer_sizes()
     assert reloaded.config.pruning_info == pruned.config.pruning_info
+
+    # the head's Auto class (where transformers has one) reloads it strictly too
+    auto_class = {EfficientVLMModel: AutoModel, EfficientVLMForPreTraining: AutoModelForPreTraining,
+                  EfficientVLMForVisualQuestionAnswering: AutoModelForVisualQuestionAnswering}.get(cls)
+    if auto_class is not None:
+        auto = auto_class.from_pretrained(tmp_path)
+        assert type(auto) is cls
+        with torch.no_grad():
+            assert_same_outputs(masked, auto.eval()(**inputs))
 
 
 def test_materialize_folds_fractional_unit_gates():
