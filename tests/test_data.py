@@ -563,3 +563,16 @@ def test_retrieval_collator_image_ids():
     shapes_rows = list(make_caption_dataset(3, 0, CONFIG, one_row_per_caption=True))
     ids = RetrievalCollator(FakeProcessor())(shapes_rows)["image_ids"].tolist()
     assert ids == [r["image_id"] for r in shapes_rows] and len(set(ids)) == 3
+
+
+def test_shapes_tokenizer_covers_every_generated_text(tmp_path):
+    from efficientvlm.data import build_tokenizer, make_caption_dataset, make_nlvr2_dataset, text_vocabulary
+
+    tokenizer = build_tokenizer(tmp_path / "tok")
+    assert (tmp_path / "tok" / "vocab.txt").read_text().split("\n")[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    assert text_vocabulary() == text_vocabulary()
+    texts = list(make_vqa_dataset(60, split_seed="test").with_format(None)["question"])
+    texts += [c for caps in make_caption_dataset(20, split_seed="test").with_format(None)["captions"] for c in caps]
+    texts += list(make_nlvr2_dataset(20, split_seed="test").with_format(None)["sentence"])
+    for text in texts:
+        assert tokenizer.unk_token_id not in tokenizer(text)["input_ids"], text

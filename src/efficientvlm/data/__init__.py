@@ -15,7 +15,15 @@ from .loaders import (
     load_xvlm_vqa,
     retrieval_targets,
 )
-from .shapes import ShapesConfig, answer_vocabulary, make_caption_dataset, make_nlvr2_dataset, make_vqa_dataset
+from .shapes import (
+    ShapesConfig,
+    answer_vocabulary,
+    build_tokenizer,
+    make_caption_dataset,
+    make_nlvr2_dataset,
+    make_vqa_dataset,
+    text_vocabulary,
+)
 
 __all__ = [
     "CaptioningCollator",
@@ -27,6 +35,7 @@ __all__ = [
     "VQACollator",
     "answer_vocabulary",
     "build_answer_vocabulary",
+    "build_tokenizer",
     "coco_image_filename",
     "load_karpathy",
     "load_nlvr2",
@@ -39,5 +48,6 @@ __all__ = [
     "make_nlvr2_dataset",
     "make_vqa_dataset",
     "retrieval_targets",
+    "text_vocabulary",
     "vqa_soft_labels",
 ]

@@ -29,8 +29,10 @@ import io
 import json
 import math
 import random
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -50,6 +52,8 @@ __all__ = [
     "describe_scene",
     "sample_statement",
     "answer_vocabulary",
+    "text_vocabulary",
+    "build_tokenizer",
     "make_vqa_dataset",
     "make_caption_dataset",
     "make_nlvr2_dataset",
@@ -573,6 +577,38 @@ def answer_vocabulary(config: ShapesConfig | None = None) -> list[str]:
     """Every possible VQA answer, in a fixed order: ``yes``, ``no``, counts ``0..max_objects``, colours, shapes."""
     config = config or ShapesConfig()
     return ["yes", "no", *(str(i) for i in range(config.max_objects + 1)), *config.colors, *config.shapes]
+
+
+_SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def text_vocabulary(config: ShapesConfig | None = None, samples: int = 1000) -> list[str]:
+    """Every word the benchmark's questions, answers, captions and statements use, sorted.
+
+    Collected by running the text generators (no rendering) on ``samples`` scenes with a fixed seed - the
+    templates draw from small closed word sets, so this covers them - plus every colour, shape, size and answer.
+    """
+    config = config or ShapesConfig()
+    rng = random.Random(12345)
+    texts = list(answer_vocabulary(config)) + list(config.colors) + list(config.shapes) + list(SIZES)
+    for _ in range(samples):
+        scene = sample_scene(rng, config)
+        texts.append(ask_question(scene, rng, config)[0])
+        texts.extend(describe_scene(scene, rng))
+        texts.append(sample_statement(rng, config)[0])
+    return sorted({word for text in texts for word in re.findall(r"\w+|[^\w\s]", text.lower())})
+
+
+def build_tokenizer(directory: str | Path, config: ShapesConfig | None = None, model_max_length: int = 40):
+    """A BERT WordPiece tokenizer for the benchmark: ``[PAD]=0, [UNK], [CLS], [SEP], [MASK]``, then the words of
+    :func:`text_vocabulary`. Writes ``vocab.txt`` into ``directory`` and returns a ``transformers.BertTokenizer``."""
+    from transformers import BertTokenizer
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab_file = directory / "vocab.txt"
+    vocab_file.write_text("\n".join(_SPECIAL_TOKENS + text_vocabulary(config)) + "\n", encoding="utf-8")
+    return BertTokenizer(vocab=str(vocab_file), do_lower_case=True, model_max_length=model_max_length)
 
 
 def make_vqa_dataset(
