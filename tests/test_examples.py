@@ -16,3 +16,54 @@ def test_quickstart_runs_and_answers(tmp_path):
     assert "Q: what color is the circle?" in result.stdout
     assert (tmp_path / "model" / "model.safetensors").exists()
     assert (tmp_path / "model" / "processor_config.json").exists()
+
+
+def _load_example(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"example_{name}", ROOT / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+TINY = ["--dataset", "shapes", "--shapes_train_size", "16", "--shapes_eval_size", "6", "--shapes_image_size", "32",
+        "--hidden_size", "32", "--vision_layers", "1", "--text_layers", "1", "--fusion_layers", "1", "--max_steps", "2",
+        "--per_device_train_batch_size", "4", "--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true"]
+
+
+def test_finetune_every_task_then_predict_on_a_folder(tmp_path):
+    import json
+
+    import pytest
+    from PIL import Image
+
+    finetune = _load_example("finetune")
+    expected = {"vqa": "vqa_accuracy", "nlvr2": "nlvr2_accuracy", "retrieval": "r_mean", "captioning": "cider"}
+    for task, metric in expected.items():
+        metrics = finetune.main(["--task", task, "--output_dir", str(tmp_path / task), *TINY])
+        assert metric in metrics
+        saved = json.loads((tmp_path / task / "eval_results.json").read_text())
+        assert saved == pytest.approx(metrics)
+        assert (tmp_path / task / "model.safetensors").exists()
+
+    images = tmp_path / "images"
+    (images / "nested").mkdir(parents=True)
+    Image.new("RGB", (40, 40), "red").save(images / "a.png")
+    Image.new("L", (40, 40)).save(images / "nested" / "b.jpg")
+    predict = _load_example("predict")
+    answers = predict.main(["--model", str(tmp_path / "vqa"), "--images", str(images), "--question",
+                            "what color is the circle?", "--top_k", "2", "--output", str(tmp_path / "vqa.jsonl")])
+    assert [Path(r["image"]).name for r in answers] == ["a.png", "b.jpg"]
+    assert all(len(r["answers"]) == 2 for r in answers)
+    assert len((tmp_path / "vqa.jsonl").read_text().splitlines()) == 2
+    captions = predict.main(["--model", str(tmp_path / "captioning"), "--images", str(images), "--task",
+                             "captioning", "--output", str(tmp_path / "captions.jsonl")])
+    assert all(isinstance(r["caption"], str) for r in captions)
+    (images / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="broken.png"):
+        predict.main(["--model", str(tmp_path / "vqa"), "--images", str(images), "--question", "what color?"])
+    skipped = predict.main(["--model", str(tmp_path / "vqa"), "--images", str(images), "--question", "what color?",
+                            "--skip_bad_images", "true", "--output", str(tmp_path / "skip.jsonl")])
+    assert len(skipped) == 2

@@ -1,0 +1,184 @@
+"""Fine-tune an EfficientVLM model on a task, evaluate it, and save a Hub-ready checkpoint + processor.
+
+    # the synthetic shapes benchmark (offline), VQA, from scratch at a small size:
+    python examples/finetune.py --task vqa --dataset shapes --output_dir runs/vqa --num_train_epochs 3
+
+    # real data in the official X-VLM / EfficientVLM JSON format, starting from a pre-trained student:
+    python examples/finetune.py --task vqa --model_name_or_path path/to/student \\
+        --train_file data/vqa_train.json --eval_file data/vqa_val.json --image_root images/ \\
+        --answer_list data/answer_list.json --output_dir runs/vqa
+
+Tasks: ``vqa`` (classifier over the answer vocabulary), ``nlvr2``, ``retrieval`` (ITC + ITM), ``captioning``.
+The model comes from ``--model_name_or_path`` (any EfficientVLM checkpoint: a pre-trained one gives the encoders,
+the task head is initialised fresh), from ``--vision_model`` + ``--text_model`` (a CLIP and a BERT checkpoint), or,
+with neither, a small random model whose sizes are set by ``--hidden_size`` and the ``--*_layers`` flags.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import AutoProcessor, AutoTokenizer, HfArgumentParser, Trainer, TrainingArguments
+
+from efficientvlm import (
+    EfficientVLMConfig,
+    EfficientVLMForCaptioning,
+    EfficientVLMForImageTextRetrieval,
+    EfficientVLMForNLVR2,
+    EfficientVLMForVisualQuestionAnswering,
+    EfficientVLMImageProcessor,
+    EfficientVLMProcessor,
+)
+from efficientvlm import data as evlm_data
+from efficientvlm import evaluation
+
+logger = logging.getLogger("finetune")
+
+TASKS = {
+    "vqa": (EfficientVLMForVisualQuestionAnswering, evlm_data.VQACollator),
+    "nlvr2": (EfficientVLMForNLVR2, evlm_data.NLVR2Collator),
+    "retrieval": (EfficientVLMForImageTextRetrieval, evlm_data.RetrievalCollator),
+    "captioning": (EfficientVLMForCaptioning, evlm_data.CaptioningCollator),
+}
+
+
+@dataclass
+class TaskArguments:
+    task: str = field(default="vqa", metadata={"help": "vqa | nlvr2 | retrieval | captioning"})
+    dataset: str = field(default="files", metadata={"help": "'shapes' (synthetic, offline) or 'files'"})
+    train_file: list[str] | None = field(default=None, metadata={"help": "X-VLM-format annotation JSON file(s)"})
+    eval_file: list[str] | None = field(default=None, metadata={"help": "X-VLM-format annotation JSON file(s)"})
+    image_root: str | None = field(default=None, metadata={"help": "folder the annotations' image paths start in"})
+    answer_list: str | None = field(
+        default=None, metadata={"help": "VQA: JSON list of answers (the answer vocabulary); default: the most "
+                                        "frequent training answers"})
+    num_answers: int = field(default=3129, metadata={"help": "VQA: answer vocabulary size when it is built"})
+    shapes_train_size: int = field(default=4000, metadata={"help": "shapes: training examples"})
+    shapes_eval_size: int = field(default=500, metadata={"help": "shapes: evaluation examples"})
+    shapes_image_size: int = field(default=64, metadata={"help": "shapes: image side in pixels"})
+    max_length: int = field(default=40, metadata={"help": "maximum text length in tokens"})
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(default=None, metadata={"help": "EfficientVLM checkpoint (path or Hub id)"})
+    vision_model: str | None = field(default=None, metadata={"help": "CLIP checkpoint for the vision tower"})
+    text_model: str | None = field(default=None, metadata={"help": "BERT checkpoint for text and fusion layers"})
+    hidden_size: int = field(default=128, metadata={"help": "random init: width of every encoder"})
+    vision_layers: int = field(default=6, metadata={"help": "random init: vision layers"})
+    text_layers: int = field(default=2, metadata={"help": "random init: text layers"})
+    fusion_layers: int = field(default=2, metadata={"help": "random init: fusion layers"})
+    image_size: int | None = field(default=None, metadata={"help": "fine-tuning resolution (position embeddings "
+                                                                    "are interpolated to it)"})
+
+
+def load_data(args: TaskArguments, output_dir: Path):
+    """(train, eval, label list or None, tokenizer or None) for the task."""
+    if args.dataset == "shapes":
+        shapes = evlm_data.ShapesConfig(image_size=args.shapes_image_size)
+        tokenizer = evlm_data.build_tokenizer(output_dir / "shapes_vocab", shapes)
+        make = {"vqa": evlm_data.make_vqa_dataset, "nlvr2": evlm_data.make_nlvr2_dataset,
+                "retrieval": evlm_data.make_caption_dataset, "captioning": evlm_data.make_caption_dataset}[args.task]
+        kwargs = {"one_row_per_caption": True} if args.task in ("retrieval", "captioning") else {}
+        train = make(args.shapes_train_size, split_seed="train", config=shapes, **kwargs)
+        evaluation_set = make(args.shapes_eval_size, split_seed="validation", config=shapes)
+        labels = evlm_data.answer_vocabulary(shapes) if args.task == "vqa" else None
+        return train, evaluation_set, labels, tokenizer
+    if not args.train_file or not args.image_root:
+        raise ValueError("--dataset files needs --train_file and --image_root (or use --dataset shapes).")
+    loader = {"vqa": evlm_data.load_xvlm_vqa, "nlvr2": evlm_data.load_xvlm_nlvr2,
+              "retrieval": evlm_data.load_xvlm_caption_pairs, "captioning": evlm_data.load_xvlm_caption_pairs}[args.task]
+    eval_loader = evlm_data.load_xvlm_caption_groups if args.task in ("retrieval", "captioning") else loader
+    train = loader(args.train_file, args.image_root)
+    evaluation_set = eval_loader(args.eval_file, args.image_root) if args.eval_file else None
+    labels = None
+    if args.task == "vqa":
+        if args.answer_list:
+            labels = json.loads(Path(args.answer_list).read_text())
+        else:
+            labels = evlm_data.build_answer_vocabulary(train.with_format(None)["answers"], size=args.num_answers)
+    return train, evaluation_set, labels, None
+
+
+def build_model(task: str, args: ModelArguments, labels, tokenizer):
+    model_class = TASKS[task][0]
+    config_kwargs = {"id2label": dict(enumerate(labels))} if labels is not None else {}
+    if args.model_name_or_path:
+        model = model_class.from_pretrained(args.model_name_or_path, **config_kwargs)
+        processor = AutoProcessor.from_pretrained(args.model_name_or_path)
+    elif args.vision_model and args.text_model:
+        model = model_class.from_vision_text_pretrained(args.vision_model, args.text_model,
+                                                        config_kwargs=config_kwargs)
+        size = model.config.vision_config.image_size
+        processor = EfficientVLMProcessor(EfficientVLMImageProcessor(size={"height": size, "width": size}),
+                                          AutoTokenizer.from_pretrained(args.text_model))
+    else:
+        if tokenizer is None:
+            raise ValueError("A random model needs a tokenizer: use --dataset shapes, or give --model_name_or_path.")
+        width, heads = args.hidden_size, max(1, args.hidden_size // 32)
+        common = {"hidden_size": width, "num_attention_heads": heads, "head_dim": width // heads,
+                  "intermediate_size": 4 * width}
+        config = EfficientVLMConfig(
+            vision_config={**common, "num_hidden_layers": args.vision_layers, "image_size": args.image_size or 64,
+                           "patch_size": 8},
+            text_config={**common, "num_hidden_layers": args.text_layers, "vocab_size": len(tokenizer),
+                         "max_position_embeddings": 40, "pad_token_id": tokenizer.pad_token_id,
+                         "bos_token_id": tokenizer.cls_token_id, "eos_token_id": tokenizer.sep_token_id,
+                         "mask_token_id": tokenizer.mask_token_id},
+            fusion_config={**common, "num_hidden_layers": args.fusion_layers, "num_cross_attention_heads": heads},
+            projection_dim=min(256, width), **config_kwargs,
+        )
+        model = model_class(config)
+        size = config.vision_config.image_size
+        processor = EfficientVLMProcessor(EfficientVLMImageProcessor(size={"height": size, "width": size}), tokenizer)
+    if args.image_size and args.image_size != model.config.vision_config.image_size:
+        model.resize_position_embeddings(args.image_size)
+        processor.image_processor.size = {"height": args.image_size, "width": args.image_size}
+    return model, processor
+
+
+def evaluate(task: str, model, processor, dataset) -> dict[str, float]:
+    if dataset is None:
+        return {}
+    if task == "vqa":
+        return evaluation.evaluate_vqa(model, processor, dataset)
+    if task == "nlvr2":
+        return evaluation.evaluate_nlvr2(model, processor, dataset)
+    if task == "retrieval":
+        return evaluation.evaluate_retrieval(model, processor, dataset)
+    return evaluation.evaluate_captioning(model, processor, dataset)
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    parser = HfArgumentParser((TaskArguments, ModelArguments, TrainingArguments))
+    task_args, model_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stdout)
+    if task_args.task not in TASKS:
+        raise ValueError(f"--task must be one of {sorted(TASKS)}, got {task_args.task!r}.")
+    training_args.remove_unused_columns = False  # the collator reads the raw image/text columns
+    output_dir = Path(training_args.output_dir)
+    train, evaluation_set, labels, tokenizer = load_data(task_args, output_dir)
+    model, processor = build_model(task_args.task, model_args, labels, tokenizer)
+    collator_class = TASKS[task_args.task][1]
+    if task_args.task == "vqa":
+        collator = collator_class(processor, {a: i for i, a in enumerate(labels)}, max_length=task_args.max_length)
+    else:
+        collator = collator_class(processor, max_length=task_args.max_length)
+    logger.info("%s: %.1fM parameters, %d training examples", type(model).__name__,
+                sum(p.numel() for p in model.parameters()) / 1e6, len(train))
+    trainer = Trainer(model=model, args=training_args, train_dataset=train, data_collator=collator)
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    metrics = evaluate(task_args.task, model, processor, evaluation_set)
+    logger.info("evaluation: %s", json.dumps(metrics, indent=2))
+    trainer.save_model(str(output_dir))
+    processor.save_pretrained(output_dir)
+    (output_dir / "eval_results.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
