@@ -568,7 +568,10 @@ class EfficientVLMPreTrainedModel(PreTrainedModel):
                 raise ValueError(_pickled_weights_message(pretrained_model_name_or_path)) from error
 
         def register_fusion_patches(model_class, config, fusion_config=None):
-            if isinstance(fusion_config, EfficientVLMFusionConfig):
+            # Compared by model_type, not isinstance: as Hub remote code, transformers 5 imports
+            # configuration_efficientvlm twice (for AutoConfig, and as this file's relative import, under different
+            # content hashes), so the config's class may be a twin of EfficientVLMFusionConfig, not the same object.
+            if getattr(fusion_config, "model_type", None) == EfficientVLMFusionConfig.model_type:
                 return None
             return original(model_class, config, fusion_config)
 
