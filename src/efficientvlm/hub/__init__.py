@@ -13,11 +13,18 @@ from .cards import (
     render_pruning_section,
     template_path,
 )
+from .publish import PushResult, RemoteCodeError, assemble_repo_folder, build_model_card, push_to_hub, remote_code_files
 
 __all__ = [
     "CARD_KINDS",
     "CITATION_BIBTEX",
+    "PushResult",
+    "RemoteCodeError",
+    "assemble_repo_folder",
+    "build_model_card",
     "merge_card_metadata",
+    "push_to_hub",
+    "remote_code_files",
     "render_model_card",
     "render_pruning_section",
     "template_path",
