@@ -31,7 +31,8 @@ class ConversionArguments:
     fusion_layer: int | None = field(default=None, metadata={
         "help": "Number of BERT layers forming the text encoder; the rest are fusion layers (default: half)."})
     head_dim: int = field(default=64, metadata={"help": "Width of one attention head (heads = query rows / head_dim)."})
-    strict: bool = field(default=False, metadata={"help": "Fail if any tensor cannot be placed or any weight is missing."})
+    strict: bool = field(default=False, metadata={
+        "help": "Fail if any tensor cannot be placed or any model weight is missing."})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -165,8 +165,9 @@ def official_forward_stock(state, pixel_values, ids, mask, mlm=True):
     assert not result.missing_keys and not result.unexpected_keys
     with torch.no_grad():
         # X-VLM applies post_layernorm to every token (stock CLIP only to the pooled one)
-        image = F.layer_norm(vision(pixel_values).last_hidden_state, (V,), state["vision_encoder.post_layernorm.weight"],
-                             state["vision_encoder.post_layernorm.bias"], 1e-5)
+        image = F.layer_norm(vision(pixel_values).last_hidden_state, (V,),
+                             state["vision_encoder.post_layernorm.weight"], state["vision_encoder.post_layernorm.bias"],
+                             1e-5)
 
     t = "text_encoder.bert." if mlm else "text_encoder."
     bert_config = BertConfig(vocab_size=VOCAB_SIZE, hidden_size=T, num_hidden_layers=2, num_attention_heads=T // D,
@@ -232,7 +233,8 @@ def official_forward_by_hand(state, pixel_values, ids, mask, fusion_layer=2, mlm
         x = ln(t + "embeddings.LayerNorm", e, 1e-12)
         additive = _extended_mask(mask)
         text = None
-        bert_layers = sorted({int(k.split(".")[len(t.split(".")) + 1]) for k in state if k.startswith(t + "encoder.layer.")})
+        bert_layers = sorted({int(k[len(t + "encoder.layer."):].split(".")[0]) for k in state
+                              if k.startswith(t + "encoder.layer.")})
         for i in bert_layers:
             if i == fusion_layer:
                 text = x
@@ -318,8 +320,9 @@ def test_every_official_tensor_is_accounted_for(teacher):
     report = result.report
     assert report.complete and not report.unplaced and not report.missing
     assert set(report.placed) | set(report.skipped) == set(state)
-    assert report.placed["vision_encoder.patch_embed.weight"] == "efficientvlm.vision_model.embeddings.patch_embedding.weight"
-    assert report.placed["vision_encoder.pos_embed.weight"] == "efficientvlm.vision_model.embeddings.position_embedding.weight"
+    embeddings = "efficientvlm.vision_model.embeddings."
+    assert report.placed["vision_encoder.patch_embed.weight"] == embeddings + "patch_embedding.weight"
+    assert report.placed["vision_encoder.pos_embed.weight"] == embeddings + "position_embedding.weight"
     assert report.placed["text_encoder.bert.encoder.layer.3.crossattention.self.key.weight"] == (
         "efficientvlm.fusion_model.encoder.layers.1.cross_attn.k_proj.weight")
     assert report.placed["text_encoder.bert.encoder.layer.1.output.dense.weight"] == (
@@ -353,7 +356,8 @@ def test_fine_tuning_checkpoint_file_wrapped_in_model(tmp_path, vocab_file):
     torch.save({"model": state, "epoch": 3}, tmp_path / "checkpoint.pth")
     result = convert_official_checkpoint(tmp_path / "checkpoint.pth", vocab_file, head_dim=D, strict=True)
     assert isinstance(result.model, EfficientVLMForImageTextRetrieval)
-    assert_outputs_match(converted_outputs(result.model, *inputs()), official_forward_stock(state, *inputs(), mlm=False),
+    reference = official_forward_stock(state, *inputs(), mlm=False)
+    assert_outputs_match(converted_outputs(result.model, *inputs()), reference,
                          ["image", "text", "fused", "itc_image", "itc_text"])
 
 

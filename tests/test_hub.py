@@ -164,7 +164,8 @@ def test_config_maps_every_auto_class_and_the_vqa_pipeline(hub):
     expected_heads = {"captioning": "AutoModelForImageTextToText", "pretraining": "AutoModelForPreTraining"}
     for name in OTHER_HEADS:
         auto_map = json.loads((hub.api._tree(f"org/{name}", None) / "config.json").read_text())["auto_map"]
-        assert set(auto_map) == {"AutoConfig", "AutoModel"} | ({expected_heads[name]} if name in expected_heads else set())
+        head_class = {expected_heads[name]} if name in expected_heads else set()
+        assert set(auto_map) == {"AutoConfig", "AutoModel"} | head_class
         assert "custom_pipelines" not in json.loads((hub.api._tree(f"org/{name}", None) / "config.json").read_text())
     # the user's model is not modified by publishing
     assert not hasattr(hub.vqa.config, "custom_pipelines") and getattr(hub.vqa.config, "auto_map", None) is None
@@ -261,7 +262,8 @@ def test_every_card_renders_and_parses_back_with_its_eval_results(task, tmp_path
         == [("custom", "VQAv2", "test-dev", "VQA accuracy", 76.2), ("t", "D", None, None, 0.5)]
     text = loaded.text
     assert "{{ " not in text and "{%" not in text and "{#" not in text  # no Jinja left over
-    assert "A tiny test model." in text and "93.7M" in text and "[org/teacher](https://huggingface.co/org/teacher)" in text
+    assert "A tiny test model." in text and "93.7M" in text
+    assert "[org/teacher](https://huggingface.co/org/teacher)" in text
     assert "```bibtex\n@article{wang2022efficientvlm" in text and "2210.07795" in text
     assert "| vision | 30,000 | 50,000 |" not in text and "| vision | 50,000 | 30,000 | 2, 0, 3 |" in text
     assert "![Pruning report](pruning_report.png)" in text
@@ -381,7 +383,8 @@ check("folder_auto_classes", lambda: auto_classes(manifest["folder"]))
 check("hub_id", lambda: vqa("org/vqa"))
 check("hub_id_revision", lambda: vqa("org/vqa", revision="v2"))
 check("captioning", lambda: caption("org/captioning"))
-check("pretraining", lambda: type(AutoModelForPreTraining.from_pretrained("org/pretraining", trust_remote_code=True)).__name__)
+check("pretraining", lambda: type(
+    AutoModelForPreTraining.from_pretrained("org/pretraining", trust_remote_code=True)).__name__)
 check("without_trust", lambda: refused(lambda: AutoModelForVisualQuestionAnswering.from_pretrained(
     manifest["folder"], trust_remote_code=False)))
 check("pickled", lambda: refused(lambda: AutoModelForVisualQuestionAnswering.from_pretrained(
@@ -550,8 +553,9 @@ def checkpoint(hub, processor, tmp_path_factory):
 
 def test_cli_push_dry_run(checkpoint, hub, tmp_path, capsys):
     out = tmp_path / "repo"
-    status = cli.main(["push", str(checkpoint), "org/cli", "--dry-run", str(out), "--tag", "cli-tag", "--dataset",
-                       "org/data", "--base-model", "org/teacher", "--eval-results", str(checkpoint.parent / "eval.json"),
+    status = cli.main(["push", str(checkpoint), "org/cli", "--dry-run", str(out), "--tag", "cli-tag",
+                       "--dataset", "org/data", "--base-model", "org/teacher",
+                       "--eval-results", str(checkpoint.parent / "eval.json"),
                        "--pruning-report", str(checkpoint.parent / "report.json"), "--pruning-figure", str(hub.figure)])
     assert status == 0
     assert "dry run, nothing uploaded" in capsys.readouterr().out

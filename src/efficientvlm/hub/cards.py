@@ -253,7 +253,7 @@ def render_model_card(
     eval_results: Sequence[EvalResult | Mapping[str, Any]] | None = None,
     pruning_report: Mapping[str, Any] | None = None,
     pruning_figure: str | None = None,
-    license: str | None = "apache-2.0",
+    license: str | None = None,
     language: str | Sequence[str] | None = "en",
     tags: Sequence[str] = (),
     summary: str | None = None,
@@ -273,7 +273,9 @@ def render_model_card(
             ``task_name`` default to the task's). Written to the ``model-index`` metadata and a table.
         pruning_report: pruning report dict (format in the module docstring).
         pruning_figure: path of the pruning figure inside the repository (the caller uploads the file).
-        license, language: card metadata.
+        license: the checkpoint's license id (no default: it depends on the weights it was trained from; the official
+            X-VLM weights are ``bsd-3-clause``).
+        language: card metadata.
         tags: extra tags, after the library's and the task's.
         summary: free text placed under the title.
         model_name: the name in the title and the ``model-index``; defaults to the repository name.
@@ -347,9 +349,9 @@ def merge_card_metadata(card: ModelCard, existing: ModelCard) -> ModelCard:
     return card
 
 
-def load_card(path: str | os.PathLike) -> ModelCard:
+def load_card(path: str | os.PathLike, ignore_metadata_errors: bool = False) -> ModelCard:
     """Load a ``README.md`` model card from a local file."""
-    return ModelCard.load(Path(path))
+    return ModelCard.load(Path(path), ignore_metadata_errors=ignore_metadata_errors)
 
 
 def _as_list(value: Any) -> list:

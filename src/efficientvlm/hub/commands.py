@@ -31,7 +31,8 @@ def add_push_arguments(parser: argparse.ArgumentParser) -> None:
     card.add_argument("--dataset", action="append", help="Hub id of a dataset (repeatable)")
     card.add_argument("--eval-results", metavar="JSON",
                       help="JSON file: a list of huggingface_hub.EvalResult keyword-argument dicts")
-    card.add_argument("--license", help="license id (default: apache-2.0)")
+    card.add_argument("--license", help="license id of the weights (none by default; conversions of the official "
+                                        "X-VLM weights: bsd-3-clause)")
     card.add_argument("--tag", action="append", help="extra tag (repeatable)")
     card.add_argument("--summary", help="text placed under the card's title")
     card.add_argument("--pruning-report", metavar="JSON", help="pruning report, uploaded and rendered in the card")
@@ -74,7 +75,8 @@ def run_push(args: argparse.Namespace) -> int:
     }
     card_kwargs = {key: value for key, value in card_kwargs.items() if value is not None}
     if args.card and card_kwargs:
-        raise ValueError(f"--card uses a finished card; drop {', '.join('--' + k.replace('_', '-') for k in card_kwargs)}.")
+        flags = ", ".join("--" + key.replace("_", "-") for key in card_kwargs)
+        raise ValueError(f"--card uses a finished card; drop {flags}.")
     model, processor = load_checkpoint(args.checkpoint_dir)
     result = push_to_hub(
         model, processor, args.repo_id, card=args.card, private=args.private, revision=args.revision,

@@ -404,7 +404,8 @@ def convert_official_state_dict(state_dict: Mapping[str, torch.Tensor], *, head:
         for name, bert_id in _BERT_SPECIAL_TOKENS.items():
             config_kwargs["text_config"][name] = bert_id if bert_id < vocab_size else None
     if head == "pretraining":
-        decoder, words = state.get(_MLM + "decoder.weight"), state.get(text_prefix + "embeddings.word_embeddings.weight")
+        decoder = state.get(_MLM + "decoder.weight")
+        words = state.get(text_prefix + "embeddings.word_embeddings.weight")
         tied = decoder is None or (words is not None and torch.equal(decoder, words))
         config_kwargs["tie_word_embeddings"] = tied
         report.notes.append("MLM decoder tied to the word embeddings" if tied

@@ -91,6 +91,7 @@ class PushResult:
         files: the repository paths that were written, sorted.
         folder: the dry-run folder (``None`` when the folder was uploaded).
         commit: the commit (``None`` for a dry run).
+        card: the model card that was written (after merging the metadata already on the Hub).
     """
 
     repo_id: str
@@ -319,7 +320,7 @@ def _existing_card(api: HfApi, repo_id: str, revision: str | None, token: str | 
         path = api.hf_hub_download(repo_id, "README.md", revision=revision, token=token)
     except (EntryNotFoundError, RevisionNotFoundError, RepositoryNotFoundError):
         return None
-    return load_card(path)
+    return load_card(path, ignore_metadata_errors=True)  # a broken card on the Hub must not block a push
 
 
 def push_to_hub(
