@@ -24,6 +24,7 @@ This file is shipped to the Hub as remote code: it imports only torch, transform
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -541,6 +542,10 @@ class EfficientVLMPreTrainedModel(PreTrainedModel):
         transformers 5.x also reads a ``fusion_config`` attribute of any config as a request for runtime kernel
         fusions. EfficientVLM's ``fusion_config`` (the cross-modal encoder, a public field name) is not such a
         request, so kernel fusions are skipped for it.
+
+        Only safetensors weights are loaded: a checkpoint with pickled weights only (``pytorch_model.bin``) is
+        refused with a ``ValueError``, as is one whose config does not match its weights. This override is on every
+        loading path (library classes, Auto classes, and Hub remote code, which ships this file).
         """
         if isinstance(kwargs.get("fusion_config"), dict):
             raise ValueError(
@@ -548,14 +553,25 @@ class EfficientVLMPreTrainedModel(PreTrainedModel):
                 "support: its config.fusion_config describes the fusion encoder. Change encoder sizes through the "
                 "config instead."
             )
+        if kwargs.get("use_safetensors") is False:
+            raise ValueError(_pickled_weights_message(pretrained_model_name_or_path))
+        kwargs["use_safetensors"] = True  # never fall back to pickled weights
         from transformers import fusion_mapping
 
         original = getattr(fusion_mapping, "register_fusion_patches", None)
         if original is None:
-            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+            try:
+                return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+            except OSError as error:
+                if not _is_missing_safetensors(error):
+                    raise
+                raise ValueError(_pickled_weights_message(pretrained_model_name_or_path)) from error
 
         def register_fusion_patches(model_class, config, fusion_config=None):
-            if isinstance(fusion_config, EfficientVLMFusionConfig):
+            # Compared by model_type, not isinstance: as Hub remote code, transformers 5 imports
+            # configuration_efficientvlm twice (for AutoConfig, and as this file's relative import, under different
+            # content hashes), so the config's class may be a twin of EfficientVLMFusionConfig, not the same object.
+            if getattr(fusion_config, "model_type", None) == EfficientVLMFusionConfig.model_type:
                 return None
             return original(model_class, config, fusion_config)
 
@@ -572,6 +588,10 @@ class EfficientVLMPreTrainedModel(PreTrainedModel):
                     pretrained_model_name_or_path, *model_args, output_loading_info=True,
                     **{**kwargs, "ignore_mismatched_sizes": True})
                 raise ValueError(_layer_mismatch_message(pretrained_model_name_or_path, model.config, info)) from error
+            except OSError as error:
+                if not _is_missing_safetensors(error):
+                    raise
+                raise ValueError(_pickled_weights_message(pretrained_model_name_or_path)) from error
         finally:
             fusion_mapping.register_fusion_patches = original
         if _layer_keys(info):
@@ -725,6 +745,27 @@ def _layer_mismatch_message(path, config: EfficientVLMConfig, info: dict) -> str
         f"The checkpoint at {str(path)!r} does not fit its config:\n" + "\n".join(lines)
         + "\nThe config must record the size of every layer of the saved weights (0 = sub-block absent). Fix "
         "config.json, or re-export the model with save_pretrained()."
+    )
+
+
+def _is_missing_safetensors(error: OSError) -> bool:
+    """Whether transformers could not find ``model.safetensors`` (or its index) while ``use_safetensors=True``."""
+    return "model.safetensors" in str(error)
+
+
+def _pickled_weights_message(path) -> str:
+    """Why a checkpoint without safetensors weights is refused, naming the pickled files of a local folder."""
+    pickled = []
+    if path is not None and os.path.isdir(path):
+        pickled = sorted(name for name in os.listdir(path) if name.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt")))
+    found = f"; it holds pickled weights only ({', '.join(pickled)})" if pickled else ""
+    return (
+        f"No safetensors weights (model.safetensors or model.safetensors.index.json) for {str(path)!r}{found}. "
+        "EfficientVLM loads safetensors weights only: unpickling a file can execute arbitrary code, so pickled "
+        "weights (pytorch_model.bin, *.pth) are refused. If you trust the file, convert it once: "
+        "model.load_state_dict(torch.load(path, map_location='cpu', weights_only=True)), then "
+        "model.save_pretrained(folder). Official X-VLM / EfficientVLM checkpoints convert with "
+        "examples/convert_xvlm_checkpoint.py."
     )
 
 

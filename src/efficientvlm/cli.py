@@ -1,0 +1,60 @@
+"""The ``efficientvlm`` command line: ``efficientvlm <subcommand> [options]``.
+
+Subcommands live in ``SUBCOMMANDS``. Each one is a name, a help line, a function that adds its arguments to an
+``argparse`` parser, and a function that runs it and returns the exit status. Adding one is a three-line change::
+
+    from .demo import add_demo_arguments, run_demo
+    ...
+    Subcommand("demo", "Start the demo.", add_demo_arguments, run_demo),   # one more entry in SUBCOMMANDS
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from .hub.commands import add_push_arguments, run_push
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    """One ``efficientvlm`` subcommand."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int | None]
+
+
+SUBCOMMANDS: list[Subcommand] = [
+    Subcommand("push", "Publish a checkpoint folder to the Hugging Face Hub (model, processor, card, code).",
+               add_push_arguments, run_push),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``efficientvlm`` parser with one sub-parser per entry of ``SUBCOMMANDS``."""
+    parser = argparse.ArgumentParser(prog="efficientvlm", description="EfficientVLM command line tools.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for subcommand in SUBCOMMANDS:
+        sub = subparsers.add_parser(subcommand.name, help=subcommand.help, description=subcommand.help)
+        subcommand.add_arguments(sub)
+        sub.set_defaults(_run=subcommand.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``efficientvlm`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args._run(args) or 0
+    except (ValueError, OSError) as error:
+        print(f"efficientvlm {args.command}: error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,420 @@
+"""Publish an EfficientVLM checkpoint to the Hugging Face Hub as a self-contained repository.
+
+The repository holds exactly:
+
+* ``config.json`` with an ``auto_map`` entry for every Auto class that can load the checkpoint (``AutoConfig``,
+  ``AutoModel``, and the head's own class: ``AutoModelForVisualQuestionAnswering``, ``AutoModelForPreTraining`` or
+  ``AutoModelForImageTextToText``) and, for VQA heads, a ``custom_pipelines`` entry for ``visual-question-answering``;
+  ``model.safetensors`` (and ``generation_config.json`` for captioning);
+* the processor files (``processor_config.json`` with ``auto_map`` for ``AutoProcessor`` / ``AutoImageProcessor``,
+  ``tokenizer.json``, ``tokenizer_config.json``);
+* the remote-code modules the ``auto_map`` and ``custom_pipelines`` entries point to, and the sibling modules they
+  import (``configuration_efficientvlm.py``, ``modeling_efficientvlm.py``, ``image_processing_efficientvlm.py``,
+  ``processing_efficientvlm.py``, and ``pipeline_efficientvlm.py`` for VQA). They are checked to import nothing but
+  the standard library, torch, numpy, PIL, transformers and each other (relatively), so that
+  ``trust_remote_code=True`` works for users without efficientvlm;
+* ``README.md`` (the model card) and, when given, ``pruning_report.json`` / ``pruning_report.png``.
+
+The folder is uploaded in one commit. A dry run writes the very same folder and uploads nothing.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import copy
+import inspect
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import CommitInfo, HfApi, ModelCard
+from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+from .cards import load_card, merge_card_metadata, render_model_card
+
+VQA_PIPELINE_TASK = "visual-question-answering"
+PRUNING_REPORT_FILE = "pruning_report.json"
+PRUNING_FIGURE_FILE = "pruning_report.png"
+
+#: Top-level packages remote-code modules may import (besides the standard library and each other).
+REMOTE_CODE_ALLOWED_IMPORTS = frozenset({"torch", "numpy", "PIL", "transformers"})
+
+#: Auto classes of each head (``AutoConfig`` and ``AutoModel`` apply to every checkpoint). Retrieval and NLVR2 heads
+#: have no Auto class in transformers.
+HEAD_AUTO_CLASSES: dict[str, tuple[str, ...]] = {
+    "EfficientVLMModel": (),
+    "EfficientVLMForPreTraining": ("AutoModelForPreTraining",),
+    "EfficientVLMForVisualQuestionAnswering": ("AutoModelForVisualQuestionAnswering",),
+    "EfficientVLMForImageTextRetrieval": (),
+    "EfficientVLMForNLVR2": (),
+    "EfficientVLMForCaptioning": ("AutoModelForImageTextToText",),
+}
+
+#: Model-card kind of each head.
+CARD_TASK_OF_HEAD: dict[str, str] = {
+    "EfficientVLMModel": "pretraining",
+    "EfficientVLMForPreTraining": "pretraining",
+    "EfficientVLMForVisualQuestionAnswering": "vqa",
+    "EfficientVLMForImageTextRetrieval": "retrieval",
+    "EfficientVLMForNLVR2": "nlvr2",
+    "EfficientVLMForCaptioning": "captioning",
+}
+
+#: Files a push owns: at the next push, those no longer produced (e.g. a dropped pruning figure) are deleted from the
+#: repository. Other files (a user's notebooks, images, .gitattributes) are left alone.
+MANAGED_FILE_PATTERNS = (
+    "*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json", "*_efficientvlm.py", "config.json",
+    "generation_config.json", "processor_config.json", "preprocessor_config.json", "tokenizer.json",
+    "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "chat_template.jinja", PRUNING_REPORT_FILE,
+    PRUNING_FIGURE_FILE,
+)
+
+
+class RemoteCodeError(ValueError):
+    """A module meant for the Hub imports something a user without efficientvlm would not have."""
+
+
+@dataclass
+class PushResult:
+    """What ``push_to_hub`` did.
+
+    Attributes:
+        repo_id: the repository.
+        revision: the branch committed to (``None``: the default branch).
+        files: the repository paths that were written, sorted.
+        folder: the dry-run folder (``None`` when the folder was uploaded).
+        commit: the commit (``None`` for a dry run).
+        card: the model card that was written (after merging the metadata already on the Hub).
+    """
+
+    repo_id: str
+    revision: str | None
+    files: list[str]
+    folder: Path | None = None
+    commit: CommitInfo | None = None
+    card: ModelCard | None = field(default=None, repr=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Remote code
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _module_file(obj: Any) -> Path:
+    cls = obj if isinstance(obj, type) else type(obj)
+    path = inspect.getsourcefile(cls)
+    if path is None:
+        raise RemoteCodeError(f"Cannot find the source file of {cls.__qualname__}.")
+    return Path(path)
+
+
+def remote_code_imports(path: str | os.PathLike) -> list[str]:
+    """Check that a module can run as Hub remote code and return the sibling modules it imports.
+
+    Every import (also inside functions) must be relative to a sibling (``from .x import y``), of the standard
+    library, or of a package in ``REMOTE_CODE_ALLOWED_IMPORTS``.
+
+    Raises:
+        RemoteCodeError: naming the file, line and import that is not allowed.
+    """
+    path = Path(path)
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    siblings = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+            level = 0
+        elif isinstance(node, ast.ImportFrom):
+            names = [node.module or ""]
+            level = node.level
+        else:
+            continue
+        for name in names:
+            top = name.split(".")[0]
+            if level == 1 and name and "." not in name:
+                if not (path.parent / f"{name}.py").is_file():
+                    raise RemoteCodeError(f"{path.name}:{node.lineno} imports .{name}, which is not a sibling module.")
+                siblings.append(name)
+            elif level == 0 and (top in REMOTE_CODE_ALLOWED_IMPORTS or top in sys.stdlib_module_names):
+                continue
+            else:
+                shown = "." * level + name
+                raise RemoteCodeError(
+                    f"{path.name}:{node.lineno} imports {shown!r}: Hub remote code may only import the standard "
+                    f"library, {sorted(REMOTE_CODE_ALLOWED_IMPORTS)} and sibling modules (from .module import ...)."
+                )
+    return sorted(set(siblings))
+
+
+def remote_code_files(*objects: Any) -> dict[str, Path]:
+    """The modules defining ``objects`` (classes or instances) and every sibling they import, checked for the Hub.
+
+    Returns:
+        ``{file name: source path}``.
+    """
+    pending = [_module_file(obj) for obj in objects]
+    directories = {path.parent for path in pending}
+    if len(directories) != 1:
+        raise RemoteCodeError(f"Remote-code modules must live in one folder (relative imports), got {directories}.")
+    files: dict[str, Path] = {}
+    while pending:
+        path = pending.pop()
+        if path.name in files:
+            continue
+        files[path.name] = path
+        pending.extend(path.parent / f"{name}.py" for name in remote_code_imports(path))
+    return dict(sorted(files.items()))
+
+
+def auto_map_of(model: Any) -> dict[str, str]:
+    """The ``config.auto_map`` of a model: ``AutoConfig``, ``AutoModel`` and its head's Auto class."""
+    head = type(model).__name__
+    if head not in HEAD_AUTO_CLASSES:
+        raise ValueError(f"Cannot publish a {head}: expected one of {sorted(HEAD_AUTO_CLASSES)}.")
+    modeling = _module_file(model).stem
+    configuration = _module_file(model.config).stem
+    auto_map = {
+        "AutoConfig": f"{configuration}.{type(model.config).__name__}",
+        "AutoModel": f"{modeling}.EfficientVLMModel",
+    }
+    for auto_class in HEAD_AUTO_CLASSES[head]:
+        auto_map[auto_class] = f"{modeling}.{head}"
+    return auto_map
+
+
+def _vqa_pipeline_class() -> type:
+    from ..models.pipeline_efficientvlm import EfficientVLMVQAPipeline
+
+    return EfficientVLMVQAPipeline
+
+
+def custom_pipelines_of(model: Any) -> dict[str, dict[str, Any]]:
+    """The ``config.custom_pipelines`` entry: ``visual-question-answering`` for VQA heads, else nothing."""
+    if "AutoModelForVisualQuestionAnswering" not in HEAD_AUTO_CLASSES.get(type(model).__name__, ()):
+        return {}
+    pipeline_class = _vqa_pipeline_class()
+    return {
+        VQA_PIPELINE_TASK: {
+            "impl": f"{_module_file(pipeline_class).stem}.{pipeline_class.__name__}",
+            "pt": ["AutoModelForVisualQuestionAnswering"],
+            "type": "multimodal",
+        }
+    }
+
+
+@contextlib.contextmanager
+def _auto_classes_set(classes: Mapping[type, str]) -> Iterator[None]:
+    """Temporarily ``register_for_auto_class`` the given classes, so that ``save_pretrained`` writes the
+    ``auto_map`` entries exactly as this transformers version expects them (nested in ``processor_config.json``)."""
+    saved = {cls: cls.__dict__.get("_auto_class", _MISSING) for cls in classes}
+    try:
+        for cls, auto_class in classes.items():
+            cls._auto_class = auto_class
+        yield
+    finally:
+        for cls, value in saved.items():
+            if value is _MISSING:
+                del cls._auto_class
+            else:
+                cls._auto_class = value
+
+
+_MISSING = object()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Assembling the repository folder
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _read_pruning_report(report: Mapping[str, Any] | str | os.PathLike | None) -> dict[str, Any] | None:
+    if report is None:
+        return None
+    if isinstance(report, Mapping):
+        return dict(report)
+    return json.loads(Path(report).read_text(encoding="utf-8"))
+
+
+def build_model_card(model: Any, repo_id: str, *, pruning_report: Mapping[str, Any] | None = None,
+                     pruning_figure: str | None = None, **card_kwargs: Any) -> ModelCard:
+    """Render the card of ``model`` with [`render_model_card`], filling what the model knows (task, config,
+    parameter count, teacher recorded by ``create_student``, ``config.pruning_info``)."""
+    head = type(model).__name__
+    task = card_kwargs.pop("task", None) or CARD_TASK_OF_HEAD.get(head)
+    if task is None:
+        raise ValueError(f"No model card for a {head}; pass task=...")
+    if "base_model" not in card_kwargs:
+        teacher = (getattr(model.config, "student_of", None) or {}).get("teacher")
+        if isinstance(teacher, str) and teacher.count("/") == 1 and not os.path.exists(teacher):
+            card_kwargs["base_model"] = teacher  # a Hub id, not a local path
+    if pruning_report is None:
+        pruning_report = getattr(model.config, "pruning_info", None)
+    return render_model_card(
+        task, repo_id=repo_id, config=model.config, num_parameters=model.num_parameters(),
+        pruning_report=pruning_report, pruning_figure=pruning_figure, architecture=head, **card_kwargs,
+    )
+
+
+def assemble_repo_folder(model: Any, processor: Any, folder: str | os.PathLike, *, card: ModelCard,
+                         pruning_report: Mapping[str, Any] | None = None,
+                         pruning_figure: str | os.PathLike | None = None) -> list[str]:
+    """Write the repository of ``model`` + ``processor`` into the empty (or new) ``folder``.
+
+    Returns:
+        The repository paths written, sorted.
+
+    Raises:
+        ValueError: ``folder`` is not empty, or the processor is missing.
+        RemoteCodeError: a module to ship imports something outside the allowed set.
+    """
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()):
+        raise ValueError(f"{folder} is not empty: the repository folder must hold exactly what is published.")
+    if processor is None or getattr(processor, "image_processor", None) is None:
+        raise ValueError("Publishing needs the processor (image processor + tokenizer) next to the model.")
+    folder.mkdir(parents=True, exist_ok=True)
+    pipeline_objects = [_vqa_pipeline_class()] if custom_pipelines_of(model) else []
+    code = remote_code_files(model.config, model, processor, processor.image_processor, *pipeline_objects)
+
+    model.save_pretrained(folder)
+    config = copy.deepcopy(model.config)  # the user's model keeps its config untouched
+    config.auto_map = auto_map_of(model)
+    pipelines = custom_pipelines_of(model)
+    if pipelines:
+        config.custom_pipelines = pipelines
+    elif hasattr(config, "custom_pipelines"):
+        del config.custom_pipelines
+    config.save_pretrained(folder)
+
+    with _auto_classes_set({type(processor): "AutoProcessor", type(processor.image_processor): "AutoImageProcessor"}):
+        processor.save_pretrained(folder)
+    for name, source in code.items():
+        shutil.copyfile(source, folder / name)
+    shipped = {path.name for path in folder.glob("*.py")}
+    if shipped != set(code):
+        raise RemoteCodeError(f"save_pretrained wrote modules {sorted(shipped - set(code))} that were not checked.")
+
+    card.save(folder / "README.md")
+    if pruning_report is not None:
+        (folder / PRUNING_REPORT_FILE).write_text(json.dumps(pruning_report, indent=2, sort_keys=True) + "\n",
+                                                  encoding="utf-8")
+    if pruning_figure is not None:
+        shutil.copyfile(pruning_figure, folder / PRUNING_FIGURE_FILE)
+    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pushing
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _existing_card(api: HfApi, repo_id: str, revision: str | None, token: str | None) -> ModelCard | None:
+    try:
+        path = api.hf_hub_download(repo_id, "README.md", revision=revision, token=token)
+    except (EntryNotFoundError, RevisionNotFoundError, RepositoryNotFoundError):
+        return None
+    return load_card(path, ignore_metadata_errors=True)  # a broken card on the Hub must not block a push
+
+
+def push_to_hub(
+    model: Any,
+    processor: Any,
+    repo_id: str,
+    *,
+    card: ModelCard | str | os.PathLike | None = None,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    dry_run_dir: str | os.PathLike | None = None,
+    token: str | None = None,
+    pruning_report: Mapping[str, Any] | str | os.PathLike | None = None,
+    pruning_figure: str | os.PathLike | None = None,
+    keep_existing_metadata: bool = True,
+    api: HfApi | None = None,
+    **card_kwargs: Any,
+) -> PushResult:
+    """Publish ``model`` and ``processor`` as a self-contained Hub repository, in one commit.
+
+    Args:
+        model: an EfficientVLM model (any head).
+        processor: its ``EfficientVLMProcessor``.
+        repo_id: ``"org/name"``.
+        card: a ready ``ModelCard`` or the path of a ``README.md``; by default the card is rendered from the model
+            and ``card_kwargs``.
+        private: create the repository private. Pushing with ``private=True`` to an existing public repository is
+            refused (its visibility is never changed silently).
+        revision: branch to commit to; created from the default branch if missing.
+        commit_message: defaults to a message naming the head.
+        dry_run_dir: write the repository folder here (must be empty or new) and upload nothing.
+        token: Hub token (defaults to the stored login).
+        pruning_report: pruning report (dict or JSON file) uploaded as ``pruning_report.json`` and rendered in the
+            card; defaults to ``model.config.pruning_info`` for the card.
+        pruning_figure: PNG uploaded as ``pruning_report.png`` and shown in the card.
+        keep_existing_metadata: merge the metadata (tags, datasets, eval results, ...) of the card already in the
+            repository into the new card, so that a second push keeps it (see ``merge_card_metadata``).
+        api: the ``HfApi`` to use (a stand-in in tests).
+        card_kwargs: passed to [`render_model_card`] (``task``, ``base_model``, ``datasets``, ``eval_results``,
+            ``license``, ``tags``, ``summary``, ...).
+
+    Returns:
+        A [`PushResult`].
+    """
+    report = _read_pruning_report(pruning_report)
+    figure_in_repo = PRUNING_FIGURE_FILE if pruning_figure is not None else None
+    if card is None:
+        card = build_model_card(model, repo_id, pruning_report=report, pruning_figure=figure_in_repo, **card_kwargs)
+    else:
+        if card_kwargs:
+            raise TypeError(f"Pass either card or card keyword arguments, not both (got {sorted(card_kwargs)}).")
+        card = card if isinstance(card, ModelCard) else load_card(card)
+    head = type(model).__name__
+    commit_message = commit_message or f"Upload {head} (EfficientVLM)"
+
+    if dry_run_dir is not None:
+        files = assemble_repo_folder(model, processor, dry_run_dir, card=card, pruning_report=report,
+                                     pruning_figure=pruning_figure)
+        return PushResult(repo_id, revision, files, folder=Path(dry_run_dir), card=card)
+
+    api = api or HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model", token=token)
+    if private and not api.repo_info(repo_id, repo_type="model", token=token).private:
+        raise ValueError(f"{repo_id} exists and is public; refusing to push with private=True. Make it private on "
+                         "the Hub first, or push without private=True.")
+    if revision is not None:
+        api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model", token=token)
+    if keep_existing_metadata:
+        existing = _existing_card(api, repo_id, revision, token)
+        if existing is not None:
+            card = merge_card_metadata(card, existing)
+    with tempfile.TemporaryDirectory(prefix="efficientvlm-push-") as tmp:
+        folder = Path(tmp) / "repo"
+        files = assemble_repo_folder(model, processor, folder, card=card, pruning_report=report,
+                                     pruning_figure=pruning_figure)
+        commit = api.upload_folder(
+            repo_id=repo_id, folder_path=folder, repo_type="model", revision=revision, token=token,
+            commit_message=commit_message, delete_patterns=list(MANAGED_FILE_PATTERNS),
+        )
+    return PushResult(repo_id, revision, files, commit=commit, card=card)
+
+
+__all__ = [
+    "CARD_TASK_OF_HEAD",
+    "HEAD_AUTO_CLASSES",
+    "MANAGED_FILE_PATTERNS",
+    "PushResult",
+    "RemoteCodeError",
+    "assemble_repo_folder",
+    "auto_map_of",
+    "build_model_card",
+    "custom_pipelines_of",
+    "push_to_hub",
+    "remote_code_files",
+    "remote_code_imports",
+]
