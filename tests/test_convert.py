@@ -307,8 +307,6 @@ def test_pretraining_checkpoint_reproduces_the_official_outputs(teacher):
     assert isinstance(result.model, EfficientVLMForPreTraining)
     reference = official_forward_stock(state, *inputs())
     ours = converted_outputs(result.model, *inputs())
-    # (The ITM head's LayerNorm has eps 1e-12 in efficientvlm, the text config's, and 1e-5 in X-VLM's build_mlp:
-    # a difference far below the tolerance for activations of unit scale.)
     assert_outputs_match(ours, reference, ["image", "text", "fused", "itc_image", "itc_text", "itm", "mlm"])
     assert result.model.config.tie_word_embeddings
     assert result.model.lm_head.decoder.weight.data_ptr() == result.model.get_input_embeddings().weight.data_ptr()

@@ -39,7 +39,7 @@ def test_defaults_are_the_paper_teacher_and_student_preset():
     assert (v.hidden_act, v.image_size, v.patch_size, v.head_dim) == ("quick_gelu", 224, 16, 64)
     assert (t.num_hidden_layers, t.vocab_size, f.num_hidden_layers, f.num_cross_attention_heads) == (6, 30522, 6, 12)
     assert f.encoder_hidden_size == 768
-    assert (config.projection_dim, config.temperature) == (256, 0.07)
+    assert (config.projection_dim, config.itc_temperature) == (256, 0.07)
     student = EfficientVLMConfig.student()
     assert [student.vision_config.num_hidden_layers, student.text_config.num_hidden_layers,
             student.fusion_config.num_hidden_layers] == [6, 3, 3]
@@ -263,6 +263,7 @@ def test_captioning_generate_matches_a_manual_greedy_loop():
         beams = model.generate(pixel_values=pixel_values, max_new_tokens=4)
     assert beams.shape[0] == 2 and (beams[:, 0] == config.text_config.bos_token_id).all()
     assert model.generation_config.num_beams == 3 and model.generation_config.temperature in (None, 1.0)
+    assert not hasattr(model.config, "temperature")
 
 
 # ------------------------------------------------------------------------------------------- auto classes

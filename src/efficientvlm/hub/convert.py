@@ -283,7 +283,7 @@ def _infer_config(state: Mapping[str, torch.Tensor], text_prefix: str, fusion_la
     if "vision_proj.weight" in state:
         config["projection_dim"] = state["vision_proj.weight"].shape[0]
     if "temp" in state:
-        config["temperature"] = float(state["temp"])
+        config["itc_temperature"] = float(state["temp"])
     sizes = {"vision_heads": vision_heads, "vision_ffn": vision_ffn, "heads": heads, "cross_heads": cross_heads,
              "ffn": ffn}
     return config, fusion_layer, sizes

@@ -231,7 +231,8 @@ class EfficientVLMConfig(PreTrainedConfig):
         text_config: dict or ``EfficientVLMTextConfig``.
         fusion_config: dict or ``EfficientVLMFusionConfig``.
         projection_dim: width of the image-text contrastive (ITC) projections.
-        temperature: initial ITC temperature (learnable; clamped to [0.001, 0.5] as in X-VLM).
+        itc_temperature: initial ITC temperature (learnable; clamped to [0.001, 0.5] as in X-VLM). Not called
+            ``temperature``, which transformers' generation would read as a sampling temperature.
         tie_word_embeddings: tie the MLM / captioning output layer to the word embeddings.
         pruning_info: optional record of what pruning did (target, achieved sparsity per modality, parameter
             counts). Informational only: shapes are always read from the sub-configs.
@@ -254,7 +255,7 @@ class EfficientVLMConfig(PreTrainedConfig):
     text_config: dict | EfficientVLMTextConfig | None = None
     fusion_config: dict | EfficientVLMFusionConfig | None = None
     projection_dim: int = 256
-    temperature: float = 0.07
+    itc_temperature: float = 0.07
     initializer_range: float = 0.02
     tie_word_embeddings: bool = True
     pruning_info: dict | None = None
@@ -285,8 +286,8 @@ class EfficientVLMConfig(PreTrainedConfig):
             )
         if not isinstance(self.projection_dim, int) or self.projection_dim <= 0:
             raise ValueError(f"EfficientVLMConfig.projection_dim must be a positive int, got {self.projection_dim!r}.")
-        if not 0 < self.temperature:
-            raise ValueError(f"EfficientVLMConfig.temperature must be > 0, got {self.temperature!r}.")
+        if not 0 < self.itc_temperature:
+            raise ValueError(f"EfficientVLMConfig.itc_temperature must be > 0, got {self.itc_temperature!r}.")
         super().__post_init__(**kwargs)
 
     @classmethod

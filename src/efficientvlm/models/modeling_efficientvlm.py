@@ -604,7 +604,7 @@ class EfficientVLMPreTrainedModel(PreTrainedModel):
         if isinstance(module, EfficientVLMVisionEmbeddings):
             init.normal_(module.class_embedding, mean=0.0, std=module.config.hidden_size**-0.5)
         elif isinstance(module, EfficientVLMContrastiveMixin):
-            init.constant_(module.temp, self.config.temperature)
+            init.constant_(module.temp, self.config.itc_temperature)
 
     @classmethod
     def from_vision_text_pretrained(cls, vision_name_or_path: str, text_name_or_path: str,
@@ -897,9 +897,9 @@ def _encoder_fields(prefix: str, output: EfficientVLMEncoderOutput | None) -> di
     return fields
 
 
-def _classifier(in_features: int, hidden: int, num_outputs: int, eps: float) -> nn.Sequential:
-    """The X-VLM / ALBEF head MLP: Linear, LayerNorm, GELU, Linear."""
-    return nn.Sequential(nn.Linear(in_features, hidden), nn.LayerNorm(hidden, eps=eps), nn.GELU(),
+def _classifier(in_features: int, hidden: int, num_outputs: int) -> nn.Sequential:
+    """The X-VLM ``build_mlp`` head: Linear, LayerNorm (torch's default eps, as there), GELU, Linear."""
+    return nn.Sequential(nn.Linear(in_features, hidden), nn.LayerNorm(hidden), nn.GELU(),
                          nn.Linear(hidden, num_outputs))
 
 
@@ -921,7 +921,7 @@ class EfficientVLMForVisualQuestionAnswering(EfficientVLMPreTrainedModel):
         super().__init__(config)
         self.efficientvlm = EfficientVLMModel(config)
         hidden = config.text_config.hidden_size
-        self.classifier = _classifier(hidden, 2 * hidden, config.num_labels, config.text_config.layer_norm_eps)
+        self.classifier = _classifier(hidden, 2 * hidden, config.num_labels)
         self.post_init()
 
     def forward(self, pixel_values=None, input_ids=None, attention_mask=None, token_type_ids=None, labels=None,
@@ -954,8 +954,8 @@ class EfficientVLMContrastiveMixin(nn.Module):
         vision_hidden, text_hidden = config.vision_config.hidden_size, config.text_config.hidden_size
         self.vision_proj = nn.Linear(vision_hidden, config.projection_dim)
         self.text_proj = nn.Linear(text_hidden, config.projection_dim)
-        self.temp = nn.Parameter(torch.tensor(config.temperature))
-        self.itm_head = _classifier(text_hidden, 2 * text_hidden, 2, config.text_config.layer_norm_eps)
+        self.temp = nn.Parameter(torch.tensor(config.itc_temperature))
+        self.itm_head = _classifier(text_hidden, 2 * text_hidden, 2)
 
     def clamped_temperature(self) -> torch.Tensor:
         return self.temp.clamp(0.001, 0.5)
@@ -1190,7 +1190,7 @@ class EfficientVLMForNLVR2(EfficientVLMPreTrainedModel):
         super().__init__(config)
         self.efficientvlm = EfficientVLMModel(config)
         hidden = config.text_config.hidden_size
-        self.classifier = _classifier(2 * hidden, 2 * hidden, 2, config.text_config.layer_norm_eps)
+        self.classifier = _classifier(2 * hidden, 2 * hidden, 2)
         self.post_init()
 
     def forward(self, pixel_values=None, input_ids=None, attention_mask=None, token_type_ids=None, labels=None,
@@ -1234,8 +1234,7 @@ class EfficientVLMForCaptioning(EfficientVLMPreTrainedModel, GenerationMixin):
         self.efficientvlm = EfficientVLMModel(config)
         self.lm_head = EfficientVLMLMHead(config)
         self.post_init()
-        # The paper's decoding (beam 3, 5-20 tokens). Built explicitly: deriving it from the model config would
-        # pick up the ITC `temperature` as a sampling temperature.
+        # The paper's decoding: beam 3, 5-20 tokens.
         tc = config.text_config
         self.generation_config = GenerationConfig(
             bos_token_id=tc.bos_token_id, eos_token_id=tc.eos_token_id, pad_token_id=tc.pad_token_id,
