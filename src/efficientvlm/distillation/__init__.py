@@ -1,0 +1,28 @@
+"""Knowledge distillation of an EfficientVLM teacher into a student (general and task-specific).
+
+Public API: ``DistillationConfig`` (training arguments and loss weights), ``DistillationTrainer``, the loss terms in
+``losses`` and, for pre-training data, ``ImageTextPretrainingCollator`` and ``load_image_text_pairs``.
+"""
+
+from .config import TASK_DEFAULT_WEIGHTS, DistillationConfig, LayerPairs, LossWeights, resolve_layer_map
+from .data import ImageTextPretrainingCollator, load_image_text_pairs, masked_positions
+from .losses import attention_map_mse, hidden_state_mse, logits_kd_loss, multilabel_logits_kd_loss
+from .trainer import DistillationTrainer, HiddenStateProjections, check_teacher_fits
+
+__all__ = [
+    "DistillationConfig",
+    "DistillationTrainer",
+    "HiddenStateProjections",
+    "ImageTextPretrainingCollator",
+    "LayerPairs",
+    "LossWeights",
+    "TASK_DEFAULT_WEIGHTS",
+    "attention_map_mse",
+    "check_teacher_fits",
+    "hidden_state_mse",
+    "load_image_text_pairs",
+    "logits_kd_loss",
+    "masked_positions",
+    "multilabel_logits_kd_loss",
+    "resolve_layer_map",
+]

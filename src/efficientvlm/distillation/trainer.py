@@ -1,0 +1,464 @@
+"""``DistillationTrainer``: a ``transformers.Trainer`` that distils a frozen EfficientVLM teacher into the student.
+
+Each step runs the student, then the teacher (frozen, eval mode, ``torch.no_grad``) on the same batch; heads that
+mine ITM hard negatives pass the student's negatives to the teacher, so that both score the very same pairs. The
+loss is the weighted sum of the student's task loss and the KD terms of ``losses.py`` (weights and layer maps from
+``DistillationConfig``). Every term is logged on its own, in training and in evaluation.
+
+The training loop is the stock one. The trainer overrides only ``compute_loss`` (the loss), ``log`` (the extra
+terms), ``create_optimizer`` (adds the projections), ``_clip_grad_norm`` (clips the projections together with the
+student) and ``_save_checkpoint`` / ``_load_from_checkpoint`` (the projections' weights), and adds one callback that
+clears the projections' gradients after each optimizer step.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from ..models.modeling_efficientvlm import (
+    EfficientVLMForCaptioning,
+    EfficientVLMForImageTextRetrieval,
+    EfficientVLMForNLVR2,
+    EfficientVLMForPreTraining,
+    EfficientVLMForVisualQuestionAnswering,
+    EfficientVLMPreTrainedModel,
+)
+from .config import MODALITIES, DistillationConfig, LayerPairs, resolve_layer_map
+from .losses import attention_map_mse, hidden_state_mse, logits_kd_loss, multilabel_logits_kd_loss
+
+#: File, in a checkpoint folder, holding the weights of the hidden-state projections.
+PROJECTIONS_NAME = "distillation_projections.safetensors"
+
+_TASK_OF_CLASS: tuple[tuple[type, str], ...] = (
+    (EfficientVLMForPreTraining, "pretraining"),
+    (EfficientVLMForVisualQuestionAnswering, "vqa"),
+    (EfficientVLMForImageTextRetrieval, "retrieval"),
+    (EfficientVLMForNLVR2, "nlvr2"),
+    (EfficientVLMForCaptioning, "captioning"),
+)
+
+
+@dataclass(frozen=True)
+class _Stream:
+    """One forward pass of one encoder whose per-layer states are distilled.
+
+    ``name`` prefixes the output fields (``{name}_hidden_states``, ``{name}_attentions``,
+    ``{name}_cross_attentions``); ``modality`` selects the layer map, the weights and the projection; ``rows`` says
+    which padding mask the rows follow: ``"image"`` (no padding), ``"text"`` (the batch's texts), ``"itm_pairs"``
+    (the ITM pairs: positives, then negatives, each group averaged on its own as in the paper) or
+    ``"image_pairs"`` (NLVR2: every text twice, once per image).
+    """
+
+    name: str
+    modality: str
+    rows: str
+
+
+_VISION, _TEXT = _Stream("vision", "vision", "image"), _Stream("text", "text", "text")
+_STREAMS: dict[str, tuple[_Stream, ...]] = {
+    "pretraining": (_VISION, _TEXT, _Stream("fusion", "fusion", "itm_pairs"),
+                    _Stream("mlm_text", "text", "text"), _Stream("mlm_fusion", "fusion", "text")),
+    "retrieval": (_VISION, _TEXT, _Stream("fusion", "fusion", "itm_pairs")),
+    "vqa": (_VISION, _TEXT, _Stream("fusion", "fusion", "text")),
+    "nlvr2": (_VISION, _TEXT, _Stream("fusion", "fusion", "image_pairs")),
+    "captioning": (_VISION, _TEXT, _Stream("fusion", "fusion", "text")),
+}
+
+#: Logits KD per task: (term name, output field, multi-label (sigmoid) head?, rows). Rows: ``"all"`` (one per
+#: example or pair), ``"text"`` (every non-padding token) or ``"masked_tokens"`` (MLM: the masked tokens only, where
+#: X-VLM's MLM head predicts - it computes its logits at the masked positions alone).
+_LOGITS: dict[str, tuple[tuple[str, str, bool, str], ...]] = {
+    "pretraining": (("kd_logits_itm", "logits", False, "all"), ("kd_logits_mlm", "mlm_logits", False, "masked_tokens")),
+    "retrieval": (("kd_logits", "logits", False, "all"),),
+    "vqa": (("kd_logits", "logits", True, "all"),),
+    "nlvr2": (("kd_logits", "logits", False, "all"),),
+    "captioning": (("kd_logits", "logits", False, "text"),),
+}
+
+def _term_name(kind: str, stream: _Stream) -> str:
+    """Logged name of a per-layer term: ``kd_hidden_<stream>``, ``kd_attn_<stream>``, ``kd_attn_<stream>_cross``."""
+    return {"hidden": f"kd_hidden_{stream.name}", "attention": f"kd_attn_{stream.name}",
+            "cross_attention": f"kd_attn_{stream.name}_cross"}[kind]
+
+
+def _logit_rows(rows: str, inputs: dict[str, torch.Tensor], student_logits: torch.Tensor,
+                teacher_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(student logits, teacher logits, row mask)`` restricted to the rows that a logits term distils.
+
+    For the masked tokens of MLM, a batch from ``ImageTextPretrainingCollator`` carries ``mlm_positions`` (per
+    caption, the masked positions, padded with position 0): the logits are gathered there first, which shrinks the
+    ``(batch, seq, vocab)`` tensors to ``(batch, max masks, vocab)`` with static shapes (no host sync). Without it,
+    every position is kept and the non-masked ones are masked out of the mean.
+    """
+    if rows == "all":
+        return student_logits, teacher_logits, None
+    mask = inputs.get("attention_mask")
+    if rows == "masked_tokens" and "mlm_labels" in inputs:
+        labels = inputs["mlm_labels"]
+        positions = inputs.get("mlm_positions")
+        if positions is not None:
+            batch = torch.arange(positions.shape[0], device=positions.device)[:, None]
+            student_logits, teacher_logits = student_logits[batch, positions], teacher_logits[batch, positions]
+            labels = labels.gather(1, positions)
+        mask = labels != -100
+    return student_logits, teacher_logits, mask
+
+
+def task_of(model: nn.Module) -> str:
+    """The distillation task of an EfficientVLM head (``"pretraining"``, ``"vqa"``, ...)."""
+    for cls, task in _TASK_OF_CLASS:
+        if isinstance(model, cls):
+            return task
+    names = ", ".join(cls.__name__ for cls, _ in _TASK_OF_CLASS)
+    raise ValueError(f"Cannot distil a {type(model).__name__}: use one of the task heads {names}.")
+
+
+def check_teacher_fits(teacher: EfficientVLMPreTrainedModel, student: EfficientVLMPreTrainedModel) -> None:
+    """Raise a ``ValueError`` that names both values and the fix when ``teacher`` cannot teach ``student``.
+
+    The two must be the same task head, share the vocabulary (logits KD compares distributions over the same
+    tokens), cut images into the same patch grid (vision states and attention maps are compared token by token)
+    and, for VQA, have the same answer set.
+    """
+    if task_of(teacher) != task_of(student):
+        raise ValueError(f"The teacher is a {type(teacher).__name__} but the student a {type(student).__name__}: "
+                         "distillation needs the same task head on both.")
+    t_text, s_text = teacher.config.text_config, student.config.text_config
+    if t_text.vocab_size != s_text.vocab_size:
+        raise ValueError(
+            f"The teacher's vocabulary has {t_text.vocab_size} tokens (text_config.vocab_size) but the student's "
+            f"{s_text.vocab_size}: logits distillation compares distributions over the same tokens. Create the "
+            "student from this teacher (efficientvlm.create_student) or give both the same tokenizer."
+        )
+    t_vis, s_vis = teacher.config.vision_config, student.config.vision_config
+    if (t_vis.image_size, t_vis.patch_size) != (s_vis.image_size, s_vis.patch_size):
+        raise ValueError(
+            f"The teacher sees images at image_size={t_vis.image_size} with patch_size={t_vis.patch_size} (a "
+            f"{t_vis.image_size // t_vis.patch_size}x{t_vis.image_size // t_vis.patch_size} position grid) but the "
+            f"student at image_size={s_vis.image_size} with patch_size={s_vis.patch_size} (a "
+            f"{s_vis.image_size // s_vis.patch_size}x{s_vis.image_size // s_vis.patch_size} grid): vision states and "
+            "attention maps are compared patch by patch. Use a teacher with the student's patch size and bring both "
+            "to one resolution with model.resize_position_embeddings(image_size)."
+        )
+    if task_of(student) == "vqa" and teacher.config.id2label != student.config.id2label:
+        raise ValueError(
+            f"The teacher answers over {teacher.config.num_labels} labels and the student over "
+            f"{student.config.num_labels} (or in another order): VQA logits KD needs the same config.id2label."
+        )
+
+
+class HiddenStateProjections(nn.ModuleDict):
+    """Learned linear maps from the student's hidden width to the teacher's, one per modality whose widths differ.
+
+    Owned by the trainer, optimised with the student and saved with the trainer state; never part of the exported
+    student. ``forward`` projects a whole step's states in one call, so that under DDP the projections' gradients are
+    all-reduced like the student's.
+    """
+
+    def __init__(self, widths: dict[str, tuple[int, int]]):
+        super().__init__({modality: nn.Linear(student, teacher) for modality, (student, teacher) in widths.items()})
+
+    def forward(self, states: Sequence[tuple[str, torch.Tensor]]) -> list[torch.Tensor]:
+        """Project each ``(modality, student_states)`` pair with that modality's projection."""
+        return [self[modality](hidden) for modality, hidden in states]
+
+
+class _ClearProjectionGradients(TrainerCallback):
+    """The training loop zeroes the student's gradients only; do the same for the projections."""
+
+    def __init__(self, projections: nn.Module):
+        self.projections = projections
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.projections.zero_grad(set_to_none=True)
+
+
+class DistillationTrainer(Trainer):
+    """Distil ``teacher_model`` into ``model`` (the student) with the EfficientVLM loss.
+
+    Args:
+        model: the student, any EfficientVLM task head (``EfficientVLMForPreTraining`` for general distillation).
+        args: a ``DistillationConfig``.
+        teacher_model: a model of the same head class: frozen here (``requires_grad_(False)``, eval mode), moved to
+            the training device, and cast to bf16 / fp16 when ``args.bf16`` / ``args.fp16`` is set.
+        **kwargs: everything else ``transformers.Trainer`` takes (datasets, ``data_collator``, callbacks, ...).
+
+    Attributes:
+        teacher_model: the frozen teacher.
+        task: the task being distilled (``args.task`` or inferred from the student's class).
+        loss_weights: the resolved ``LossWeights``.
+        layer_pairs: per modality, the resolved student/teacher ``LayerPairs``.
+        term_weights: the weight of every loss term, by logged name.
+        kd_projections: the ``HiddenStateProjections`` (empty when the widths agree).
+
+    Logged per term (prefixed ``eval_`` in evaluation): ``task_loss``; ``kd_logits`` (pre-training:
+    ``kd_logits_itm``, ``kd_logits_mlm``); ``kd_hidden_<stream>`` and ``kd_attn_<stream>`` for the streams vision,
+    text, fusion (and mlm_text, mlm_fusion in pre-training); ``kd_attn_<stream>_cross`` for fusion cross-attention;
+    and ``kd_loss``, the weighted sum of the KD terms. Values are unweighted, averaged over the micro-batches since
+    the last log and over processes.
+    """
+
+    # Every term is a per-batch mean, so the Trainer must divide by the gradient-accumulation steps.
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, model: EfficientVLMPreTrainedModel | None = None, args: DistillationConfig | None = None,
+                 teacher_model: EfficientVLMPreTrainedModel | None = None, **kwargs):
+        if model is None or teacher_model is None:
+            raise ValueError("DistillationTrainer needs a student (model=...) and a teacher (teacher_model=...).")
+        if not isinstance(args, DistillationConfig):
+            raise TypeError(f"DistillationTrainer needs args=DistillationConfig(...), got {type(args).__name__}.")
+        check_teacher_fits(teacher_model, model)
+        self.task = args.task or task_of(model)
+        if self.task != task_of(model):
+            raise ValueError(f"args.task={args.task!r} but the student is a {type(model).__name__} "
+                             f"(task {task_of(model)!r}).")
+        super().__init__(model=model, args=args, **kwargs)
+
+        self.loss_weights = args.loss_weights(self.task)
+        self.layer_pairs: dict[str, LayerPairs] = resolve_layer_map(args.layer_map, teacher_model.config, model.config)
+        self._streams = _STREAMS[self.task]
+        self.term_weights = self._term_weights()
+        self._output_flags = {
+            "output_hidden_states": any(name.startswith("kd_hidden_") for name in self.term_weights),
+            "output_attentions": any(name.startswith("kd_attn_") for name in self.term_weights),
+        }
+        self._label_keys = {"labels", "mlm_labels", *self.label_names}
+        if not self.label_names:
+            # Retrieval has no label input but always returns a loss: let evaluation call compute_loss.
+            self.can_return_loss = True
+
+        dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None
+        self.teacher_model = teacher_model.eval().requires_grad_(False).to(device=self.args.device, dtype=dtype)
+
+        widths = {}
+        for modality in MODALITIES:
+            student_width = getattr(model.config, f"{modality}_config").hidden_size
+            teacher_width = getattr(teacher_model.config, f"{modality}_config").hidden_size
+            if student_width != teacher_width and f"kd_hidden_{modality}" in self.term_weights:
+                widths[modality] = (student_width, teacher_width)
+        self.kd_projections = HiddenStateProjections(widths).to(self.args.device)
+        self._projections_for_training: nn.Module | None = None  # DDP-wrapped when distributed
+        if widths:
+            self.add_callback(_ClearProjectionGradients(self.kd_projections))
+
+        self._term_sums: dict[str, dict[str, torch.Tensor]] = {"train": {}, "eval": {}}
+        self._term_counts = {"train": 0, "eval": 0}
+
+    # ---- loss --------------------------------------------------------------------------------------------------
+
+    def _term_weights(self) -> dict[str, float]:
+        """Name -> weight of the task loss and of every KD term with a non-zero weight."""
+        weights = {"task_loss": self.loss_weights.task}
+        if self.loss_weights.logits > 0:
+            weights.update((name, self.loss_weights.logits) for name, _, _, _ in _LOGITS[self.task])
+        for stream in self._streams:
+            pairs = self.layer_pairs[stream.modality]
+            for kind in ("hidden", "attention", "cross_attention"):
+                if kind == "cross_attention" and stream.modality != "fusion":
+                    continue
+                weight = self.loss_weights.layer_term(kind, stream.modality)
+                if weight > 0 and getattr(pairs, kind):
+                    weights[_term_name(kind, stream)] = weight
+        return weights
+
+    def compute_loss(self, model: nn.Module, inputs: dict[str, torch.Tensor], return_outputs: bool = False,
+                     num_items_in_batch: torch.Tensor | int | None = None):
+        """Student forward, teacher forward, weighted sum of the task loss and the KD terms.
+
+        ``num_items_in_batch`` is not used: every term is a mean over its own batch (``loss_is_scaled_for_ga`` is
+        False, so the Trainer divides by the number of accumulation steps).
+        """
+        student_outputs = model(**inputs, **self._output_flags)
+        teacher_inputs = {key: value for key, value in inputs.items() if key not in self._label_keys}
+        if getattr(student_outputs, "itm_negative_text_index", None) is not None:
+            teacher_inputs["itm_negative_text_index"] = student_outputs.itm_negative_text_index
+            teacher_inputs["itm_negative_image_index"] = student_outputs.itm_negative_image_index
+        with torch.no_grad():
+            teacher_outputs = self.teacher_model(**teacher_inputs, **self._output_flags)
+
+        terms = self.distillation_terms(inputs, student_outputs, teacher_outputs)
+        kd_loss = sum((self.term_weights[name] * value for name, value in terms.items()),
+                      torch.zeros((), device=self.args.device))
+        loss = kd_loss
+        if student_outputs.loss is not None:
+            terms["task_loss"] = student_outputs.loss
+            loss = loss + self.term_weights["task_loss"] * student_outputs.loss
+        self._record({**terms, "kd_loss": kd_loss}, "train" if model.training else "eval")
+        if not return_outputs:
+            return loss
+        # Evaluation gathers every output tensor: drop the per-layer states.
+        return loss, type(student_outputs)(**{key: value for key, value in student_outputs.items()
+                                              if not key.endswith(("_hidden_states", "_attentions"))})
+
+    def distillation_terms(self, inputs: dict[str, torch.Tensor], student_outputs, teacher_outputs
+                           ) -> dict[str, torch.Tensor]:
+        """Unweighted KD terms (name -> scalar tensor) of one batch; ``term_weights`` holds their weights."""
+        terms = {}
+        for name, field, multilabel, rows in _LOGITS[self.task]:
+            student_logits = getattr(student_outputs, field, None)
+            if name in self.term_weights and student_logits is not None:
+                kd = multilabel_logits_kd_loss if multilabel else logits_kd_loss
+                terms[name] = kd(*_logit_rows(rows, inputs, student_logits, getattr(teacher_outputs, field)),
+                                 temperature=self.args.temperature)
+
+        hidden = {}  # term name -> (modality, row groups, [(student states, teacher states) per layer pair])
+        for stream in self._streams:
+            groups = self._row_groups(stream, inputs, student_outputs)
+            if groups is None:  # this forward did not run the stream (e.g. no MLM pass)
+                continue
+            pairs = self.layer_pairs[stream.modality]
+            for kind, field in (("attention", "attentions"), ("cross_attention", "cross_attentions")):
+                name = _term_name(kind, stream)
+                if name not in self.term_weights:
+                    continue
+                student_maps = getattr(student_outputs, f"{stream.name}_{field}")
+                teacher_maps = getattr(teacher_outputs, f"{stream.name}_{field}")
+                losses = [
+                    attention_map_mse(student_maps[s][rows], teacher_maps[t][rows], mask,
+                                      mask if kind == "attention" else None)  # cross-attention keys: image tokens
+                    for s, t in getattr(pairs, kind)
+                    if student_maps[s] is not None and teacher_maps[t] is not None  # pruned attention blocks
+                    for rows, mask in groups
+                ]
+                if losses:
+                    terms[name] = sum(losses)
+            name = _term_name("hidden", stream)
+            if name in self.term_weights:
+                student_states = getattr(student_outputs, f"{stream.name}_hidden_states")
+                teacher_states = getattr(teacher_outputs, f"{stream.name}_hidden_states")
+                hidden[name] = (stream.modality, groups,
+                                [(student_states[s], teacher_states[t]) for s, t in pairs.hidden])
+
+        # Every projected state goes through the projections in one call (one DDP forward per step).
+        to_project = [(modality, student) for modality, _, layer_pairs in hidden.values()
+                      if modality in self.kd_projections for student, _ in layer_pairs]
+        projections = self._projections_for_training if self._projections_for_training is not None \
+            else self.kd_projections
+        projected = iter(projections(to_project) if to_project else ())
+        for name, (modality, groups, layer_pairs) in hidden.items():
+            losses = []
+            for student, teacher in layer_pairs:
+                if modality in self.kd_projections:
+                    student = next(projected)
+                losses += [hidden_state_mse(student[rows], teacher[rows], mask) for rows, mask in groups]
+            terms[name] = sum(losses)
+        return terms
+
+    @staticmethod
+    def _row_groups(stream: _Stream, inputs: dict[str, torch.Tensor], outputs
+                    ) -> list[tuple[slice, torch.Tensor | None]] | None:
+        """``(rows, padding mask)`` groups of a stream's states, each averaged on its own; None if the stream was
+        not computed in this forward (e.g. no MLM pass)."""
+        if getattr(outputs, f"{stream.name}_hidden_states", None) is None and \
+                getattr(outputs, f"{stream.name}_attentions", None) is None:
+            return None
+        everything = slice(None)
+        mask = inputs.get("attention_mask")
+        if stream.rows == "image":
+            return [(everything, None)]
+        if stream.rows == "image_pairs":
+            return [(everything, None if mask is None else mask.repeat_interleave(2, dim=0))]
+        negatives = getattr(outputs, "itm_negative_text_index", None)
+        if stream.rows == "text" or negatives is None:
+            return [(everything, mask)]
+        batch = negatives.shape[0]
+        pair_mask = None if mask is None else torch.cat([mask, mask[negatives], mask])
+        return [(slice(0, batch), None if pair_mask is None else pair_mask[:batch]),
+                (slice(batch, None), None if pair_mask is None else pair_mask[batch:])]
+
+    # ---- logging -----------------------------------------------------------------------------------------------
+
+    def _record(self, terms: dict[str, torch.Tensor], split: str) -> None:
+        """Accumulate detached terms on the device (no host sync) until the next ``log``."""
+        sums = self._term_sums[split]
+        for name, value in terms.items():
+            value = value.detach().float()
+            sums[name] = sums[name] + value if name in sums else value
+        self._term_counts[split] += 1
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the averaged loss terms to a training log (``loss`` in ``logs``) or an evaluation log
+        (``<prefix>_runtime`` in ``logs``, the terms named ``<prefix>_<term>``), then log as usual."""
+        prefix = next((key[: -len("_runtime")] for key in logs if key.endswith("_runtime")), None)
+        if prefix is None and "loss" in logs:
+            logs.update(self._drain("train"))
+        elif prefix == "train":  # the end-of-training summary: drop the terms of steps after the last log
+            self._term_sums["train"], self._term_counts["train"] = {}, 0
+        elif prefix is not None:
+            logs.update({f"{prefix}_{name}": value for name, value in self._drain("eval").items()})
+        super().log(logs, start_time)
+
+    def _drain(self, split: str) -> dict[str, float]:
+        """Mean of each recorded term over micro-batches and processes; resets the accumulators.
+
+        Every process calls ``log`` at the same points with the same term names, so the gather lines up.
+        """
+        sums, count = self._term_sums[split], self._term_counts[split]
+        self._term_sums[split], self._term_counts[split] = {}, 0
+        if not sums:
+            return {}
+        names = sorted(sums)
+        means = torch.stack([sums[name] for name in names]) / count
+        means = self.accelerator.gather(means).view(-1, len(names)).mean(0)
+        return dict(zip(names, means.tolist()))
+
+    # ---- projections: optimiser, clipping, checkpoints ---------------------------------------------------------
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        """The Trainer's optimizer, plus the projections (weights decayed, biases not) at the same learning rate.
+
+        The projections are also prepared by Accelerate here (DDP-wrapped when distributed), so that their
+        gradients are averaged across processes like the student's.
+        """
+        optimizer = super().create_optimizer(model)
+        if len(self.kd_projections):
+            present = {id(p) for group in optimizer.param_groups for p in group["params"]}
+            if not any(id(p) in present for p in self.kd_projections.parameters()):
+                weights = [p for name, p in self.kd_projections.named_parameters() if name.endswith("weight")]
+                biases = [p for name, p in self.kd_projections.named_parameters() if name.endswith("bias")]
+                optimizer.add_param_group({"params": weights, "weight_decay": self.args.weight_decay})
+                optimizer.add_param_group({"params": biases, "weight_decay": 0.0})
+            if self._projections_for_training is None:
+                self._projections_for_training = self.accelerator.prepare_model(self.kd_projections)
+        return optimizer
+
+    def _clip_grad_norm(self, model: nn.Module):
+        """Clip the student's and the projections' gradients together to ``max_grad_norm``."""
+        if not len(self.kd_projections):
+            return super()._clip_grad_norm(model)
+        parameters = [*model.parameters(), *self.kd_projections.parameters()]
+        return self.accelerator.clip_grad_norm_(parameters, self.args.max_grad_norm)
+
+    def _save_checkpoint(self, model: nn.Module, trial) -> None:
+        """The Trainer's checkpoint, plus the projections' weights (``PROJECTIONS_NAME``) beside it."""
+        if len(self.kd_projections) and self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            os.makedirs(folder, exist_ok=True)
+            state = {key: value.detach().cpu().contiguous() for key, value in self.kd_projections.state_dict().items()}
+            save_file(state, os.path.join(folder, PROJECTIONS_NAME))
+        super()._save_checkpoint(model, trial)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        """The Trainer's resume, plus the projections' weights."""
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if not len(self.kd_projections):
+            return
+        path = os.path.join(resume_from_checkpoint, PROJECTIONS_NAME)
+        if not os.path.isfile(path):
+            raise ValueError(
+                f"{resume_from_checkpoint} has no {PROJECTIONS_NAME}, but this teacher/student pair needs hidden-state "
+                f"projections ({', '.join(self.kd_projections)}): resume from a checkpoint that DistillationTrainer "
+                "wrote for the same pair."
+            )
+        self.kd_projections.load_state_dict(load_file(path, device=str(self.args.device)))
+
+
+__all__ = ["DistillationTrainer", "HiddenStateProjections", "PROJECTIONS_NAME", "check_teacher_fits", "task_of"]
