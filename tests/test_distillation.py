@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from distillation_helpers import HEADS, MASK, BatchDataset, narrow_student, tiny_batch, tiny_config
+from tests.distillation_helpers import HEADS, MASK, BatchDataset, narrow_student, tiny_batch, tiny_config
 from PIL import Image
 from torch import nn
 from transformers import BertTokenizer

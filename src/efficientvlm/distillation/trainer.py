@@ -291,12 +291,20 @@ class DistillationTrainer(Trainer):
         if student_outputs.loss is not None:
             terms["task_loss"] = student_outputs.loss
             loss = loss + self.term_weights["task_loss"] * student_outputs.loss
-        self._record({**terms, "kd_loss": kd_loss}, "train" if model.training else "eval")
+        extra = self.extra_loss_terms(model)
+        for value in extra.values():
+            loss = loss + value
+        self._record({**terms, **extra, "kd_loss": kd_loss}, "train" if model.training else "eval")
         if not return_outputs:
             return loss
         # Evaluation gathers every output tensor: drop the per-layer states.
         return loss, type(student_outputs)(**{key: value for key, value in student_outputs.items()
                                               if not key.endswith(("_hidden_states", "_attentions"))})
+
+    def extra_loss_terms(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Further terms (name -> scalar tensor) added to the loss with weight 1 and logged like the others; none
+        here. Subclasses use it for regularisers, e.g. the pruning trainer's Lagrangian."""
+        return {}
 
     def distillation_terms(self, inputs: dict[str, torch.Tensor], student_outputs, teacher_outputs
                            ) -> dict[str, torch.Tensor]:

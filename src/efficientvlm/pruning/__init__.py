@@ -1,6 +1,14 @@
 """Modal-adaptive pruning of EfficientVLM models: L0 gates, their Lagrangian, materialisation and reports.
 
-Typical use (a trainer drives the per-step part; see ``ModalAdaptiveL0Module``)::
+``ModalAdaptivePruningTrainer`` (with ``PruningConfig``) does all of it inside a ``transformers.Trainer`` while
+distilling from a task teacher::
+
+    trainer = ModalAdaptivePruningTrainer(model=student, teacher_model=teacher, args=PruningConfig(...), ...)
+    trainer.train()
+    pruned = trainer.prune()                       # smaller dense model; save_pretrained / push_to_hub it
+    save_report(trainer.pruning_report(pruned), output_dir)
+
+The building blocks, for other training loops (see ``ModalAdaptiveL0Module``)::
 
     l0 = ModalAdaptiveL0Module(model.config, target_sparsity=0.25, warmup_steps=steps_per_epoch)
     l0_optimizer = l0.create_optimizer(lr=0.01)
@@ -21,9 +29,15 @@ from .l0 import PRUNABLE_STRUCTURES, ModalAdaptiveL0Module, apply_gates, clear_g
 from .materialize import keep_lists_from_gates, materialize, prune_model
 from .report import plot_report, pruning_report, save_report
 from .structure import MODALITIES, layer_sizes, prunable_parameter_count
+from .config import PruningConfig  # noqa: E402  (imports the distillation package, which imports the models)
+from .trainer import L0_OPTIMIZER_NAME, L0_STATE_NAME, ModalAdaptivePruningTrainer  # noqa: E402
 
 __all__ = [
+    "L0_OPTIMIZER_NAME",
+    "L0_STATE_NAME",
     "MODALITIES",
+    "ModalAdaptivePruningTrainer",
+    "PruningConfig",
     "PRUNABLE_STRUCTURES",
     "HardConcreteGate",
     "ModalAdaptiveL0Module",

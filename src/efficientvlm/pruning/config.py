@@ -1,0 +1,124 @@
+"""``PruningConfig``: the training arguments of ``ModalAdaptivePruningTrainer``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from ..distillation.config import DistillationConfig
+from .l0 import PRUNABLE_STRUCTURES
+from .structure import BUDGETS, MODALITIES
+
+
+def _names(value: str | list[str] | tuple[str, ...], allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
+    names = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
+    names = [n for n in names if n]
+    unknown = [n for n in names if n not in allowed]
+    if unknown or not names:
+        raise ValueError(f"{what}={value!r}: choose one or more of {', '.join(allowed)} (comma-separated).")
+    return tuple(names)
+
+
+@dataclass
+class PruningConfig(DistillationConfig):
+    """``DistillationConfig`` plus the knobs of modal-adaptive L0 pruning (EfficientVLM, paper Sec. 3).
+
+    Example:
+
+    ```python
+    >>> args = PruningConfig(output_dir="out", target_sparsity=0.35, budget="flops", reg_learning_rate=0.05)
+    >>> args.pruned_structures(), args.pruned_modalities()
+    (('heads', 'ffn'), ('vision', 'text', 'fusion'))
+    ```
+    """
+
+    target_sparsity: float = field(
+        default=0.25,
+        metadata={"help": "Fraction of the prunable size (see --budget) to remove, shared by all pruned modalities: "
+                          "the model learns how to split it (modal-adaptive). The paper: 0.25 for retrieval, NLVR2 "
+                          "and captioning, 0.35 for VQA."},
+    )
+    target_sparsity_per_modality: dict | str | None = field(
+        default=None,
+        metadata={"help": "Fixed per-modality targets instead of one shared budget, for comparison: a dict or JSON "
+                          "string such as '{\"vision\": 0.4, \"text\": 0.2, \"fusion\": 0.2}'. Overrides "
+                          "--target_sparsity."},
+    )
+    lagrangian_warmup_steps: int | None = field(
+        default=None,
+        metadata={"help": "Optimizer steps over which the target ramps linearly from 0 to its final value. Default "
+                          "(None): one epoch, as in the paper."},
+    )
+    reg_learning_rate: float = field(
+        default=0.01,
+        metadata={"help": "Learning rate of the gates' log_alpha (AdamW, no weight decay, no schedule, no clipping). "
+                          "The paper: 0.01 (0.1 for NLVR2)."},
+    )
+    lambda_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Learning rate of the Lagrange multipliers lambda_1, lambda_2, which are maximised "
+                          "(gradient ascent). Default (None): --reg_learning_rate."},
+    )
+    prune_structures: str = field(
+        default="heads,ffn",
+        metadata={"help": "What gets gates: 'heads' (self- and cross-attention heads), 'ffn' (FFN neurons), 'blocks' "
+                          "(whole attention / cross-attention / FFN sub-blocks; comma-separated). With 'heads,ffn' (the "
+                          "paper's setting) a sub-block still vanishes when all its heads or neurons close. 'blocks' "
+                          "adds one gate per sub-block; its keep probability lowers the expected size while the "
+                          "deterministic gate stays open until it falls below 1/2, so the final sparsity can then "
+                          "undershoot the target."},
+    )
+    prune_modalities: str = field(
+        default="vision,text,fusion",
+        metadata={"help": "Encoders that are pruned (comma-separated); the others stay whole."},
+    )
+    budget: str = field(
+        default="params",
+        metadata={"help": "What the sparsity counts: 'params' (the paper: parameters of heads and FFNs) or 'flops' "
+                          "(multiply-adds of one forward at --budget_text_length text tokens and the model's image "
+                          "size, so vision, with the most tokens, is priced by its compute).",
+                  "choices": list(BUDGETS)},
+    )
+    budget_text_length: int = field(
+        default=40, metadata={"help": "Text tokens per example assumed by the FLOPs budget."},
+    )
+    droprate_init: float = field(
+        default=0.01,
+        metadata={"help": "Initial drop probability of every gate; 0.01 starts at ~0 expected sparsity (log_alpha "
+                          "4.6, the upper clamp). The official code uses 0.5 for FFN neurons."},
+    )
+    freeze_gates_step: int | None = field(
+        default=None,
+        metadata={"help": "From this optimizer step on, the forward uses the deterministic (final) gates and the gates "
+                          "and multipliers stop training, so the last steps fine-tune the pruned structure (the "
+                          "paper's --stop_prune_epoch for VQA). Default (None): never."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if isinstance(self.target_sparsity_per_modality, str):
+            try:
+                self.target_sparsity_per_modality = json.loads(self.target_sparsity_per_modality)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"target_sparsity_per_modality is not valid JSON: {error}") from error
+        if self.reg_learning_rate <= 0:
+            raise ValueError(f"reg_learning_rate must be > 0, got {self.reg_learning_rate}.")
+        if self.freeze_gates_step is not None and self.freeze_gates_step < 0:
+            raise ValueError(f"freeze_gates_step must be >= 0, got {self.freeze_gates_step}.")
+        self.pruned_structures()
+        self.pruned_modalities()
+        if self.budget not in BUDGETS:
+            raise ValueError(f"budget={self.budget!r}: choose one of {BUDGETS}.")
+
+    def pruned_structures(self) -> tuple[str, ...]:
+        return _names(self.prune_structures, PRUNABLE_STRUCTURES, "prune_structures")
+
+    def pruned_modalities(self) -> tuple[str, ...]:
+        return _names(self.prune_modalities, MODALITIES, "prune_modalities")
+
+    def target(self) -> float | dict[str, float]:
+        """The pruning target: one shared float, or the fixed per-modality dict."""
+        return self.target_sparsity_per_modality or self.target_sparsity
+
+
+__all__ = ["PruningConfig"]

@@ -1,0 +1,216 @@
+"""``ModalAdaptivePruningTrainer``: distil a task teacher into a student while learning which heads, FFN neurons and
+sub-blocks of its three encoders to remove under one sparsity budget.
+
+Each training step samples hard-concrete gates from the trainer's ``ModalAdaptiveL0Module``, sets them on the
+student's pruning hooks for the step's forward *and* backward (gradient checkpointing replays the forward), and adds
+the Lagrangian ``lambda_1 (s - t) + lambda_2 (s - t)^2`` to the distillation loss. The gates (``log_alpha``) and the
+multipliers live outside the model, in their own AdamW (the multipliers maximised), stepped at every optimizer
+step: the model's LR schedule, weight decay and gradient clipping never touch them. Evaluation uses the
+deterministic gates. Checkpoints carry the gates, the multipliers and their optimizer state, so a run resumes where
+it stopped. ``prune()`` returns the materialised, smaller model.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from ..distillation.trainer import DistillationTrainer
+from .config import PruningConfig
+from .l0 import Gates, ModalAdaptiveL0Module, gates_applied
+from .materialize import materialize
+from .report import pruning_report
+from .structure import MODALITIES
+
+L0_STATE_NAME = "pruning_gates.safetensors"
+L0_OPTIMIZER_NAME = "pruning_gates_optimizer.pt"
+
+
+class _GateOptimizerStep(TrainerCallback):
+    """Steps the gates' optimizer at every optimizer step of the model, then clamps ``log_alpha``; sets the
+    Lagrangian warm-up to one epoch when ``lagrangian_warmup_steps`` is None."""
+
+    def __init__(self, trainer: ModalAdaptivePruningTrainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        if args.lagrangian_warmup_steps is None and train_dataloader is not None:
+            steps_per_epoch = max(1, len(train_dataloader) // args.gradient_accumulation_steps)
+            self.trainer.l0_module.warmup_steps = steps_per_epoch
+        elif args.lagrangian_warmup_steps is not None:
+            self.trainer.l0_module.warmup_steps = args.lagrangian_warmup_steps
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.trainer.step_gates()
+
+
+class ModalAdaptivePruningTrainer(DistillationTrainer):
+    """Fine-tune-prune a student with modal-adaptive L0 gates while distilling from a task teacher.
+
+    Args:
+        model: the student (any EfficientVLM task head), full size.
+        args: a ``PruningConfig``.
+        teacher_model: the task teacher (see ``DistillationTrainer``).
+        **kwargs: everything else ``transformers.Trainer`` takes.
+
+    Attributes:
+        l0_module: the ``ModalAdaptiveL0Module`` (gates and multipliers; not part of the model).
+        l0_optimizer: its AdamW.
+
+    Logged in training, besides the distillation terms: ``lagrangian``; ``expected_sparsity`` (from the keep
+    probabilities) overall and ``expected_sparsity_<modality>``; ``sparsity`` (of the deterministic gates, i.e. of the
+    model ``prune()`` would return) and ``sparsity_<modality>``; ``target_sparsity`` (the ramped target);
+    ``lambda_1``, ``lambda_2``; ``heads_kept``, ``cross_heads_kept``, ``ffn_kept`` (fractions of units whose
+    deterministic gate is open).
+    """
+
+    def __init__(self, model=None, args: PruningConfig | None = None, teacher_model=None, **kwargs):
+        if not isinstance(args, PruningConfig):
+            raise TypeError(f"ModalAdaptivePruningTrainer needs args=PruningConfig(...), got {type(args).__name__}.")
+        super().__init__(model=model, args=args, teacher_model=teacher_model, **kwargs)
+        self.l0_module = ModalAdaptiveL0Module(
+            model.config, args.target(), prune=args.pruned_structures(), modalities=args.pruned_modalities(),
+            budget=args.budget, warmup_steps=args.lagrangian_warmup_steps or 0, text_length=args.budget_text_length,
+            droprate_init=args.droprate_init,
+        ).to(self.args.device)
+        self.l0_optimizer = self.l0_module.create_optimizer(args.reg_learning_rate, args.lambda_learning_rate)
+        self.add_callback(_GateOptimizerStep(self))
+
+    # ---- gates ---------------------------------------------------------------------------------------------------
+
+    @property
+    def gates_frozen(self) -> bool:
+        step = self.args.freeze_gates_step
+        return step is not None and self.state.global_step >= step
+
+    def _student(self) -> nn.Module:
+        return self.accelerator.unwrap_model(self.model)
+
+    def training_step(self, model: nn.Module, inputs, num_items_in_batch=None):
+        """One micro-batch with freshly sampled gates (deterministic ones once the gates are frozen)."""
+        self.l0_module.train(not self.gates_frozen)
+        zs = self.l0_module() if not self.gates_frozen else _detached(self.l0_module.deterministic())
+        with gates_applied(self._student(), zs):
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    def prediction_step(self, model: nn.Module, inputs, prediction_loss_only: bool, ignore_keys=None):
+        """Evaluation forward with the deterministic gates: the model that ``prune()`` returns."""
+        with gates_applied(self._student(), _detached(self.l0_module.deterministic())):
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+
+    def extra_loss_terms(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """In training, while the gates learn: the Lagrangian sparsity constraint at the ramped target."""
+        if not model.training or self.gates_frozen:
+            return {}
+        return {"lagrangian": self.l0_module.lagrangian(self.l0_module.target_at(self.state.global_step))}
+
+    def step_gates(self) -> None:
+        """Update ``log_alpha`` (descent) and the multipliers (ascent) from the accumulated gradients, clamp
+        ``log_alpha``. Gradients are averaged over processes first, so every rank keeps identical gates."""
+        if not self.gates_frozen:
+            if self.accelerator.num_processes > 1:
+                for parameter in self.l0_module.parameters():
+                    if parameter.grad is not None:
+                        torch.distributed.all_reduce(parameter.grad, op=torch.distributed.ReduceOp.SUM)
+                        parameter.grad /= self.accelerator.num_processes
+            self.l0_optimizer.step()
+            self.l0_module.clamp_()
+        self.l0_optimizer.zero_grad(set_to_none=True)
+
+    # ---- materialisation -----------------------------------------------------------------------------------------
+
+    def final_gates(self) -> Gates:
+        """The deterministic gates (the paper's evaluation rule: per layer, close the expected number of gates with
+        the lowest scores; the rest are 1)."""
+        return _detached(self.l0_module.deterministic())
+
+    def pruning_info(self) -> dict:
+        """Target, budget and achieved sparsity (overall and per modality) of the deterministic gates."""
+        achieved = self.l0_module.expected_sparsity(zs=self.final_gates())
+        return {
+            "method": "modal-adaptive L0 pruning (EfficientVLM)",
+            "target_sparsity": self.args.target(),
+            "budget": self.args.budget,
+            "pruned_structures": list(self.args.pruned_structures()),
+            "pruned_modalities": list(self.args.pruned_modalities()),
+            "achieved_sparsity": {key: round(float(value), 6) for key, value in achieved.items()},
+        }
+
+    def prune(self) -> nn.Module:
+        """The materialised model: the deterministic gates folded into the weights, Linear layers sliced, removed
+        sub-blocks gone, and a config with the per-layer sizes (``config.pruning_info`` records the run)."""
+        return materialize(self._student(), self.final_gates(), pruning_info=self.pruning_info())
+
+    def pruning_report(self, pruned: nn.Module | None = None) -> dict:
+        """Per modality and layer: heads (self, cross) and FFN width kept, parameters and FLOPs before and after,
+        target vs achieved (see ``efficientvlm.pruning.pruning_report``)."""
+        pruned = self.prune() if pruned is None else pruned
+        return pruning_report(self._student(), pruned, self.args.target(), budget=self.args.budget,
+                              text_length=self.args.budget_text_length)
+
+    # ---- logging and checkpoints ---------------------------------------------------------------------------------
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and not any(key.endswith("_runtime") for key in logs):
+            logs.update(self._gate_statistics())
+        super().log(logs, start_time)
+
+    @torch.no_grad()
+    def _gate_statistics(self) -> dict[str, float]:
+        l0 = self.l0_module
+        stats = {}
+        for key, value in l0.expected_sparsity().items():
+            stats["expected_sparsity" if key == "overall" else f"expected_sparsity_{key}"] = float(value)
+        final = self.final_gates()
+        for key, value in l0.expected_sparsity(zs=final).items():
+            stats["sparsity" if key == "overall" else f"sparsity_{key}"] = float(value)
+        target = l0.target_at(self.state.global_step)
+        if isinstance(target, dict):
+            stats.update({f"target_sparsity_{m}": t for m, t in target.items()})
+        else:
+            stats["target_sparsity"] = target
+        stats["lambda_1"] = float(l0.lambda_1.sum())
+        stats["lambda_2"] = float(l0.lambda_2.sum())
+        for unit in ("heads", "cross_heads", "ffn"):
+            gates = [layer[unit] for modality in MODALITIES for layer in final.get(modality, []) if unit in layer]
+            if gates:
+                stats[f"{unit}_kept"] = float(torch.cat([g.reshape(-1) for g in gates]).ne(0).float().mean())
+        return stats
+
+    def _save_checkpoint(self, model: nn.Module, trial) -> None:
+        """The distillation checkpoint plus the gates, multipliers (safetensors) and their optimizer state."""
+        if self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            os.makedirs(folder, exist_ok=True)
+            state = {key: value.detach().cpu().contiguous() for key, value in self.l0_module.state_dict().items()}
+            save_file(state, os.path.join(folder, L0_STATE_NAME))
+            torch.save(self.l0_optimizer.state_dict(), os.path.join(folder, L0_OPTIMIZER_NAME))
+        super()._save_checkpoint(model, trial)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        """The distillation resume plus the gates, multipliers and their optimizer state."""
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        path = os.path.join(resume_from_checkpoint, L0_STATE_NAME)
+        if not os.path.isfile(path):
+            raise ValueError(
+                f"{resume_from_checkpoint} has no {L0_STATE_NAME}: it was not written by ModalAdaptivePruningTrainer, "
+                "so the pruning gates cannot be restored. Resume from one of this trainer's checkpoints."
+            )
+        self.l0_module.load_state_dict(load_file(path, device=str(self.args.device)))
+        optimizer_path = os.path.join(resume_from_checkpoint, L0_OPTIMIZER_NAME)
+        if os.path.isfile(optimizer_path):
+            self.l0_optimizer.load_state_dict(torch.load(optimizer_path, map_location=self.args.device,
+                                                         weights_only=True))
+
+
+def _detached(zs: Gates) -> Gates:
+    return {modality: [{key: value.detach() for key, value in layer.items()} for layer in layers]
+            for modality, layers in zs.items()}
+
+
+__all__ = ["ModalAdaptivePruningTrainer", "L0_STATE_NAME", "L0_OPTIMIZER_NAME"]
