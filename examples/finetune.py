@@ -24,27 +24,11 @@ from pathlib import Path
 
 from transformers import AutoProcessor, AutoTokenizer, HfArgumentParser, Trainer, TrainingArguments
 
-from efficientvlm import (
-    EfficientVLMConfig,
-    EfficientVLMForCaptioning,
-    EfficientVLMForImageTextRetrieval,
-    EfficientVLMForNLVR2,
-    EfficientVLMForVisualQuestionAnswering,
-    EfficientVLMImageProcessor,
-    EfficientVLMProcessor,
-)
-from efficientvlm import data as evlm_data
-from efficientvlm import evaluation
+from efficientvlm import EfficientVLMConfig, EfficientVLMImageProcessor, EfficientVLMProcessor
+from efficientvlm.data import ShapesConfig
+from efficientvlm.tasks import TASKS, TaskData, load_task_data
 
 logger = logging.getLogger("finetune")
-
-TASKS = {
-    "vqa": (EfficientVLMForVisualQuestionAnswering, evlm_data.VQACollator),
-    "nlvr2": (EfficientVLMForNLVR2, evlm_data.NLVR2Collator),
-    "retrieval": (EfficientVLMForImageTextRetrieval, evlm_data.RetrievalCollator),
-    "captioning": (EfficientVLMForCaptioning, evlm_data.CaptioningCollator),
-}
-
 
 @dataclass
 class TaskArguments:
@@ -76,36 +60,17 @@ class ModelArguments:
                                                                     "are interpolated to it)"})
 
 
-def load_data(args: TaskArguments, output_dir: Path):
-    """(train, eval, label list or None, tokenizer or None) for the task."""
-    if args.dataset == "shapes":
-        shapes = evlm_data.ShapesConfig(image_size=args.shapes_image_size)
-        tokenizer = evlm_data.build_tokenizer(output_dir / "shapes_vocab", shapes)
-        make = {"vqa": evlm_data.make_vqa_dataset, "nlvr2": evlm_data.make_nlvr2_dataset,
-                "retrieval": evlm_data.make_caption_dataset, "captioning": evlm_data.make_caption_dataset}[args.task]
-        kwargs = {"one_row_per_caption": True} if args.task in ("retrieval", "captioning") else {}
-        train = make(args.shapes_train_size, split_seed="train", config=shapes, **kwargs)
-        evaluation_set = make(args.shapes_eval_size, split_seed="validation", config=shapes)
-        labels = evlm_data.answer_vocabulary(shapes) if args.task == "vqa" else None
-        return train, evaluation_set, labels, tokenizer
-    if not args.train_file or not args.image_root:
-        raise ValueError("--dataset files needs --train_file and --image_root (or use --dataset shapes).")
-    loader = {"vqa": evlm_data.load_xvlm_vqa, "nlvr2": evlm_data.load_xvlm_nlvr2,
-              "retrieval": evlm_data.load_xvlm_caption_pairs, "captioning": evlm_data.load_xvlm_caption_pairs}[args.task]
-    eval_loader = evlm_data.load_xvlm_caption_groups if args.task in ("retrieval", "captioning") else loader
-    train = loader(args.train_file, args.image_root)
-    evaluation_set = eval_loader(args.eval_file, args.image_root) if args.eval_file else None
-    labels = None
-    if args.task == "vqa":
-        if args.answer_list:
-            labels = json.loads(Path(args.answer_list).read_text())
-        else:
-            labels = evlm_data.build_answer_vocabulary(train.with_format(None)["answers"], size=args.num_answers)
-    return train, evaluation_set, labels, None
+def load_data(args: TaskArguments, output_dir: Path) -> TaskData:
+    return load_task_data(
+        args.task, args.dataset, train_files=args.train_file, eval_files=args.eval_file, image_root=args.image_root,
+        answer_list=args.answer_list, num_answers=args.num_answers, shapes_train_size=args.shapes_train_size,
+        shapes_eval_size=args.shapes_eval_size, shapes_config=ShapesConfig(image_size=args.shapes_image_size),
+        tokenizer_dir=output_dir / "shapes_vocab" if args.dataset == "shapes" else None,
+    )
 
 
 def build_model(task: str, args: ModelArguments, labels, tokenizer):
-    model_class = TASKS[task][0]
+    model_class = TASKS[task].model_class
     config_kwargs = {"id2label": dict(enumerate(labels))} if labels is not None else {}
     if args.model_name_or_path:
         model = model_class.from_pretrained(args.model_name_or_path, **config_kwargs)
@@ -141,18 +106,6 @@ def build_model(task: str, args: ModelArguments, labels, tokenizer):
     return model, processor
 
 
-def evaluate(task: str, model, processor, dataset) -> dict[str, float]:
-    if dataset is None:
-        return {}
-    if task == "vqa":
-        return evaluation.evaluate_vqa(model, processor, dataset)
-    if task == "nlvr2":
-        return evaluation.evaluate_nlvr2(model, processor, dataset)
-    if task == "retrieval":
-        return evaluation.evaluate_retrieval(model, processor, dataset)
-    return evaluation.evaluate_captioning(model, processor, dataset)
-
-
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = HfArgumentParser((TaskArguments, ModelArguments, TrainingArguments))
     task_args, model_args, training_args = parser.parse_args_into_dataclasses(args=argv)
@@ -161,18 +114,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         raise ValueError(f"--task must be one of {sorted(TASKS)}, got {task_args.task!r}.")
     training_args.remove_unused_columns = False  # the collator reads the raw image/text columns
     output_dir = Path(training_args.output_dir)
-    train, evaluation_set, labels, tokenizer = load_data(task_args, output_dir)
-    model, processor = build_model(task_args.task, model_args, labels, tokenizer)
-    collator_class = TASKS[task_args.task][1]
-    if task_args.task == "vqa":
-        collator = collator_class(processor, {a: i for i, a in enumerate(labels)}, max_length=task_args.max_length)
-    else:
-        collator = collator_class(processor, max_length=task_args.max_length)
+    task = TASKS[task_args.task]
+    data = load_data(task_args, output_dir)
+    model, processor = build_model(task.name, model_args, data.labels, data.tokenizer)
+    collator = task.collator(processor, data.labels, task_args.max_length)
     logger.info("%s: %.1fM parameters, %d training examples", type(model).__name__,
-                sum(p.numel() for p in model.parameters()) / 1e6, len(train))
-    trainer = Trainer(model=model, args=training_args, train_dataset=train, data_collator=collator)
+                sum(p.numel() for p in model.parameters()) / 1e6, len(data.train))
+    trainer = Trainer(model=model, args=training_args, train_dataset=data.train, data_collator=collator)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    metrics = evaluate(task_args.task, model, processor, evaluation_set)
+    metrics = task.evaluate(model, processor, data.eval) if data.eval is not None else {}
     logger.info("evaluation: %s", json.dumps(metrics, indent=2))
     trainer.save_model(str(output_dir))
     processor.save_pretrained(output_dir)
