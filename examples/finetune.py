@@ -25,26 +25,14 @@ from pathlib import Path
 from transformers import AutoProcessor, AutoTokenizer, HfArgumentParser, Trainer, TrainingArguments
 
 from efficientvlm import EfficientVLMConfig, EfficientVLMImageProcessor, EfficientVLMProcessor
-from efficientvlm.data import ShapesConfig
-from efficientvlm.tasks import TASKS, TaskData, load_task_data
+from efficientvlm.tasks import TASKS, TaskDataArguments
 
 logger = logging.getLogger("finetune")
 
 @dataclass
 class TaskArguments:
-    task: str = field(default="vqa", metadata={"help": "vqa | nlvr2 | retrieval | captioning"})
-    dataset: str = field(default="files", metadata={"help": "'shapes' (synthetic, offline) or 'files'"})
-    train_file: list[str] | None = field(default=None, metadata={"help": "X-VLM-format annotation JSON file(s)"})
-    eval_file: list[str] | None = field(default=None, metadata={"help": "X-VLM-format annotation JSON file(s)"})
-    image_root: str | None = field(default=None, metadata={"help": "folder the annotations' image paths start in"})
-    answer_list: str | None = field(
-        default=None, metadata={"help": "VQA: JSON list of answers (the answer vocabulary); default: the most "
-                                        "frequent training answers"})
-    num_answers: int = field(default=3129, metadata={"help": "VQA: answer vocabulary size when it is built"})
-    shapes_train_size: int = field(default=4000, metadata={"help": "shapes: training examples"})
-    shapes_eval_size: int = field(default=500, metadata={"help": "shapes: evaluation examples"})
-    shapes_image_size: int = field(default=64, metadata={"help": "shapes: image side in pixels"})
-    max_length: int = field(default=40, metadata={"help": "maximum text length in tokens"})
+    task: str = field(default="vqa", metadata={"help": "vqa | nlvr2 | retrieval | captioning",
+                                               "choices": sorted(TASKS)})
 
 
 @dataclass
@@ -58,15 +46,6 @@ class ModelArguments:
     fusion_layers: int = field(default=2, metadata={"help": "random init: fusion layers"})
     image_size: int | None = field(default=None, metadata={"help": "fine-tuning resolution (position embeddings "
                                                                     "are interpolated to it)"})
-
-
-def load_data(args: TaskArguments, output_dir: Path) -> TaskData:
-    return load_task_data(
-        args.task, args.dataset, train_files=args.train_file, eval_files=args.eval_file, image_root=args.image_root,
-        answer_list=args.answer_list, num_answers=args.num_answers, shapes_train_size=args.shapes_train_size,
-        shapes_eval_size=args.shapes_eval_size, shapes_config=ShapesConfig(image_size=args.shapes_image_size),
-        tokenizer_dir=output_dir / "shapes_vocab" if args.dataset == "shapes" else None,
-    )
 
 
 def build_model(task: str, args: ModelArguments, labels, tokenizer):
@@ -107,17 +86,17 @@ def build_model(task: str, args: ModelArguments, labels, tokenizer):
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = HfArgumentParser((TaskArguments, ModelArguments, TrainingArguments))
-    task_args, model_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    parser = HfArgumentParser((TaskArguments, TaskDataArguments, ModelArguments, TrainingArguments))
+    task_args, data_args, model_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stdout)
     if task_args.task not in TASKS:
         raise ValueError(f"--task must be one of {sorted(TASKS)}, got {task_args.task!r}.")
     training_args.remove_unused_columns = False  # the collator reads the raw image/text columns
     output_dir = Path(training_args.output_dir)
     task = TASKS[task_args.task]
-    data = load_data(task_args, output_dir)
+    data = data_args.load(task.name, output_dir)
     model, processor = build_model(task.name, model_args, data.labels, data.tokenizer)
-    collator = task.collator(processor, data.labels, task_args.max_length)
+    collator = task.collator(processor, data.labels, data_args.max_length)
     logger.info("%s: %.1fM parameters, %d training examples", type(model).__name__,
                 sum(p.numel() for p in model.parameters()) / 1e6, len(data.train))
     trainer = Trainer(model=model, args=training_args, train_dataset=data.train, data_collator=collator)

@@ -67,3 +67,29 @@ def test_finetune_every_task_then_predict_on_a_folder(tmp_path):
     skipped = predict.main(["--model", str(tmp_path / "vqa"), "--images", str(images), "--question", "what color?",
                             "--skip_bad_images", "true", "--output", str(tmp_path / "skip.jsonl")])
     assert len(skipped) == 2
+
+
+def test_prune_example_creates_prunes_and_saves_a_reloadable_student(tmp_path):
+    import json
+
+    from transformers import AutoModelForVisualQuestionAnswering
+
+    finetune = _load_example("finetune")
+    finetune.main(["--task", "vqa", "--output_dir", str(tmp_path / "teacher"),
+                   *TINY])
+    prune = _load_example("prune")
+    result = prune.main([
+        "--task", "vqa", "--dataset", "shapes", "--shapes_train_size", "16", "--shapes_eval_size", "6",
+        "--shapes_image_size", "32", "--teacher_name_or_path", str(tmp_path / "teacher"),
+        "--student_layers", "1,1,1", "--target_sparsity", "0.3", "--lagrangian_warmup_steps", "2",
+        "--reg_learning_rate", "0.2", "--max_steps", "4", "--per_device_train_batch_size", "4",
+        "--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true", "--use_cpu", "true",
+        "--output_dir", str(tmp_path / "pruned"),
+    ])
+    assert "vqa_accuracy" in result["metrics"]
+    assert result["report"]["target_sparsity"] == 0.3
+    out = tmp_path / "pruned"
+    assert (out / "pruning_report.json").exists() and (out / "pruning_report.png").exists()
+    assert json.loads((out / "eval_results.json").read_text()) == result["metrics"]
+    reloaded = AutoModelForVisualQuestionAnswering.from_pretrained(out)
+    assert reloaded.config.pruning_info["target_sparsity"] == 0.3

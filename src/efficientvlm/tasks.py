@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from .models.modeling_efficientvlm import (
     EfficientVLMForVisualQuestionAnswering,
 )
 
-__all__ = ["Task", "TASKS", "TaskData", "load_task_data"]
+__all__ = ["Task", "TASKS", "TaskData", "TaskDataArguments", "load_task_data"]
 
 
 @dataclass(frozen=True)
@@ -133,3 +133,35 @@ def load_task_data(task: str, dataset: str = "shapes", *, train_files: Sequence[
             every_answer = [a for answers in train.with_format(None)["answers"] for a in answers]
             labels = evlm_data.build_answer_vocabulary(every_answer, size=num_answers)
     return TaskData(train=train, eval=evaluation_set, labels=labels)
+
+
+@dataclass
+class TaskDataArguments:
+    """Command-line arguments (``HfArgumentParser``) that choose a task's data; ``load(task, ...)`` reads it.
+
+    (The task itself is not a field here: ``DistillationConfig`` / ``PruningConfig`` already have ``--task``.)
+    """
+
+    dataset: str = field(default="files", metadata={"help": "'shapes' (the synthetic benchmark, offline) or 'files' "
+                                                            "(annotation JSON in the official X-VLM format)"})
+    train_file: list[str] | None = field(default=None, metadata={"help": "X-VLM-format annotation JSON file(s)"})
+    eval_file: list[str] | None = field(default=None, metadata={"help": "X-VLM-format annotation JSON file(s)"})
+    image_root: str | None = field(default=None, metadata={"help": "folder the annotations' image paths start in"})
+    answer_list: str | None = field(
+        default=None, metadata={"help": "VQA: JSON list of answers (the answer vocabulary); default: the most "
+                                        "frequent training answers"})
+    num_answers: int = field(default=3129, metadata={"help": "VQA: answer vocabulary size when it is built"})
+    shapes_train_size: int = field(default=4000, metadata={"help": "shapes: training examples"})
+    shapes_eval_size: int = field(default=500, metadata={"help": "shapes: evaluation examples"})
+    shapes_image_size: int = field(default=64, metadata={"help": "shapes: image side in pixels"})
+    max_length: int = field(default=40, metadata={"help": "maximum text length in tokens"})
+
+    def load(self, task: str, output_dir: str | Path) -> TaskData:
+        """The task's data; for shapes the tokenizer's vocabulary is written to ``output_dir/shapes_vocab``."""
+        return load_task_data(
+            task, self.dataset, train_files=self.train_file, eval_files=self.eval_file,
+            image_root=self.image_root, answer_list=self.answer_list, num_answers=self.num_answers,
+            shapes_train_size=self.shapes_train_size, shapes_eval_size=self.shapes_eval_size,
+            shapes_config=evlm_data.ShapesConfig(image_size=self.shapes_image_size),
+            tokenizer_dir=Path(output_dir) / "shapes_vocab" if self.dataset == "shapes" else None,
+        )

@@ -1,0 +1,93 @@
+"""Fine-tune-prune a student with modal-adaptive pruning under a task teacher, materialise it, save it, print the
+pruning report.
+
+    python examples/prune.py --task vqa --dataset files --train_file vqa_train.json --eval_file vqa_val.json \\
+        --image_root images/ --teacher_name_or_path runs/vqa-teacher --model_name_or_path runs/student \\
+        --target_sparsity 0.35 --output_dir runs/vqa-pruned --num_train_epochs 5
+
+    # offline, on the synthetic shapes benchmark, creating the student from the teacher (every other layer):
+    python examples/prune.py --task vqa --dataset shapes --teacher_name_or_path runs/vqa \\
+        --student_layers 3,1,1 --target_sparsity 0.5 --output_dir runs/vqa-pruned --max_steps 300
+
+The teacher is a fine-tuned model of the task (``examples/finetune.py`` makes one). The student comes from
+``--model_name_or_path`` (e.g. a distilled student) or, with ``--student_layers V,T,F``, is created from the teacher
+with ``create_student``. The output folder holds the materialised model (reloads with ``from_pretrained``, no masks),
+the processor, ``pruning_report.json`` / ``pruning_report.png`` and ``eval_results.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import AutoProcessor, HfArgumentParser
+
+from efficientvlm import create_student
+from efficientvlm.pruning import ModalAdaptivePruningTrainer, PruningConfig, save_report
+from efficientvlm.tasks import TASKS, TaskDataArguments
+
+logger = logging.getLogger("prune")
+
+
+@dataclass
+class ModelArguments:
+    teacher_name_or_path: str = field(metadata={"help": "fine-tuned task teacher (EfficientVLM checkpoint)"})
+    model_name_or_path: str | None = field(default=None, metadata={"help": "the student to prune"})
+    student_layers: str | None = field(
+        default=None, metadata={"help": "create the student from the teacher instead: 'vision,text,fusion' layer "
+                                        "counts, e.g. '6,3,3' (every other teacher layer)"})
+
+
+def load_models(task_name: str, args: ModelArguments):
+    model_class = TASKS[task_name].model_class
+    teacher = model_class.from_pretrained(args.teacher_name_or_path)
+    processor = AutoProcessor.from_pretrained(args.teacher_name_or_path)
+    if args.model_name_or_path and args.student_layers:
+        raise ValueError("Give either --model_name_or_path or --student_layers, not both.")
+    if args.model_name_or_path:
+        return teacher, model_class.from_pretrained(args.model_name_or_path), processor
+    if not args.student_layers:
+        raise ValueError("Give the student: --model_name_or_path, or --student_layers V,T,F to create it.")
+    vision, text, fusion = (int(n) for n in args.student_layers.split(","))
+    return teacher, create_student(teacher, vision, text, fusion), processor
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = HfArgumentParser((TaskDataArguments, ModelArguments, PruningConfig))
+    data_args, model_args, pruning_args = parser.parse_args_into_dataclasses(args=argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stdout)
+    pruning_args.remove_unused_columns = False  # the collator reads the raw image/text columns
+    output_dir = Path(pruning_args.output_dir)
+    if pruning_args.task not in TASKS:
+        raise ValueError(f"--task must be one of {sorted(TASKS)}, got {pruning_args.task!r}.")
+    task = TASKS[pruning_args.task]
+    teacher, student, processor = load_models(task.name, model_args)
+    data = data_args.load(task.name, output_dir)
+    labels = data.labels
+    if task.name == "vqa":
+        labels = [teacher.config.id2label[i] for i in range(teacher.config.num_labels)]  # the teacher's answer order
+    collator = task.collator(processor, labels, data_args.max_length)
+
+    trainer = ModalAdaptivePruningTrainer(model=student, args=pruning_args, teacher_model=teacher,
+                                          train_dataset=data.train, data_collator=collator)
+    trainer.train(resume_from_checkpoint=pruning_args.resume_from_checkpoint)
+    pruned = trainer.prune()
+    report = trainer.pruning_report(pruned)
+    pruned.save_pretrained(output_dir)
+    processor.save_pretrained(output_dir)
+    save_report(report, output_dir)
+    metrics = task.evaluate(pruned, processor, data.eval) if data.eval is not None else {}
+    (output_dir / "eval_results.json").write_text(json.dumps(metrics, indent=2))
+    summary = {key: report[key] for key in ("target_sparsity", "achieved_sparsity", "budget", "overall")}
+    summary["per_modality"] = {m: {k: v for k, v in entry.items() if k != "layers"}
+                               for m, entry in report["modalities"].items()}
+    logger.info("pruning report (per layer: pruning_report.json):\n%s", json.dumps(summary, indent=2))
+    logger.info("evaluation of the pruned model: %s", json.dumps(metrics, indent=2))
+    return {"report": report, "metrics": metrics}
+
+
+if __name__ == "__main__":
+    main()
