@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from .demo import add_demo_arguments, run_demo
 from .hub.commands import add_push_arguments, run_push
 
 
@@ -29,6 +30,8 @@ class Subcommand:
 
 
 SUBCOMMANDS: list[Subcommand] = [
+    Subcommand("demo", "Run the whole method (teacher, distillation, modal-adaptive pruning, evaluation, speed) on "
+               "the synthetic shapes VQA benchmark, offline.", add_demo_arguments, run_demo),
     Subcommand("push", "Publish a checkpoint folder to the Hugging Face Hub (model, processor, card, code).",
                add_push_arguments, run_push),
 ]
