@@ -8,8 +8,9 @@
    budget over the three encoders, then ``prune()`` materialises the smaller dense model.
 4. **Evaluation**: VQA accuracy of teacher, student and pruned student on held-out scenes, and their latency
    measured in this process, round-robin, so the speed-ups are ratios taken under the same load.
-5. **Output**: a Hub-ready folder (model, processor, remote code, model card with the table and the pruning
-   figure, pruning report) written with ``efficientvlm.hub.push_to_hub(dry_run_dir=...)``, plus ``results.json``.
+5. **Output**: ``teacher/``, ``student/`` and ``pruned/`` checkpoints (model + processor), a Hub-ready ``hub/``
+   folder (model, processor, remote code, model card with the table and the pruning figure, pruning report) written
+   with ``efficientvlm.hub.push_to_hub(dry_run_dir=...)``, ``report/`` and ``results.json``.
 
 Defaults finish in about 10 minutes on 2 CPU cores; ``--quick`` is a seconds-long smoke run for CI.
 """
@@ -196,11 +197,13 @@ def run(cfg: DemoConfig) -> dict:
     processor.save_pretrained(out / "teacher")
     student.save_pretrained(out / "student")
     processor.save_pretrained(out / "student")
+    pruned.save_pretrained(out / "pruned")
+    processor.save_pretrained(out / "pruned")
     report_json, report_png = save_report(report, out / "report")
     _write_hub_folder(cfg, pruned, processor, report, report_png, rows, table, out / "hub")
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     print("\n" + table + "\n")
-    print(f"pruned student: {out / 'hub'} (Hub-ready)   results: {out / 'results.json'}   "
+    print(f"pruned student: {out / 'pruned'}   Hub-ready folder: {out / 'hub'}   results: {out / 'results.json'}   "
           f"time: {results['minutes']:.1f} min")
     return results
 
