@@ -604,9 +604,9 @@ def test_a_new_subcommand_is_one_registry_entry(monkeypatch, capsys):
         parser.add_argument("--port", type=int, default=7860)
 
     monkeypatch.setattr(cli, "SUBCOMMANDS", [*cli.SUBCOMMANDS, cli.Subcommand(
-        "demo", "Start the demo.", add_arguments, lambda args: print(f"demo on {args.port}"))])
-    assert cli.main(["demo", "--port", "8000"]) == 0
-    assert capsys.readouterr().out == "demo on 8000\n"
+        "serve", "Start a server.", add_arguments, lambda args: print(f"serving on {args.port}"))])
+    assert cli.main(["serve", "--port", "8000"]) == 0
+    assert capsys.readouterr().out == "serving on 8000\n"
     with pytest.raises(SystemExit):
         cli.main(["--help"])
     assert "push" in capsys.readouterr().out
