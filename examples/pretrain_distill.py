@@ -44,9 +44,9 @@ class ModelArguments:
         metadata={"help": "The teacher: a folder (or Hub id) holding an EfficientVLMForPreTraining checkpoint."})
     processor_name_or_path: str | None = field(
         default=None, metadata={"help": "Where the EfficientVLMProcessor is saved (default: the teacher's folder)."})
-    vision_layers: int = field(default=6, metadata={"help": "Student vision layers, copied uniformly from the teacher."})
-    text_layers: int = field(default=3, metadata={"help": "Student text layers, copied uniformly from the teacher."})
-    fusion_layers: int = field(default=3, metadata={"help": "Student fusion layers, copied uniformly from the teacher."})
+    vision_layers: int = field(default=6, metadata={"help": "Student vision layers, taken uniformly from the teacher."})
+    text_layers: int = field(default=3, metadata={"help": "Student text layers, taken uniformly from the teacher."})
+    fusion_layers: int = field(default=3, metadata={"help": "Student fusion layers, taken uniformly from the teacher."})
 
 
 @dataclass

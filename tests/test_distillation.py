@@ -106,7 +106,8 @@ def test_multilabel_logits_kd_matches_hand_computation():
     tau = 3.0
     rows = [sum(binary_kl(s / tau, t / tau) for s, t in zip(srow, trow))
             for srow, trow in zip(student.tolist(), teacher.tolist())]
-    assert multilabel_logits_kd_loss(student, teacher, temperature=tau).item() == pytest.approx(sum(rows) / 2 * tau**2, rel=1e-5)
+    expected = sum(rows) / 2 * tau**2
+    assert multilabel_logits_kd_loss(student, teacher, temperature=tau).item() == pytest.approx(expected, rel=1e-5)
     assert multilabel_logits_kd_loss(teacher, teacher).item() == pytest.approx(0.0, abs=1e-7)
 
 
@@ -299,7 +300,8 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
                          max_steps=1, optim="sgd", learning_rate=0.5, max_grad_norm=0.0)
         trainer = DistillationTrainer(model=student, args=args, teacher_model=teacher, train_dataset=dataset)
         trainer.train()
-        results.append({**student.state_dict(), **{f"p.{k}": v for k, v in trainer.kd_projections.state_dict().items()}})
+        projections = {f"p.{k}": v for k, v in trainer.kd_projections.state_dict().items()}
+        results.append({**student.state_dict(), **projections})
     changed = [key for key in results[0] if not torch.equal(results[0][key], initial.get(key, results[0][key]))]
     assert changed
     for key in results[0]:

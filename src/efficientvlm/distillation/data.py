@@ -7,7 +7,7 @@ other in the contrastive loss and never as hard negatives.
 
 Masked language modelling follows the paper's code (X-VLM's text masking): per caption, ``round(p * n)`` of its
 ``n`` maskable tokens (at least 1, at most ``max_masks``) are chosen, with ``p = 0.25`` and ``max_masks = 8`` by
-default; BERT's 15% corresponds to ``mlm_probability=0.15, max_masks=None``. Chosen tokens become ``[MASK]`` 80% of
+default; ``mlm_probability=0.15, max_masks=None`` approximates BERT's 15%. Chosen tokens become ``[MASK]`` 80% of
 the time, a random token 10% and stay unchanged 10% (BERT). Unlike X-VLM there is no whole-word or skip-gram
 masking. Masking happens here, so that the student and the teacher see the very same masks.
 """
@@ -34,7 +34,8 @@ def load_image_text_pairs(path: str, image_root: str | None = None, caption_colu
             reads (images + ``metadata.jsonl`` with a ``file_name`` and a caption column).
         image_root: folder that relative image paths of a JSON file are resolved against (default: the JSON
             file's folder).
-        caption_column: the imagefolder's caption column (a string or a list of strings per image).
+        caption_column: the imagefolder's caption column: a string or a list of strings per image (the same type
+            on every line of ``metadata.jsonl``, which Arrow requires).
 
     Images stay undecoded (paths, or ``{"path", "bytes"}`` dicts for an imagefolder) until the collator loads them.
     """

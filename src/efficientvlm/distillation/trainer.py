@@ -83,6 +83,7 @@ _LOGITS: dict[str, tuple[tuple[str, str, bool, str], ...]] = {
     "captioning": (("kd_logits", "logits", False, "text"),),
 }
 
+
 def _term_name(kind: str, stream: _Stream) -> str:
     """Logged name of a per-layer term: ``kd_hidden_<stream>``, ``kd_attn_<stream>``, ``kd_attn_<stream>_cross``."""
     return {"hidden": f"kd_hidden_{stream.name}", "attention": f"kd_attn_{stream.name}",
@@ -448,7 +449,8 @@ class DistillationTrainer(Trainer):
     def _save_checkpoint(self, model: nn.Module, trial) -> None:
         """The Trainer's checkpoint, plus the projections' weights (``PROJECTIONS_NAME``) beside it."""
         if len(self.kd_projections) and self.args.should_save:
-            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            checkpoint = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            folder = os.path.join(self._get_output_dir(trial=trial), checkpoint)
             os.makedirs(folder, exist_ok=True)
             state = {key: value.detach().cpu().contiguous() for key, value in self.kd_projections.state_dict().items()}
             save_file(state, os.path.join(folder, PROJECTIONS_NAME))
