@@ -6,8 +6,8 @@
 
 The default run costs about 80 batch-8 forwards of the dense student: some 5 min where one takes 3 s (estimate),
 20 min measured on the project's 2-core machine while another job kept both cores busy (9 min with ``--threads 1
---no-memory``). On shared cores ``--threads 1`` gives steadier ratios: with two threads every operator also waits for a descheduled thread,
-a per-operator cost that pruning does not shrink.
+--no-memory``). On shared cores ``--threads 1`` gives steadier ratios: with two threads every operator also waits
+for a descheduled thread, a per-operator cost that pruning does not shrink.
 
 For every target sparsity (default 25, 50, 75 %) and gate *pattern* (below), hard 0/1 gates on attention heads and
 FFN neurons of every layer (vision, text, fusion) are built, and the model is run two ways:
