@@ -1,0 +1,53 @@
+"""The benchmark scripts run end to end (tiny models; no timing is asserted - speed belongs in benchmarks/)."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_benchmark(name: str):
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_pruning_speed_smoke(tmp_path, capsys):
+    bench = _load_benchmark("pruning_speed")
+    threads = torch.get_num_threads()
+    out = tmp_path / "pruning_speed.json"
+    returned = bench.main(["--smoke", "--json", str(out)])
+    assert torch.get_num_threads() == threads  # the smoke run's single thread is not left behind
+    printed = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert result["settings"]["batch_sizes"] == [1, 2]
+    assert len(result["rows"]) == len(returned["rows"]) == 9
+
+    rows = {(row["pattern"], row["target"]): row for row in result["rows"]}
+    assert set(rows) == {(p, s) for p in bench.PATTERNS for s in (0.25, 0.5, 0.75)}
+    for (pattern, target), row in rows.items():
+        # every row of both Markdown tables is printed
+        assert sum(line.startswith(f"| {pattern} | {round(100 * target)}% |") for line in printed.splitlines()) == 2
+        for batch in ("1", "2"):
+            timing = row["latency"][batch]
+            assert timing["masked"] > 0 and timing["materialised"] > 0
+            assert timing["speedup"] == timing["masked"] / timing["materialised"]
+            assert set(row["peak_memory"][batch]) == {"masked", "materialised"}
+        assert row["max_abs_diff"] < 1e-4  # the materialised model is the masked model
+        assert row["parameters"] < result["dense"]["parameters"]
+        assert row["flops_ratio"] > 1 and row["flops"] * row["flops_ratio"] == pytest.approx(result["dense"]["flops"])
+        if pattern == "random":
+            assert abs(row["params_sparsity"]["overall"] - target) < 0.05
+    for target in (0.25, 0.5, 0.75):  # a FLOPs-budget pattern buys more FLOPs per pruned parameter
+        flops_budget, uniform = rows[("flops-budget", target)], rows[("random", target)]
+        assert flops_budget["flops_sparsity"]["vision"] > uniform["flops_sparsity"]["vision"]
+        assert (flops_budget["flops_sparsity"]["overall"] - flops_budget["params_sparsity"]["overall"]
+                > uniform["flops_sparsity"]["overall"] - uniform["params_sparsity"]["overall"])
+    assert "| dense (no gates) | 0% |" in printed
