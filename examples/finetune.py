@@ -24,8 +24,8 @@ from pathlib import Path
 
 from transformers import AutoProcessor, AutoTokenizer, HfArgumentParser, Trainer, TrainingArguments
 
-from efficientvlm import EfficientVLMConfig, EfficientVLMImageProcessor, EfficientVLMProcessor
-from efficientvlm.tasks import TASKS, TaskDataArguments
+from efficientvlm import EfficientVLMImageProcessor, EfficientVLMProcessor
+from efficientvlm.tasks import TASKS, TaskDataArguments, small_config
 
 logger = logging.getLogger("finetune")
 
@@ -63,19 +63,9 @@ def build_model(task: str, args: ModelArguments, labels, tokenizer):
     else:
         if tokenizer is None:
             raise ValueError("A random model needs a tokenizer: use --dataset shapes, or give --model_name_or_path.")
-        width, heads = args.hidden_size, max(1, args.hidden_size // 32)
-        common = {"hidden_size": width, "num_attention_heads": heads, "head_dim": width // heads,
-                  "intermediate_size": 4 * width}
-        config = EfficientVLMConfig(
-            vision_config={**common, "num_hidden_layers": args.vision_layers, "image_size": args.image_size or 64,
-                           "patch_size": 8},
-            text_config={**common, "num_hidden_layers": args.text_layers, "vocab_size": len(tokenizer),
-                         "max_position_embeddings": 40, "pad_token_id": tokenizer.pad_token_id,
-                         "bos_token_id": tokenizer.cls_token_id, "eos_token_id": tokenizer.sep_token_id,
-                         "mask_token_id": tokenizer.mask_token_id},
-            fusion_config={**common, "num_hidden_layers": args.fusion_layers, "num_cross_attention_heads": heads},
-            projection_dim=min(256, width), **config_kwargs,
-        )
+        config = small_config(tokenizer, (args.vision_layers, args.text_layers, args.fusion_layers),
+                              hidden_size=args.hidden_size, head_dim=min(32, args.hidden_size),
+                              image_size=args.image_size or 64, labels=labels)
         model = model_class(config)
         size = config.vision_config.image_size
         processor = EfficientVLMProcessor(EfficientVLMImageProcessor(size={"height": size, "width": size}), tokenizer)

@@ -35,12 +35,12 @@ from .data.collators import VQACollator
 from .distillation import DistillationConfig, DistillationTrainer
 from .evaluation import evaluate_vqa, measure_latency
 from .models import (
-    EfficientVLMConfig,
     EfficientVLMForVisualQuestionAnswering,
     EfficientVLMImageProcessor,
     EfficientVLMProcessor,
 )
 from .pruning import ModalAdaptivePruningTrainer, PruningConfig, save_report
+from .tasks import small_config
 
 logger = logging.getLogger("efficientvlm.demo")
 
@@ -82,23 +82,6 @@ class DemoConfig:
         return replace(cls(**small), **overrides)
 
 
-def _config(cfg: DemoConfig, tokenizer, answers: list[str]) -> EfficientVLMConfig:
-    vision_layers, text_layers, fusion_layers = cfg.teacher_layers
-    heads = cfg.hidden_size // cfg.head_dim
-    common = {"hidden_size": cfg.hidden_size, "num_attention_heads": heads, "head_dim": cfg.head_dim,
-              "intermediate_size": 4 * cfg.hidden_size}
-    return EfficientVLMConfig(
-        vision_config={**common, "num_hidden_layers": vision_layers, "image_size": cfg.image_size,
-                       "patch_size": cfg.patch_size},
-        text_config={**common, "num_hidden_layers": text_layers, "vocab_size": len(tokenizer),
-                     "max_position_embeddings": 40, "pad_token_id": tokenizer.pad_token_id,
-                     "bos_token_id": tokenizer.cls_token_id, "eos_token_id": tokenizer.sep_token_id,
-                     "mask_token_id": tokenizer.mask_token_id},
-        fusion_config={**common, "num_hidden_layers": fusion_layers, "num_cross_attention_heads": heads},
-        projection_dim=cfg.hidden_size, id2label=dict(enumerate(answers)),
-    )
-
-
 def _training_args(cfg: DemoConfig, args_class, output_dir: Path, epochs: float, **extra):
     return args_class(
         output_dir=str(output_dir), per_device_train_batch_size=cfg.batch_size, num_train_epochs=epochs,
@@ -138,7 +121,8 @@ def run(cfg: DemoConfig) -> dict:
     collator = VQACollator(processor, {a: i for i, a in enumerate(answers)})
 
     logger.info("[2/6] teacher: training a %s (vision/text/fusion) model", "/".join(map(str, cfg.teacher_layers)))
-    teacher = EfficientVLMForVisualQuestionAnswering(_config(cfg, tokenizer, answers))
+    teacher = EfficientVLMForVisualQuestionAnswering(small_config(
+        tokenizer, cfg.teacher_layers, cfg.hidden_size, cfg.head_dim, cfg.image_size, cfg.patch_size, answers))
     Trainer(model=teacher, args=_training_args(cfg, TrainingArguments, out / "runs" / "teacher", cfg.teacher_epochs),
             train_dataset=train, data_collator=collator).train()
     teacher.eval()

@@ -18,6 +18,7 @@ from typing import Any
 
 from . import data as evlm_data
 from . import evaluation
+from .models.configuration_efficientvlm import EfficientVLMConfig
 from .models.modeling_efficientvlm import (
     EfficientVLMForCaptioning,
     EfficientVLMForImageTextRetrieval,
@@ -25,7 +26,7 @@ from .models.modeling_efficientvlm import (
     EfficientVLMForVisualQuestionAnswering,
 )
 
-__all__ = ["Task", "TASKS", "TaskData", "TaskDataArguments", "load_task_data"]
+__all__ = ["Task", "TASKS", "TaskData", "TaskDataArguments", "load_task_data", "small_config"]
 
 
 @dataclass(frozen=True)
@@ -165,3 +166,29 @@ class TaskDataArguments:
             shapes_config=evlm_data.ShapesConfig(image_size=self.shapes_image_size),
             tokenizer_dir=Path(output_dir) / "shapes_vocab" if self.dataset == "shapes" else None,
         )
+
+
+def small_config(tokenizer, layers: tuple[int, int, int], hidden_size: int = 128, head_dim: int = 32,
+                 image_size: int = 64, patch_size: int = 8, labels: Sequence[str] | None = None,
+                 max_text_length: int = 40) -> EfficientVLMConfig:
+    """A scaled-down EfficientVLM config for training from scratch on a small vocabulary (e.g. the shapes one).
+
+    Every encoder has width ``hidden_size`` with ``hidden_size // head_dim`` heads and FFNs of 4x the width;
+    ``layers`` is (vision, text, fusion); the text config takes the vocabulary size and special tokens of
+    ``tokenizer``; ``labels`` (VQA answers) become ``id2label``.
+    """
+    heads = max(1, hidden_size // head_dim)
+    common = {"hidden_size": hidden_size, "num_attention_heads": heads, "head_dim": head_dim,
+              "intermediate_size": 4 * hidden_size}
+    vision_layers, text_layers, fusion_layers = layers
+    return EfficientVLMConfig(
+        vision_config={**common, "num_hidden_layers": vision_layers, "image_size": image_size,
+                       "patch_size": patch_size},
+        text_config={**common, "num_hidden_layers": text_layers, "vocab_size": len(tokenizer),
+                     "max_position_embeddings": max_text_length, "pad_token_id": tokenizer.pad_token_id,
+                     "bos_token_id": tokenizer.cls_token_id, "eos_token_id": tokenizer.sep_token_id,
+                     "mask_token_id": tokenizer.mask_token_id},
+        fusion_config={**common, "num_hidden_layers": fusion_layers, "num_cross_attention_heads": heads},
+        projection_dim=min(256, hidden_size),
+        **({"id2label": dict(enumerate(labels))} if labels is not None else {}),
+    )
