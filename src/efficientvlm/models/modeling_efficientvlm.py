@@ -1064,29 +1064,25 @@ class EfficientVLMContrastiveMixin(nn.Module):
             for i in range(0, text_input_ids.shape[0], batch_size)
         ])
         similarity = self.image_features(image_embeds) @ self.text_features(text_embeds).t()
+        n_images, n_texts = similarity.shape
 
-        def rescore(query_embeds_of, n_queries, n_items, sim):
-            scores = torch.full((n_queries, n_items), float("-inf"), device=sim.device)
-            top = sim.topk(min(k, n_items), dim=1).indices
-            pairs = [(q, int(c)) for q in range(n_queries) for c in top[q]]
-            for start in range(0, len(pairs), batch_size):
-                chunk = pairs[start:start + batch_size]
-                imgs, txts = query_embeds_of(chunk)
-                idx_t = torch.tensor([t for _, t in txts], device=sim.device)
-                mask = None if text_attention_mask is None else text_attention_mask[idx_t]
-                logits, _ = self.itm_logits(imgs, text_embeds[idx_t], mask)
-                for (q, c), value in zip(chunk, logits[:, 1]):
-                    scores[q, c] = value
-            return scores
+        def match_logits(image_index, text_index):  # ITM match logit of the pairs, fused batch_size at a time
+            logits = []
+            for start in range(0, image_index.numel(), batch_size):
+                images, texts = image_index[start:start + batch_size], text_index[start:start + batch_size]
+                mask = None if text_attention_mask is None else text_attention_mask[texts]
+                logits.append(self.itm_logits(image_embeds[images], text_embeds[texts], mask)[0][:, 1].float())
+            return torch.cat(logits)
 
-        def i2t_pairs(chunk):
-            return image_embeds[torch.tensor([q for q, _ in chunk])], [(q, c) for q, c in chunk]
+        top_texts = similarity.topk(min(k, n_texts), dim=1).indices  # (n_images, k) ITC candidates per image
+        images = torch.arange(n_images, device=similarity.device).repeat_interleave(top_texts.shape[1])
+        scores_i2t = similarity.new_full((n_images, n_texts), float("-inf"), dtype=torch.float32)
+        scores_i2t[images, top_texts.reshape(-1)] = match_logits(images, top_texts.reshape(-1))
 
-        def t2i_pairs(chunk):
-            return image_embeds[torch.tensor([c for _, c in chunk])], [(c, q) for q, c in chunk]
-
-        scores_i2t = rescore(i2t_pairs, image_embeds.shape[0], text_embeds.shape[0], similarity)
-        scores_t2i = rescore(t2i_pairs, text_embeds.shape[0], image_embeds.shape[0], similarity.t())
+        top_images = similarity.t().topk(min(k, n_images), dim=1).indices  # (n_texts, k) per text
+        texts = torch.arange(n_texts, device=similarity.device).repeat_interleave(top_images.shape[1])
+        scores_t2i = similarity.new_full((n_texts, n_images), float("-inf"), dtype=torch.float32)
+        scores_t2i[texts, top_images.reshape(-1)] = match_logits(top_images.reshape(-1), texts)
         return scores_i2t, scores_t2i
 
 
