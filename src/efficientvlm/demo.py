@@ -21,6 +21,7 @@ import argparse
 import copy
 import json
 import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -29,11 +30,12 @@ import torch
 from transformers import Trainer, TrainingArguments
 from transformers.utils import logging as hf_logging
 
-from . import create_student
+from .student import create_student
 from .data import ShapesConfig, answer_vocabulary, build_tokenizer, make_vqa_dataset
 from .data.collators import VQACollator
 from .distillation import DistillationConfig, DistillationTrainer
 from .evaluation import evaluate_vqa, measure_latency
+from .hub import push_to_hub
 from .models import (
     EfficientVLMForVisualQuestionAnswering,
     EfficientVLMImageProcessor,
@@ -206,11 +208,7 @@ def _markdown_table(rows: list[dict], batch_sizes) -> str:
 
 
 def _write_hub_folder(cfg, pruned, processor, report, report_png, rows, table, folder: Path) -> None:
-    from .hub import push_to_hub
-
     if folder.exists():
-        import shutil
-
         shutil.rmtree(folder)
     summary = (
         "An EfficientVLM student for the synthetic *shapes* VQA benchmark, produced by `efficientvlm demo`: "

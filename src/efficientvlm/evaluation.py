@@ -108,7 +108,7 @@ def evaluate_retrieval(model, processor, dataset, k: int = 16, batch_size: int =
     for rows in _batches(dataset, batch_size):
         pixel_values = processor.image_processor([r[image_column] for r in rows], return_tensors="pt")["pixel_values"]
         image_embeds.append(model.efficientvlm.encode_image(pixel_values.to(device)).last_hidden_state)
-    tokens = processor.tokenizer(texts, padding="longest", truncation=True, max_length=40, return_tensors="pt")
+    tokens = processor(text=texts)  # the processor's padding / truncation defaults
     scores_i2t, scores_t2i = model.rank(torch.cat(image_embeds), tokens["input_ids"].to(device),
                                         tokens["attention_mask"].to(device), k=k, batch_size=batch_size)
     return retrieval_recall(scores_i2t, txt2img, img2txt, scores_t2i=scores_t2i)
