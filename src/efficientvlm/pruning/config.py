@@ -9,6 +9,9 @@ from ..distillation.config import DistillationConfig
 from .l0 import PRUNABLE_STRUCTURES
 from .structure import BUDGETS, MODALITIES
 
+#: default warm-up of the sparsity target, as a fraction of the run's optimizer steps
+LAGRANGIAN_WARMUP_RATIO = 0.3
+
 
 def _names(value: str | list[str] | tuple[str, ...], allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
     names = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
@@ -47,7 +50,13 @@ class PruningConfig(DistillationConfig):
     lagrangian_warmup_steps: int | None = field(
         default=None,
         metadata={"help": "Optimizer steps over which the target ramps linearly from 0 to its final value. Default "
-                          "(None): one epoch, as in the paper."},
+                          "(None): --lagrangian_warmup_ratio of the run's optimizer steps."},
+    )
+    lagrangian_warmup_ratio: float = field(
+        default=LAGRANGIAN_WARMUP_RATIO,
+        metadata={"help": "The target's warm-up as a fraction of the run's optimizer steps (used when "
+                          "--lagrangian_warmup_steps is not given), so it is never longer than the run. The paper "
+                          "ramps over one of 10-20 epochs (5-10%); a longer ramp leaves the gates time to follow."},
     )
     reg_learning_rate: float = field(
         default=0.01,
@@ -103,12 +112,23 @@ class PruningConfig(DistillationConfig):
                 raise ValueError(f"target_sparsity_per_modality is not valid JSON: {error}") from error
         if self.reg_learning_rate <= 0:
             raise ValueError(f"reg_learning_rate must be > 0, got {self.reg_learning_rate}.")
+        if not 0 <= self.lagrangian_warmup_ratio <= 1:
+            raise ValueError(f"lagrangian_warmup_ratio must be in [0, 1] (a fraction of the run), got "
+                             f"{self.lagrangian_warmup_ratio}.")
+        if self.lagrangian_warmup_steps is not None and self.lagrangian_warmup_steps < 0:
+            raise ValueError(f"lagrangian_warmup_steps must be >= 0, got {self.lagrangian_warmup_steps}.")
         if self.freeze_gates_step is not None and self.freeze_gates_step < 0:
             raise ValueError(f"freeze_gates_step must be >= 0, got {self.freeze_gates_step}.")
         self.pruned_structures()
         self.pruned_modalities()
         if self.budget not in BUDGETS:
             raise ValueError(f"budget={self.budget!r}: choose one of {BUDGETS}.")
+
+    def lagrangian_warmup(self, total_steps: int) -> int:
+        """Warm-up steps of the target for a run of ``total_steps`` optimizer steps."""
+        if self.lagrangian_warmup_steps is not None:
+            return self.lagrangian_warmup_steps
+        return max(1, round(self.lagrangian_warmup_ratio * total_steps)) if total_steps > 0 else 0
 
     def pruned_structures(self) -> tuple[str, ...]:
         return _names(self.prune_structures, PRUNABLE_STRUCTURES, "prune_structures")

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ..models.configuration_efficientvlm import EfficientVLMConfig
+from .budget import select_structures
 from .gates import LOG_ALPHA_MIN, HardConcreteGate, keep_probability
 from .structure import (
     BUDGETS,
@@ -45,6 +46,9 @@ from .structure import (
     layer_sizes,
     sub_block_costs,
 )
+
+#: the sub-block specs by their units key
+SUB_BLOCKS_BY_UNITS = {spec.units: spec for specs in SUB_BLOCKS.values() for spec in specs}
 
 #: structures that can be gated
 PRUNABLE_STRUCTURES: tuple[str, ...] = ("heads", "ffn", "blocks")
@@ -245,6 +249,34 @@ class ModalAdaptiveL0Module(nn.Module):
     def keep_probabilities(self) -> Gates:
         """``P(z != 0)`` of every gate, in the nested gate layout."""
         return self._map_gates(lambda gate: gate.keep_probability())
+
+    def export_scores(self) -> Gates:
+        """Scores for the budget-exact export: each unit's keep probability times its block gate's (when blocks are
+        gated too), and the block gates' keep probabilities."""
+        scores = self.keep_probabilities()
+        for layers in scores.values():
+            for gates in layers:
+                for spec in SUB_BLOCKS_BY_UNITS.values():
+                    if spec.units in gates and spec.block in gates:
+                        gates[spec.units] = gates[spec.units] * gates[spec.block]
+        return scores
+
+    @torch.no_grad()
+    def budget_gates(self, target_sparsity: Target | Sequence[Target] | None = None) -> Gates | list[Gates]:
+        """Hard 0/1 gates of the structure to export: the units with the lowest keep probability (``export_scores``)
+        are removed, globally over the gated modalities, until the exact size meets ``target_sparsity`` (default:
+        this module's target). A list of targets gives a nested family, one gate dict per target. See
+        ``efficientvlm.pruning.budget``.
+
+        Unlike ``deterministic()`` (the paper's per-layer rule, which lands on the target only once the gates have
+        converged), the size is the target's whatever the run length; the gates decide which units go and how the
+        budget splits between modalities.
+        """
+        target = self.target_sparsity if target_sparsity is None else target_sparsity
+        family = isinstance(target, Sequence) and not isinstance(target, str)
+        zs = select_structures(self.export_scores(), self.config, list(target) if family else [target],
+                               budget=self.budget, text_length=self.text_length, image_size=self.image_size)
+        return zs if family else zs[0]
 
     def _map_gates(self, fn) -> Gates:
         out: Gates = {}

@@ -26,6 +26,7 @@ from .structure import (
     LayerSizes,
     check_budget,
     image_tokens,
+    kept_sizes,
     layer_sizes,
     sizes_cost,
     sub_block_costs,
@@ -58,7 +59,7 @@ def pruning_report(before: EfficientVLMConfig | nn.Module,
     sizes_before = layer_sizes(config_before)
     l0 = after if isinstance(after, ModalAdaptiveL0Module) else None
     if l0 is not None:
-        sizes_after = _kept_sizes(sizes_before, keep_lists_from_gates(l0.deterministic()))
+        sizes_after = kept_sizes(sizes_before, keep_lists_from_gates(l0.deterministic()))
         target = l0.target_sparsity if target is None else target
         budget = budget or l0.budget
         text_length = text_length or l0.text_length
@@ -162,16 +163,6 @@ def plot_report(report: dict) -> Figure:
     figure.suptitle(f"Pruning ({report['budget']}): target {target_text}, achieved {achieved_text} "
                     f"(grey: before pruning)")
     return figure
-
-
-def _kept_sizes(sizes: LayerSizes, keep: Mapping) -> LayerSizes:
-    """Layer sizes after applying keep-lists (missing entries keep their size)."""
-    return {
-        modality: [{key: len(keep[modality][i][key]) if modality in keep and key in keep[modality][i] else n
-                    for key, n in units_of.items()}
-                   for i, units_of in enumerate(layers)]
-        for modality, layers in sizes.items()
-    }
 
 
 def _totals(layers: list[dict]) -> dict:

@@ -196,6 +196,16 @@ def sizes_cost(sizes: LayerSizes, costs: Mapping[str, Mapping[str, SubBlockCost]
     }
 
 
+def kept_sizes(sizes: LayerSizes, keep: Mapping) -> LayerSizes:
+    """Layer sizes after applying keep-lists (``materialize``'s format; missing entries keep their size)."""
+    return {
+        modality: [{key: len(keep[modality][i][key]) if modality in keep and key in keep[modality][i] else n
+                    for key, n in units_of.items()}
+                   for i, units_of in enumerate(layers)]
+        for modality, layers in sizes.items()
+    }
+
+
 def prunable_parameter_count(model: nn.Module) -> dict[str, int]:
     """Parameters actually allocated in each encoder's layers (the prunable part), counted from the tensors."""
     return {modality: sum(p.numel() for p in encoder_layers(model, modality).parameters())

@@ -5,13 +5,18 @@ Each training step samples hard-concrete gates from the trainer's ``ModalAdaptiv
 student's pruning hooks for the step's forward *and* backward (gradient checkpointing replays the forward), and adds
 the Lagrangian ``lambda_1 (s - t) + lambda_2 (s - t)^2`` to the distillation loss. The gates (``log_alpha``) and the
 multipliers live outside the model, in their own AdamW (the multipliers maximised), stepped at every optimizer
-step: the model's LR schedule, weight decay and gradient clipping never touch them. Evaluation uses the
-deterministic gates. Checkpoints carry the gates, the multipliers and their optimizer state, so a run resumes where
-it stopped. ``prune()`` returns the materialised, smaller model.
+step: the model's LR schedule, weight decay and gradient clipping never touch them. Checkpoints carry the gates, the
+multipliers and their optimizer state, so a run resumes where it stopped.
+
+The exported structure is *budget-exact*: ``prune()`` removes the units with the lowest keep probabilities, over the
+three encoders at once, until the model has exactly the asked size (``efficientvlm.pruning.budget``), whatever the
+run length; evaluation during training uses that same structure. ``prune(target_sparsity=x)`` and
+``prune_family([x1, x2, ...])`` export other sizes, nested, from the same run.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
@@ -29,21 +34,21 @@ from .structure import MODALITIES
 
 L0_STATE_NAME = "pruning_gates.safetensors"
 L0_OPTIMIZER_NAME = "pruning_gates_optimizer.pt"
+#: learned expected sparsity this far from the trained target: the gates had not converged (warned at export)
+CONVERGENCE_TOLERANCE = 0.03
+
+logger = logging.getLogger(__name__)
 
 
 class _GateOptimizerStep(TrainerCallback):
     """Steps the gates' optimizer at every optimizer step of the model, then clamps ``log_alpha``; sets the
-    Lagrangian warm-up to one epoch when ``lagrangian_warmup_steps`` is None."""
+    Lagrangian warm-up from ``lagrangian_warmup_steps`` or, by default, ``lagrangian_warmup_ratio`` of the run."""
 
     def __init__(self, trainer: ModalAdaptivePruningTrainer):
         self.trainer = trainer
 
-    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
-        if args.lagrangian_warmup_steps is None and train_dataloader is not None:
-            steps_per_epoch = max(1, len(train_dataloader) // args.gradient_accumulation_steps)
-            self.trainer.l0_module.warmup_steps = steps_per_epoch
-        elif args.lagrangian_warmup_steps is not None:
-            self.trainer.l0_module.warmup_steps = args.lagrangian_warmup_steps
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer.l0_module.warmup_steps = args.lagrangian_warmup(state.max_steps)
 
     def on_optimizer_step(self, args, state, control, **kwargs):
         self.trainer.step_gates()
@@ -62,11 +67,11 @@ class ModalAdaptivePruningTrainer(DistillationTrainer):
         l0_module: the ``ModalAdaptiveL0Module`` (gates and multipliers; not part of the model).
         l0_optimizer: its AdamW.
 
-    Logged in training, besides the distillation terms: ``lagrangian``; ``expected_sparsity`` (from the keep
-    probabilities) overall and ``expected_sparsity_<modality>``; ``sparsity`` (of the deterministic gates, i.e. of the
-    model ``prune()`` would return) and ``sparsity_<modality>``; ``target_sparsity`` (the ramped target);
-    ``lambda_1``, ``lambda_2``; ``heads_kept``, ``cross_heads_kept``, ``ffn_kept`` (fractions of units whose
-    deterministic gate is open).
+    Logged in training, besides the distillation terms: ``lagrangian``; ``expected_sparsity`` (learned, from the keep
+    probabilities) overall and ``expected_sparsity_<modality>``; ``sparsity`` (of the structure ``prune()`` would
+    export, i.e. at the final target) and ``sparsity_<modality>``; ``deterministic_rule_sparsity`` (the paper's
+    per-layer rule); ``target_sparsity`` (the ramped target); ``lambda_1``, ``lambda_2``; ``heads_kept``,
+    ``cross_heads_kept``, ``ffn_kept`` (fractions of units kept in the exported structure).
     """
 
     def __init__(self, model=None, args: PruningConfig | None = None, teacher_model=None, **kwargs):
@@ -79,6 +84,7 @@ class ModalAdaptivePruningTrainer(DistillationTrainer):
             droprate_init=args.droprate_init,
         ).to(self.args.device)
         self.l0_optimizer = self.l0_module.create_optimizer(args.reg_learning_rate, args.lambda_learning_rate)
+        self._final_gates_cache = None
         self.add_callback(_GateOptimizerStep(self))
 
     # ---- gates ---------------------------------------------------------------------------------------------------
@@ -92,15 +98,15 @@ class ModalAdaptivePruningTrainer(DistillationTrainer):
         return self.accelerator.unwrap_model(self.model)
 
     def training_step(self, model: nn.Module, inputs, num_items_in_batch=None):
-        """One micro-batch with freshly sampled gates (deterministic ones once the gates are frozen)."""
+        """One micro-batch with freshly sampled gates (the exported structure once the gates are frozen)."""
         self.l0_module.train(not self.gates_frozen)
-        zs = self.l0_module() if not self.gates_frozen else _detached(self.l0_module.deterministic())
+        zs = self.l0_module() if not self.gates_frozen else self.final_gates()
         with gates_applied(self._student(), zs):
             return super().training_step(model, inputs, num_items_in_batch)
 
     def prediction_step(self, model: nn.Module, inputs, prediction_loss_only: bool, ignore_keys=None):
-        """Evaluation forward with the deterministic gates: the model that ``prune()`` returns."""
-        with gates_applied(self._student(), _detached(self.l0_module.deterministic())):
+        """Evaluation forward with the exported structure (``final_gates()``): the model that ``prune()`` returns."""
+        with gates_applied(self._student(), self.final_gates()):
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
 
     def extra_loss_terms(self, model: nn.Module) -> dict[str, torch.Tensor]:
@@ -124,34 +130,88 @@ class ModalAdaptivePruningTrainer(DistillationTrainer):
 
     # ---- materialisation -----------------------------------------------------------------------------------------
 
-    def final_gates(self) -> Gates:
-        """The deterministic gates (the paper's evaluation rule: per layer, close the expected number of gates with
-        the lowest scores; the rest are 1)."""
-        return _detached(self.l0_module.deterministic())
+    def final_gates(self, target_sparsity: float | dict | None = None) -> Gates:
+        """The hard 0/1 gates of the structure ``prune()`` exports at ``target_sparsity`` (default: the trained
+        target): the units with the lowest keep probabilities go, over all pruned modalities at once, until the
+        exact size meets the target (``ModalAdaptiveL0Module.budget_gates``)."""
+        key = (self.state.global_step, repr(target_sparsity), self._l0_version())
+        if self._final_gates_cache is None or self._final_gates_cache[0] != key:
+            self._final_gates_cache = (key, _detached(self.l0_module.budget_gates(target_sparsity)))
+        return self._final_gates_cache[1]
 
-    def pruning_info(self) -> dict:
-        """Target, budget and achieved sparsity (overall and per modality) of the deterministic gates."""
-        achieved = self.l0_module.expected_sparsity(zs=self.final_gates())
-        return {
-            "method": "modal-adaptive L0 pruning (EfficientVLM)",
-            "target_sparsity": self.args.target(),
-            "budget": self.args.budget,
-            "pruned_structures": list(self.args.pruned_structures()),
-            "pruned_modalities": list(self.args.pruned_modalities()),
-            "achieved_sparsity": {key: round(float(value), 6) for key, value in achieved.items()},
-        }
+    def _l0_version(self) -> tuple:
+        return tuple(p._version for p in self.l0_module.gate_parameters())
 
-    def prune(self) -> nn.Module:
-        """The materialised model: the deterministic gates folded into the weights, Linear layers sliced, removed
-        sub-blocks gone, and a config with the per-layer sizes (``config.pruning_info`` records the run)."""
-        return materialize(self._student(), self.final_gates(), pruning_info=self.pruning_info())
+    def pruning_info(self, target_sparsity: float | dict | None = None) -> dict:
+        """What was asked and what came out: target, budget, the exported structure's exact sparsity (overall and
+        per modality), the sparsity the gates had learned (expected, from the keep probabilities) and that of the
+        paper's deterministic per-layer rule."""
+        l0 = self.l0_module
+        target = self.args.target() if target_sparsity is None else target_sparsity
+
+        def rounded(values):
+            return {key: round(float(value), 6) for key, value in values.items()}
+
+        with torch.no_grad():
+            return {
+                "method": "modal-adaptive L0 pruning (EfficientVLM), budget-exact export",
+                "target_sparsity": target,
+                "trained_target_sparsity": self.args.target(),
+                "budget": self.args.budget,
+                "pruned_structures": list(self.args.pruned_structures()),
+                "pruned_modalities": list(self.args.pruned_modalities()),
+                "achieved_sparsity": rounded(l0.expected_sparsity(zs=self.final_gates(target_sparsity))),
+                "learned_expected_sparsity": rounded(l0.expected_sparsity()),
+                "deterministic_rule_sparsity": rounded(l0.expected_sparsity(zs=_detached(l0.deterministic()))),
+            }
+
+    def prune(self, target_sparsity: float | dict | None = None) -> nn.Module:
+        """The materialised model at ``target_sparsity`` (default: the trained target): the budget-exact gates
+        (``final_gates``) folded into the weights, Linear layers sliced, removed sub-blocks gone, and a config with
+        the per-layer sizes (``config.pruning_info`` records the run). Any target in ``[0, 1)`` can be exported
+        from one run; warns when the gates had not converged to the trained target."""
+        info = self.pruning_info(target_sparsity)
+        self._warn_if_not_converged(info)
+        return materialize(self._student(), self.final_gates(target_sparsity), pruning_info=info)
+
+    def prune_family(self, targets) -> list[nn.Module]:
+        """One materialised model per target (strictly increasing), nested: every unit removed for a target is also
+        removed for the larger ones (``efficientvlm.pruning.select_structures``)."""
+        l0 = self.l0_module
+        family = [_detached(zs) for zs in l0.budget_gates(list(targets))]
+        models = []
+        for target, zs in zip(targets, family):
+            info = self.pruning_info(target)
+            info["achieved_sparsity"] = {key: round(float(value), 6)
+                                         for key, value in l0.expected_sparsity(zs=zs).items()}
+            info["family"] = list(targets)
+            models.append(materialize(self._student(), zs, pruning_info=info))
+        self._warn_if_not_converged(self.pruning_info())
+        return models
+
+    def _warn_if_not_converged(self, info: dict) -> None:
+        learned, trained = info["learned_expected_sparsity"], info["trained_target_sparsity"]
+        gaps = ({"overall": trained} if not isinstance(trained, dict) else trained).items()
+        for key, target in gaps:
+            if abs(learned[key] - target) > CONVERGENCE_TOLERANCE:
+                logger.warning(
+                    "The pruning gates had not converged: their expected %s sparsity%s is %.3f, the trained target "
+                    "%.3f. The exported model has the asked size anyway (the lowest-scored units were removed), but "
+                    "the gates did not learn to do without them. Train longer, or let the sparsity move faster: a "
+                    "shorter --lagrangian_warmup_ratio, a larger --reg_learning_rate / --lambda_learning_rate.",
+                    self.args.budget, "" if key == "overall" else f" of {key}", learned[key], target)
 
     def pruning_report(self, pruned: nn.Module | None = None) -> dict:
         """Per modality and layer: heads (self, cross) and FFN width kept, parameters and FLOPs before and after,
         target vs achieved (see ``efficientvlm.pruning.pruning_report``)."""
         pruned = self.prune() if pruned is None else pruned
-        return pruning_report(self._student(), pruned, self.args.target(), budget=self.args.budget,
-                              text_length=self.args.budget_text_length)
+        target = pruned.config.pruning_info.get("target_sparsity", self.args.target())
+        report = pruning_report(self._student(), pruned, target, budget=self.args.budget,
+                                text_length=self.args.budget_text_length)
+        info = pruned.config.pruning_info
+        report["learned_expected_sparsity"] = info.get("learned_expected_sparsity")
+        report["deterministic_rule_sparsity"] = info.get("deterministic_rule_sparsity")
+        return report
 
     # ---- logging and checkpoints ---------------------------------------------------------------------------------
 
@@ -169,6 +229,7 @@ class ModalAdaptivePruningTrainer(DistillationTrainer):
         final = self.final_gates()
         for key, value in l0.expected_sparsity(zs=final).items():
             stats["sparsity" if key == "overall" else f"sparsity_{key}"] = float(value)
+        stats["deterministic_rule_sparsity"] = float(l0.expected_sparsity(zs=_detached(l0.deterministic()))["overall"])
         target = l0.target_at(self.state.global_step)
         if isinstance(target, dict):
             stats.update({f"target_sparsity_{m}": t for m, t in target.items()})

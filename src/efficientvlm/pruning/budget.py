@@ -1,0 +1,291 @@
+"""Budget-exact structure selection: which heads, FFN neurons and sub-blocks to keep so that the pruned model has
+the asked size, chosen from per-unit scores, globally across the three encoders.
+
+The L0 gates learn *which* units matter and, through the Lagrangian, roughly *how many* go. How many is only
+reached when the gates have converged, which short runs and small data sets do not guarantee (CoFi's users report
+the same). Here the budget decides how many: ``select_structure(scores, config, target)`` removes units in the order
+of their scores (lowest first), over all pruned modalities at once - so the split between vision, text and fusion
+still follows the scores - until the prunable size (parameters or FLOPs, priced by ``structure.sub_block_costs``)
+reaches ``1 - target`` of the full size. The sizes are exact, not expected values: removing the last unit of a
+sub-block also removes its bias and LayerNorm, a removed block takes its units with it, and a unit whose removal
+would overshoot the target is skipped for cheaper ones after it (so the result lands within the cost of the
+cheapest remaining unit - an FFN neuron - of the target, rather than within the cost of a head).
+
+Scores come in the nested gate layout of ``ModalAdaptiveL0Module`` (``{modality: [{gate key: tensor}]}``): unit
+keys (``heads``, ``cross_heads``, ``ffn``) hold one score per unit, block keys (``attention_block``, ...) a scalar
+for the whole sub-block. A sub-block without scores is not pruned. For L0 gates the scores are keep probabilities
+(``ModalAdaptiveL0Module.budget_gates``); for one-shot pruning, importance per unit of cost
+(``efficientvlm.pruning.importance``).
+
+``select_structures(scores, config, [0.25, 0.35, 0.5])`` exports a family from one set of scores: each target
+continues from the previous one, so every smaller model is contained in every larger one (nested by
+construction).
+
+The result is hard 0/1 gates in the same layout, ready for ``gates_applied`` (masked model) and ``materialize``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..models.configuration_efficientvlm import EfficientVLMConfig
+from .structure import (
+    MODALITIES,
+    SUB_BLOCKS,
+    SubBlockCost,
+    check_budget,
+    check_modality,
+    kept_sizes,
+    layer_sizes,
+    sizes_cost,
+    sub_block_costs,
+)
+
+Gates = dict[str, list[dict[str, torch.Tensor]]]
+Target = float | Mapping[str, float]
+
+
+@dataclass
+class _SubBlockState:
+    """A prunable sub-block during selection: which units are left and what it costs now."""
+
+    modality: str
+    layer: int
+    units_key: str
+    block_key: str | None
+    cost: SubBlockCost
+    alive: list[bool]
+    gated_units: bool
+    removed: bool = False
+
+    @property
+    def remaining(self) -> int:
+        return 0 if self.removed else sum(self.alive)
+
+    def size(self) -> int:
+        return self.cost.size(self.remaining)
+
+
+def sparsity_of(zs: Gates, config: EfficientVLMConfig, budget: str = "params", text_length: int = 40,
+                image_size: int | None = None) -> dict[str, float]:
+    """Exact sparsity (``1 - size / full size``) of the structure that hard gates ``zs`` keep, per modality and
+    ``"overall"``, priced like the budget (see ``efficientvlm.pruning.structure``)."""
+    from .materialize import keep_lists_from_gates  # materialize imports this module's users; keep it lazy
+
+    check_budget(budget)
+    costs = sub_block_costs(config, budget, text_length, image_size)
+    before = sizes_cost(layer_sizes(config), costs)
+    after = sizes_cost(kept_sizes(layer_sizes(config), keep_lists_from_gates(zs)), costs)
+    sizes = {m: (sum(before[m]), sum(after[m])) for m in MODALITIES}
+    sizes["overall"] = (sum(b for b, _ in sizes.values()), sum(a for _, a in sizes.values()))
+    return {key: (1 - a / b) if b else 0.0 for key, (b, a) in sizes.items()}
+
+
+def select_structure(scores: Gates, config: EfficientVLMConfig, target_sparsity: Target, *, budget: str = "params",
+                     text_length: int = 40, image_size: int | None = None) -> Gates:
+    """Hard 0/1 gates that remove the lowest-scored units until the pruned size meets ``target_sparsity``.
+
+    Args:
+        scores: per-unit (and optional per-block) scores in the nested gate layout; higher = more worth keeping.
+        config: the config of the model being pruned (its per-layer sizes and widths price the units).
+        target_sparsity: one float for the whole prunable part (the split between modalities follows the scores),
+            or ``{modality: target}`` for fixed per-modality targets (each modality selected on its own).
+        budget: ``"params"`` or ``"flops"``.
+        text_length, image_size: tokens for the FLOPs budget.
+
+    Raises:
+        ValueError: a target outside ``[0, 1)``, or one the scored structures cannot reach (the message gives the
+            largest reachable sparsity).
+    """
+    return select_structures(scores, config, [target_sparsity], budget=budget, text_length=text_length,
+                             image_size=image_size)[0]
+
+
+def select_structures(scores: Gates, config: EfficientVLMConfig, targets: Sequence[Target], *,
+                      budget: str = "params", text_length: int = 40, image_size: int | None = None) -> list[Gates]:
+    """``select_structure`` for several targets at once, nested: the units removed for a target stay removed for
+    every larger one. ``targets`` must be strictly increasing (per modality, for dict targets)."""
+    check_budget(budget)
+    targets = list(targets)
+    if not targets:
+        raise ValueError("targets is empty: give at least one target sparsity.")
+    keys = _target_keys(targets)
+    _check_increasing(targets, keys)
+    costs = sub_block_costs(config, budget, text_length, image_size)
+    blocks = _sub_blocks(scores, config, costs)
+    full = {m: float(sum(sizes_cost(layer_sizes(config), costs)[m])) for m in MODALITIES}
+    full["overall"] = sum(full[m] for m in MODALITIES)
+
+    # The removal order of each constraint's scope: its scored units and blocks, lowest score first.
+    orders = {key: _removal_order(scores, blocks, None if key == "overall" else key) for key in keys}
+    for key in keys:
+        scope = [b for b in blocks if key in ("overall", b.modality)]
+        least = full[key] - sum(b.size() for b in scope)
+        reachable = 1 - least / full[key] if full[key] else 0.0
+        for target in targets:
+            value = target if key == "overall" else target[key]
+            _check_target(value, reachable, key)
+
+    family = []
+    for target in targets:
+        for key in keys:
+            value = target if key == "overall" else target[key]
+            _remove_until(orders[key], blocks, (1 - value) * full[key],
+                          _scope_size(blocks, full, key))
+        family.append(_as_gates(scores, blocks))
+    return family
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _target_keys(targets: Sequence[Target]) -> list[str]:
+    dicts = [isinstance(t, Mapping) for t in targets]
+    if any(dicts) and not all(dicts):
+        raise ValueError("Mix of float and per-modality targets: give all targets as floats or all as dicts.")
+    if not dicts[0]:
+        return ["overall"]
+    keys = list(targets[0])
+    for target in targets:
+        if set(target) != set(keys) or not keys:
+            raise ValueError(f"Per-modality targets must all name the same modalities, got {[dict(t) for t in targets]}.")
+        for modality in target:
+            check_modality(modality)
+    return keys
+
+
+def _check_increasing(targets: Sequence[Target], keys: list[str]) -> None:
+    for key in keys:
+        values = [float(t) if key == "overall" else float(t[key]) for t in targets]
+        if any(b <= a for a, b in zip(values, values[1:])):
+            raise ValueError(f"Targets of a family must be strictly increasing (each model nested in the previous "
+                             f"one), got {values}{'' if key == 'overall' else f' for {key}'}: sort them and drop "
+                             f"duplicates.")
+
+
+def _check_target(value: float, reachable: float, key: str) -> None:
+    name = "target_sparsity" if key == "overall" else f"target_sparsity[{key!r}]"
+    if not 0 <= value < 1:
+        raise ValueError(f"{name}={value} must be in [0, 1): it is the fraction of the prunable size to remove.")
+    if value > reachable + 1e-12:
+        raise ValueError(f"{name}={value} cannot be reached: removing every scored unit gives {reachable:.4f} "
+                         f"(unscored sub-blocks and modalities stay whole). Lower the target to at most "
+                         f"{reachable:.4f}, or score (gate) more structures or modalities.")
+
+
+def _sub_blocks(scores: Gates, config: EfficientVLMConfig, costs) -> list[_SubBlockState]:
+    sizes = layer_sizes(config)
+    blocks = []
+    for modality, layers in scores.items():
+        check_modality(modality)
+        if len(layers) != len(sizes[modality]):
+            raise ValueError(f"Scores for {len(layers)} {modality} layers, but the config has "
+                             f"{len(sizes[modality])}.")
+        for index, layer_scores in enumerate(layers):
+            for spec in SUB_BLOCKS[modality]:
+                units = sizes[modality][index][spec.units]
+                unit_scores, block_score = layer_scores.get(spec.units), layer_scores.get(spec.block)
+                if units == 0 or (unit_scores is None and block_score is None):
+                    continue
+                if unit_scores is not None and tuple(unit_scores.shape) != (units,):
+                    raise ValueError(f"{modality} layer {index}: {spec.units} scores of shape "
+                                     f"{tuple(unit_scores.shape)} for {units} units.")
+                for value in (unit_scores, block_score):
+                    if value is not None and not bool(torch.isfinite(value.detach()).all()):
+                        raise ValueError(f"{modality} layer {index}: non-finite {spec.name} scores; the gates or "
+                                         f"importance scores are corrupt (NaN/inf) and cannot select a structure.")
+                blocks.append(_SubBlockState(modality, index, spec.units, spec.block if block_score is not None else None,
+                                             costs[modality][spec.name], [True] * units, unit_scores is not None))
+    return blocks
+
+
+def _removal_order(scores: Gates, blocks: list[_SubBlockState], modality: str | None) -> list[tuple]:
+    """``(score, tie-break, block, unit index or None)`` for every scored unit / block in scope, ascending."""
+    items = []
+    for position, block in enumerate(blocks):
+        if modality is not None and block.modality != modality:
+            continue
+        layer_scores = scores[block.modality][block.layer]
+        if block.gated_units:
+            values = layer_scores[block.units_key].detach().double().cpu().tolist()
+            items += [(value, position, unit, block) for unit, value in enumerate(values)]
+        if block.block_key is not None:
+            items.append((float(layer_scores[block.block_key]), position, -1, block))
+    items.sort(key=lambda item: item[:3])
+    return [(block, None if unit < 0 else unit) for _, _, unit, block in items]
+
+
+def _scope_size(blocks: list[_SubBlockState], full: dict[str, float], key: str) -> float:
+    """The current size of a constraint's scope: unscored sub-blocks at full size plus the scored ones now."""
+    scope = [b for b in blocks if key in ("overall", b.modality)]
+    scored_full = sum(b.cost.size(len(b.alive)) for b in scope)
+    return full[key] - scored_full + sum(b.size() for b in scope)
+
+
+def _removal_cost(block: _SubBlockState, unit: int | None) -> int:
+    if block.removed or (unit is not None and not block.alive[unit]):
+        return 0
+    if unit is None or block.remaining == 1:
+        return block.size()  # the whole sub-block, or its last unit with the bias and LayerNorm
+    return block.cost.unit
+
+
+def _remove(block: _SubBlockState, unit: int | None) -> None:
+    if unit is None:
+        block.removed = True
+    else:
+        block.alive[unit] = False
+
+
+def _remove_until(order: list[tuple], blocks: list[_SubBlockState], goal: float, size: float) -> None:
+    """Walk the removal order: remove each item that keeps the size at or above ``goal``; skip those that would
+    overshoot it; finally take the skipped item that lands closest, if that is closer than stopping short."""
+    skipped = []
+    for block, unit in order:
+        if size <= goal:
+            break
+        cost = _removal_cost(block, unit)
+        if cost == 0:
+            continue
+        if size - cost >= goal:
+            _remove(block, unit)
+            size -= cost
+        else:
+            skipped.append((block, unit))
+    if size > goal and skipped:
+        best = min(skipped, key=lambda item: abs(size - _removal_cost(*item) - goal))
+        if abs(size - _removal_cost(*best) - goal) < size - goal:
+            _remove(*best)
+
+
+def _as_gates(scores: Gates, blocks: list[_SubBlockState]) -> Gates:
+    """Hard gates for every scored key: 1 = kept, 0 = removed."""
+    state = {(b.modality, b.layer, b.units_key): b for b in blocks}
+    out: Gates = {}
+    for modality, layers in scores.items():
+        out[modality] = []
+        for index, layer_scores in enumerate(layers):
+            gates = {}
+            for spec in SUB_BLOCKS[modality]:
+                block = state.get((modality, index, spec.units))
+                for key in (spec.units, spec.block):
+                    if key not in layer_scores:
+                        continue
+                    reference = layer_scores[key]
+                    if block is None:  # a sub-block without units: nothing to keep
+                        gates[key] = torch.zeros_like(reference, dtype=torch.float32)
+                    elif key == spec.units:
+                        alive = torch.tensor(block.alive, dtype=torch.float32, device=reference.device)
+                        gates[key] = alive if not block.removed else torch.zeros_like(alive)
+                    else:
+                        gates[key] = torch.tensor(0.0 if block.removed else 1.0, device=reference.device)
+            out[modality].append(gates)
+    return out
+
+
+__all__ = ["select_structure", "select_structures", "sparsity_of"]
