@@ -39,6 +39,9 @@ SETTINGS = {
     "reg-lr-0.03": {"reg_learning_rate": 0.03},
     "reg-lr-0.1": {"reg_learning_rate": 0.1},
     "reg-lr-0.3": {"reg_learning_rate": 0.3},
+    "drop-0.5-lr-0.1": {"reg_learning_rate": 0.1, "droprate_init": 0.5},
+    "drop-0.5-lr-0.03": {"reg_learning_rate": 0.03, "droprate_init": 0.5},
+    "drop-0.5-lr-0.1-lam-0.01": {"reg_learning_rate": 0.1, "lambda_learning_rate": 0.01, "droprate_init": 0.5},
 }
 
 

@@ -5,14 +5,19 @@ pruning report.
         --image_root images/ --teacher_name_or_path runs/vqa-teacher --model_name_or_path runs/student \\
         --target_sparsity 0.35 --output_dir runs/vqa-pruned --num_train_epochs 5
 
-    # offline, on the synthetic shapes benchmark, creating the student from the teacher (every other layer):
+    # offline, on the synthetic shapes benchmark, creating the student from the teacher (every other layer), and
+    # exporting three sizes from the one run:
     python examples/prune.py --task vqa --dataset shapes --teacher_name_or_path runs/vqa \\
-        --student_layers 3,1,1 --target_sparsity 0.5 --output_dir runs/vqa-pruned --max_steps 300
+        --student_layers 3,1,1 --target_sparsity 0.5 --output_dir runs/vqa-pruned --max_steps 300 \\
+        --export_sparsities 0.25,0.35,0.5
 
 The teacher is a fine-tuned model of the task (``examples/finetune.py`` makes one). The student comes from
 ``--model_name_or_path`` (e.g. a distilled student) or, with ``--student_layers V,T,F``, is created from the teacher
 with ``create_student``. The output folder holds the materialised model (reloads with ``from_pretrained``, no masks),
-the processor, ``pruning_report.json`` / ``pruning_report.png`` and ``eval_results.json``.
+the processor, ``pruning_report.json`` / ``pruning_report.png`` and ``eval_results.json``. The exported model has
+the target size exactly (``trainer.prune()`` is budget-exact). ``--export_sparsities`` also exports a nested family
+from the same run, one evaluated model per size in ``sparsity-<target>/``, and adds the accuracy-size curve to the
+report (``pruning_report_family.png``).
 """
 
 from __future__ import annotations
@@ -39,6 +44,18 @@ class ModelArguments:
     student_layers: str | None = field(
         default=None, metadata={"help": "create the student from the teacher instead: 'vision,text,fusion' layer "
                                         "counts, e.g. '6,3,3' (every other teacher layer)"})
+    export_sparsities: str | None = field(
+        default=None, metadata={"help": "also export these sizes from the same run, e.g. '0.25,0.35,0.5' (strictly "
+                                        "increasing; nested models, each evaluated, in sparsity-<target>/)"})
+
+    def family(self) -> list[float]:
+        if not self.export_sparsities:
+            return []
+        try:
+            return [float(value) for value in self.export_sparsities.split(",")]
+        except ValueError as error:
+            raise ValueError(f"--export_sparsities {self.export_sparsities!r}: give comma-separated fractions such "
+                             f"as 0.25,0.35,0.5 ({error}).") from error
 
 
 def load_models(task_name: str, args: ModelArguments):
@@ -64,6 +81,10 @@ def main(argv: list[str] | None = None) -> dict:
     if pruning_args.task not in TASKS:
         raise ValueError(f"--task must be one of {sorted(TASKS)}, got {pruning_args.task!r}.")
     task = TASKS[pruning_args.task]
+    family = model_args.family()
+    if family:  # checked before any training: increasing, and each a valid target
+        if any(b <= a for a, b in zip(family, family[1:])) or not all(0 <= t < 1 for t in family):
+            raise ValueError(f"--export_sparsities {family}: give strictly increasing fractions in [0, 1).")
     teacher, student, processor = load_models(task.name, model_args)
     data = data_args.load(task.name, output_dir)
     labels = data.labels
@@ -78,10 +99,23 @@ def main(argv: list[str] | None = None) -> dict:
     report = trainer.pruning_report(pruned)
     pruned.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
-    save_report(report, output_dir)
     metrics = task.evaluate(pruned, processor, data.eval) if data.eval is not None else {}
     (output_dir / "eval_results.json").write_text(json.dumps(metrics, indent=2))
-    summary = {key: report[key] for key in ("target_sparsity", "achieved_sparsity", "budget", "overall")}
+    if family:
+        report["family"] = []
+        for target, member in zip(family, trainer.prune_family(family)):
+            folder = output_dir / f"sparsity-{target:g}"
+            member.save_pretrained(folder)
+            processor.save_pretrained(folder)
+            member_metrics = task.evaluate(member, processor, data.eval) if data.eval is not None else {}
+            (folder / "eval_results.json").write_text(json.dumps(member_metrics, indent=2))
+            report["family"].append({"target_sparsity": target, "path": folder.name,
+                                     "achieved_sparsity": member.config.pruning_info["achieved_sparsity"],
+                                     "parameters": sum(p.numel() for p in member.parameters()),
+                                     "metrics": member_metrics})
+    save_report(report, output_dir)
+    summary = {key: report[key] for key in ("target_sparsity", "achieved_sparsity", "learned_expected_sparsity",
+                                            "budget", "overall")}
     summary["per_modality"] = {m: {k: v for k, v in entry.items() if k != "layers"}
                                for m, entry in report["modalities"].items()}
     logger.info("pruning report (per layer: pruning_report.json):\n%s", json.dumps(summary, indent=2))

@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -84,10 +86,23 @@ def test_prune_example_creates_prunes_and_saves_a_reloadable_student(tmp_path):
         "--student_layers", "1,1,1", "--target_sparsity", "0.3", "--lagrangian_warmup_steps", "2",
         "--reg_learning_rate", "0.2", "--max_steps", "4", "--per_device_train_batch_size", "4",
         "--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true", "--use_cpu", "true",
-        "--output_dir", str(tmp_path / "pruned"),
+        "--output_dir", str(tmp_path / "pruned"), "--export_sparsities", "0.2,0.4",
     ])
     assert "vqa_accuracy" in result["metrics"]
     assert result["report"]["target_sparsity"] == 0.3
+    assert abs(result["report"]["achieved_sparsity"] - 0.3) <= 0.01  # the asked size, after only 4 steps
+    family = result["report"]["family"]
+    assert [m["target_sparsity"] for m in family] == [0.2, 0.4]
+    for member in family:
+        assert abs(member["achieved_sparsity"]["overall"] - member["target_sparsity"]) <= 0.01
+        assert "vqa_accuracy" in member["metrics"]
+        assert AutoModelForVisualQuestionAnswering.from_pretrained(tmp_path / "pruned" / member["path"])
+    assert family[0]["parameters"] > family[1]["parameters"]
+    assert (tmp_path / "pruned" / "pruning_report_family.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="strictly increasing"):
+        prune.main(["--task", "vqa", "--dataset", "shapes", "--teacher_name_or_path", str(tmp_path / "teacher"),
+                    "--student_layers", "1,1,1", "--export_sparsities", "0.4,0.2", "--use_cpu", "true",
+                    "--output_dir", str(tmp_path / "bad")])
     out = tmp_path / "pruned"
     assert (out / "pruning_report.json").exists() and (out / "pruning_report.png").exists()
     assert json.loads((out / "eval_results.json").read_text()) == result["metrics"]

@@ -113,14 +113,41 @@ def pruning_report(before: EfficientVLMConfig | nn.Module,
 
 def save_report(report: dict, directory: str | Path, name: str = "pruning_report") -> tuple[Path, Path]:
     """Write ``<name>.json`` and ``<name>.png`` (kept heads and FFN width per layer and modality) into
-    ``directory``; return both paths."""
+    ``directory``; return both paths. A report with a ``"family"`` (several sizes exported from one run, each
+    ``{"target_sparsity", "achieved_sparsity", "metrics", ...}``) also gets ``<name>_family.png``, its metrics
+    against the achieved sparsity."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     json_path, png_path = directory / f"{name}.json", directory / f"{name}.png"
     json_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     figure = plot_report(report)
     figure.savefig(png_path, dpi=120, bbox_inches="tight")
+    if report.get("family"):
+        plot_family(report["family"], report.get("budget", "params")).savefig(
+            directory / f"{name}_family.png", dpi=120, bbox_inches="tight")
     return json_path, png_path
+
+
+def plot_family(family: list[dict], budget: str = "params") -> Figure:
+    """Each evaluation metric of a family of pruned models against its achieved sparsity (one line per metric)."""
+    figure = Figure(figsize=(5.5, 3.8), layout="constrained")
+    ax = figure.subplots()
+    members = sorted(family, key=lambda m: _overall(m["achieved_sparsity"]))
+    x = [100 * _overall(m["achieved_sparsity"]) for m in members]
+    metrics = sorted({key for m in members for key, value in m.get("metrics", {}).items()
+                      if isinstance(value, (int, float)) and not key.startswith(("eval_runtime", "eval_samples"))})
+    for key in metrics:
+        ax.plot(x, [m["metrics"].get(key, float("nan")) for m in members], marker="o", label=key)
+    ax.set_xlabel(f"{budget} sparsity (%)")
+    ax.set_ylabel("metric")
+    ax.set_title("Sizes exported from one pruning run")
+    if metrics:
+        ax.legend(fontsize="small")
+    return figure
+
+
+def _overall(achieved) -> float:
+    return achieved["overall"] if isinstance(achieved, Mapping) else achieved
 
 
 def plot_report(report: dict) -> Figure:
