@@ -33,6 +33,7 @@ setup(
         "safetensors>=0.4",
         "numpy>=1.26",
         "matplotlib>=3.8",
+        "tensorboardX>=2.6",  # TensorBoard event files from the Trainer (report_to="tensorboard"), without TensorFlow
         "tqdm>=4.66",
     ],
     extras_require={"dev": ["pytest>=8", "pytest-timeout>=2.3"]},

@@ -1,8 +1,10 @@
 """`efficientvlm demo --quick`: every stage runs, and its pruned checkpoint is a normal transformers model."""
 
+import dataclasses
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 from huggingface_hub import ModelCard
@@ -19,19 +21,75 @@ def demo_dir(tmp_path_factory):
     result = subprocess.run([sys.executable, "-m", "efficientvlm.cli", "demo", "--quick", "--output-dir", str(out)],
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "| pruned student |" in result.stdout
+    assert "| pruned student |" in result.stdout and "| image-blind baseline |" in result.stdout
+    assert "Accuracy per question type" in result.stdout
     return out
 
 
-def test_demo_writes_results_for_teacher_student_and_pruned_student(demo_dir):
+def test_demo_writes_every_row_of_the_experiment(demo_dir):
     results = json.loads((demo_dir / "results.json").read_text())
-    assert [row["model"] for row in results["rows"]] == ["teacher", "student", "pruned student"]
-    teacher, student, pruned = results["rows"]
+    assert [row["model"] for row in results["rows"]] == [
+        "image-blind baseline", "teacher", "student without KD", "student with KD", "pruned, fixed split",
+        "pruned student"]
+    rows = {row["model"]: row for row in results["rows"]}
+    teacher, plain, student, fixed, pruned = (rows[name] for name in (
+        "teacher", "student without KD", "student with KD", "pruned, fixed split", "pruned student"))
     assert teacher["percent_of_teacher"] == 100.0 and teacher["speedup_batch1"] == 1.0
-    assert student["parameters"] < teacher["parameters"] and pruned["parameters"] <= student["parameters"]
+    assert student["parameters"] < teacher["parameters"] and plain["parameters"] == student["parameters"]
+    assert pruned["parameters"] <= student["parameters"] and pruned["flops"] < student["flops"] < teacher["flops"]
     assert all(0.0 <= row["vqa_accuracy"] <= 1.0 for row in results["rows"])
-    assert results["pruning"]["target_sparsity"] == DemoConfig.quick().target_sparsity
-    assert (demo_dir / "report" / "pruning_report.png").exists()
+    # per question type, for every row, the baseline included
+    for name in rows:
+        assert {f"vqa_accuracy_{t}" for t in ("color", "shape", "count", "exist", "position")} <= set(
+            results["accuracy"][name]), name
+    assert "speedup_batch1" not in rows["image-blind baseline"]  # nothing to time
+    quick = DemoConfig.quick()
+    assert results["pruning"]["target_sparsity"] == quick.target_sparsity
+    # exported sizes: the asked budget overall (learned split) and per encoder (fixed split)
+    assert abs(results["pruning"]["achieved_sparsity"]["overall"] - quick.target_sparsity) <= 0.01
+    assert set(fixed["target_sparsity"]) == {"vision", "text", "fusion"}
+    for modality in ("vision", "text", "fusion"):
+        assert abs(fixed["achieved_sparsity"][modality] - quick.target_sparsity) <= 0.03
+    assert "learned_expected_sparsity" in results["pruning"]
+
+
+def test_demo_writes_curves_figures_and_trainer_states(demo_dir):
+    for stage in ("teacher", "student-no-kd", "student-kd", "pruning-fixed", "pruning-adaptive"):
+        folder = demo_dir / "runs" / stage
+        assert list(folder.glob("events.out.tfevents.*")), stage
+        state = json.loads((folder / "trainer_state.json").read_text())
+        assert any("eval_vqa_accuracy" in entry for entry in state["log_history"]), stage
+    last = [e for e in json.loads((demo_dir / "runs" / "pruning-adaptive" / "trainer_state.json").read_text())[
+        "log_history"] if "expected_sparsity" in e][-1]
+    assert {"sparsity", "target_sparsity", "lambda_1", "lambda_2", "kd_loss", "task_loss"} <= set(last)
+    for figure in ("training_curves.png", "accuracy_vs_latency.png", "pruning_report.png"):
+        assert (demo_dir / "report" / figure).read_bytes()[:4] == b"\x89PNG", figure
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--budget", "foo"], "--budget"),
+    (["--target-sparsity", "1.5"], "--target-sparsity"),
+    (["--teacher-layers", "6", "2"], "--teacher-layers"),
+    (["--student-layers", "4", "1", "1", "--teacher-layers", "2", "2", "2"], "--student-layers"),
+    (["--image-size", "60", "--patch-size", "8"], "--image-size"),
+])
+def test_bad_flags_fail_before_any_work_naming_the_flag(flags, message, tmp_path):
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "efficientvlm.cli", "demo", *flags, "--output-dir",
+                             str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
+    assert not (tmp_path / "out").exists()  # nothing was started
+    assert time.perf_counter() - started < 60
+
+
+def test_help_describes_every_flag():
+    from efficientvlm.cli import build_parser
+
+    text = build_parser()._subparsers._group_actions[0].choices["demo"].format_help()
+    for spec in dataclasses.fields(DemoConfig):
+        flag = "--" + spec.name.replace("_", "-")
+        assert flag in text, flag
+    assert "(default:" in text and "same for the students with and without KD" in text
 
 
 def test_pruned_checkpoint_reloads_with_automodel_and_answers_through_the_pipeline(demo_dir, tmp_path):

@@ -98,7 +98,7 @@ def test_gates_have_their_own_optimizer_untouched_by_schedule_decay_and_clipping
     model_params = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
     assert not model_params & {id(p) for p in trainer.l0_module.parameters()}
     groups = trainer.l0_optimizer.param_groups
-    assert [g["lr"] for g in groups] == [0.1, 0.1] and [g["weight_decay"] for g in groups] == [0.0, 0.0]
+    assert [g["lr"] for g in groups] == [0.1, 0.03] and [g["weight_decay"] for g in groups] == [0.0, 0.0]
     assert groups[1]["maximize"] and not groups[0]["maximize"]
     # clipping the model's gradients to 1e-6 did not stop the gates from moving a visible amount
     moved = max((trainer.l0_module.state_dict()[k] - v).abs().max() for k, v in before.items() if "log_alpha" in k)

@@ -1,96 +1,242 @@
-"""``efficientvlm demo``: the paper's whole method on the synthetic shapes VQA benchmark, on a CPU, offline.
+"""``efficientvlm demo``: the paper's method and its claims, measured on the synthetic shapes VQA benchmark, on a CPU.
 
-1. **Teacher**: train a small X-VLM-style teacher (vision / text / fusion layers in the paper's 2:1:1 proportion)
-   on shapes VQA.
-2. **Student**: ``create_student`` copies every other teacher layer; ``DistillationTrainer`` distils the teacher
-   into it (task loss + logits, hidden-state and attention-map KD).
-3. **Pruning**: ``ModalAdaptivePruningTrainer`` fine-tune-prunes the student under the teacher with one sparsity
-   budget over the three encoders, then ``prune()`` materialises the smaller dense model.
-4. **Evaluation**: VQA accuracy of teacher, student and pruned student on held-out scenes, and their latency
-   measured in this process, round-robin, so the speed-ups are ratios taken under the same load.
-5. **Output**: ``teacher/``, ``student/`` and ``pruned/`` checkpoints (model + processor), a Hub-ready ``hub/``
-   folder (model, processor, remote code, model card with the table and the pruning figure, pruning report) written
-   with ``efficientvlm.hub.push_to_hub(dry_run_dir=...)``, ``report/`` and ``results.json``.
+Every row of the table is evaluated on the same held-out questions, and the timed models run round-robin in one
+process, so accuracies and speed-ups are comparable:
 
-Defaults finish in about 10 minutes on 2 CPU cores; ``--quick`` is a seconds-long smoke run for CI.
+1. **Image-blind baseline**: the most frequent training answer of each question type - the floor a model that
+   does not look at the image reaches.
+2. **Teacher**: a small X-VLM-style model (vision / text / fusion layers) trained on the task.
+3. **Student without KD** and **student with KD**: ``create_student`` copies every other teacher layer; the same
+   schedule trains one on the task loss alone (the paper's X-VLM_small baseline) and one with
+   ``DistillationTrainer`` (task loss + logits, hidden-state and attention-map KD). Does distillation help?
+4. **Pruned, fixed split** and **pruned, modal-adaptive**: ``ModalAdaptivePruningTrainer`` fine-tune-prunes the
+   distilled student under the teacher, once with the same target for each encoder and once with one budget whose
+   split between vision, text and fusion is learned; ``prune()`` exports exactly the asked size. Does adaptivity
+   help?
+
+Outputs in ``--output-dir``: checkpoints (``teacher/``, ``student/``, ``pruned/``: model + processor), TensorBoard
+event files and ``trainer_state.json`` per stage under ``runs/<stage>/``, ``report/`` (pruning report, training
+curves, accuracy-vs-latency figure), a Hub-ready ``hub/`` folder (model card with the table and figures) and
+``results.json``. ``--quick`` is a seconds-long smoke run of every stage (CI).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import logging
+import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, replace
+from collections import Counter
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
+import numpy as np
 import torch
+from matplotlib.figure import Figure
+from torch.utils.flop_counter import FlopCounterMode
 from transformers import Trainer, TrainingArguments
 from transformers.utils import logging as hf_logging
 
-from .student import create_student
 from .data import ShapesConfig, answer_vocabulary, build_tokenizer, make_vqa_dataset
+from .data.shapes import QUESTION_TYPES
 from .data.collators import VQACollator
 from .distillation import DistillationConfig, DistillationTrainer
 from .evaluation import evaluate_vqa, measure_latency
 from .hub import push_to_hub
-from .models import (
-    EfficientVLMForVisualQuestionAnswering,
-    EfficientVLMImageProcessor,
-    EfficientVLMProcessor,
-)
+from .metrics import vqa_accuracy
+from .models import EfficientVLMForVisualQuestionAnswering, EfficientVLMImageProcessor, EfficientVLMProcessor
 from .pruning import ModalAdaptivePruningTrainer, PruningConfig, save_report
+from .pruning.structure import BUDGETS, MODALITIES
+from .student import create_student
 from .tasks import small_config
 
 logger = logging.getLogger("efficientvlm.demo")
 
 
+def _flag(default, help: str, **metadata):
+    return field(default=default, metadata={"help": help, **metadata})
+
+
 @dataclass
 class DemoConfig:
-    """Sizes and schedule of the demo (``efficientvlm demo --help`` lists them as flags)."""
+    """Data, model sizes, schedule and measurement of the demo; ``efficientvlm demo --help`` lists them as flags."""
 
-    output_dir: str = "efficientvlm-demo"
-    seed: int = 0
-    image_size: int = 64
-    patch_size: int = 8
-    train_size: int = 6000
-    test_size: int = 1000
-    hidden_size: int = 128
-    head_dim: int = 32
-    teacher_layers: tuple[int, int, int] = (6, 2, 2)
-    student_layers: tuple[int, int, int] = (3, 1, 1)
-    batch_size: int = 32
-    teacher_epochs: float = 3.0
-    distill_epochs: float = 2.0
-    prune_epochs: float = 2.0
-    learning_rate: float = 3e-4
-    target_sparsity: float = 0.6
-    budget: str = "flops"
-    reg_learning_rate: float = 0.05
-    latency_batch_sizes: tuple[int, ...] = (1, 16)
-    latency_repeats: int = 10
-    threads: int | None = 1
-    repo_id: str = "your-name/efficientvlm-shapes-vqa-pruned"
+    output_dir: str = _flag("efficientvlm-demo", "folder for checkpoints, logs, figures and results.json")
+    seed: int = _flag(0, "seed of the data, the initialisations and the training order")
+    image_size: int = _flag(64, "image side in pixels (shapes scenes are drawn at this size)")
+    patch_size: int = _flag(8, "vision patch size in pixels (image_size must be a multiple)")
+    max_objects: int = _flag(5, "most shapes per scene (1 to 10)")
+    train_size: int = _flag(6000, "training questions (one per image)")
+    validation_size: int = _flag(300, "validation questions, evaluated after every epoch for the curves")
+    test_size: int = _flag(1000, "held-out test questions: every row of the table is measured on them")
+    hidden_size: int = _flag(128, "width of the three encoders")
+    head_dim: int = _flag(32, "width of an attention head (hidden_size must be a multiple)")
+    initializer_range: float = _flag(0.02, "std of the weight initialisation of the teacher")
+    teacher_layers: tuple[int, int, int] = _flag((6, 2, 2), "teacher layers: vision text fusion", nargs=3)
+    student_layers: tuple[int, int, int] = _flag((3, 1, 1), "student layers: vision text fusion, at most the "
+                                                                  "teacher's (every other teacher layer)", nargs=3)
+    batch_size: int = _flag(32, "training batch size")
+    learning_rate: float = _flag(3e-4, "peak learning rate (linear warm-up over 10%, cosine decay)")
+    teacher_epochs: float = _flag(3.0, "epochs of teacher training")
+    student_epochs: float = _flag(2.0, "epochs of student training, the same for the students with and without KD")
+    prune_epochs: float = _flag(2.0, "epochs of fine-tune-pruning, the same for the fixed and the learned split")
+    target_sparsity: float = _flag(0.6, "fraction of the prunable size (see --budget) to remove, in [0, 1)")
+    budget: str = _flag("flops", "what the sparsity counts: 'flops' (one forward, vision priced by its tokens) or "
+                                 "'params' (the paper)", choices=BUDGETS)
+    reg_learning_rate: float = _flag(0.1, "learning rate of the pruning gates")
+    latency_batch_sizes: tuple[int, ...] = _flag((1, 16), "batch sizes timed", nargs="+")
+    latency_repeats: int = _flag(10, "timed rounds per batch size (median; models alternate every round)")
+    threads: int = _flag(1, "torch threads for evaluation and timing (1 measures steadily on shared cores; 0 = "
+                            "torch's choice)")
+    train_threads: int = _flag(2, "torch threads while training (0 = torch's choice)")
+    repo_id: str = _flag("your-name/efficientvlm-shapes-vqa-pruned", "Hub id written into the model card")
 
     @classmethod
     def quick(cls, **overrides) -> DemoConfig:
         """A run of seconds that exercises every stage (CI)."""
-        small = dict(image_size=32, train_size=128, test_size=48, hidden_size=32, head_dim=16,
+        small = dict(image_size=32, train_size=128, validation_size=32, test_size=48, hidden_size=32, head_dim=16,
                      teacher_layers=(2, 2, 2), student_layers=(1, 1, 1), batch_size=16, teacher_epochs=1.0,
-                     distill_epochs=1.0, prune_epochs=2.0, learning_rate=1e-3, reg_learning_rate=0.2,
-                     latency_batch_sizes=(1, 4), latency_repeats=2)
+                     student_epochs=1.0, prune_epochs=2.0, learning_rate=1e-3, reg_learning_rate=0.2,
+                     latency_batch_sizes=(1, 4), latency_repeats=2, train_threads=1)
         return replace(cls(**small), **overrides)
 
+    def __post_init__(self):
+        self.teacher_layers = tuple(self.teacher_layers)
+        self.student_layers = tuple(self.student_layers)
+        self.latency_batch_sizes = tuple(self.latency_batch_sizes)
+        self.validate()
 
-def _training_args(cfg: DemoConfig, args_class, output_dir: Path, epochs: float, **extra):
-    return args_class(
-        output_dir=str(output_dir), per_device_train_batch_size=cfg.batch_size, num_train_epochs=epochs,
-        learning_rate=cfg.learning_rate, warmup_steps=0.1, weight_decay=0.01, lr_scheduler_type="cosine",
-        logging_steps=25, save_strategy="no", report_to=[], seed=cfg.seed, use_cpu=True, dataloader_num_workers=0,
-        remove_unused_columns=False, **extra,
-    )
+    def validate(self) -> None:
+        """Check every flag before any work; the error names the flag and what it accepts."""
+
+        def fail(name: str, message: str):
+            raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: {message}")
+
+        for name in ("image_size", "patch_size", "train_size", "validation_size", "test_size", "hidden_size",
+                     "head_dim", "batch_size", "latency_repeats"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
+                fail(name, "must be a positive integer.")
+        for name in ("learning_rate", "reg_learning_rate", "teacher_epochs", "student_epochs", "prune_epochs",
+                     "initializer_range"):
+            if not getattr(self, name) > 0:
+                fail(name, "must be > 0.")
+        for name in ("threads", "train_threads"):
+            if getattr(self, name) < 0:
+                fail(name, "must be >= 0 (0 = torch's choice).")
+        if self.budget not in BUDGETS:
+            fail("budget", f"choose one of {', '.join(BUDGETS)}.")
+        if not 0 <= self.target_sparsity < 1:
+            fail("target_sparsity", "must be in [0, 1): the fraction of the prunable size to remove.")
+        if not 1 <= self.max_objects <= 10:
+            fail("max_objects", "must be between 1 and 10.")
+        if self.image_size % self.patch_size:
+            fail("image_size", f"must be a multiple of --patch-size {self.patch_size}.")
+        if self.hidden_size % self.head_dim:
+            fail("hidden_size", f"must be a multiple of --head-dim {self.head_dim}.")
+        for name in ("teacher_layers", "student_layers"):
+            layers = getattr(self, name)
+            if len(layers) != 3 or not all(isinstance(n, int) and n >= 1 for n in layers):
+                fail(name, "give three positive layer counts: vision text fusion, e.g. 6 2 2.")
+        if any(s > t for s, t in zip(self.student_layers, self.teacher_layers)):
+            fail("student_layers", f"the student copies teacher layers, so it cannot be deeper than the teacher "
+                                   f"{self.teacher_layers}.")
+        if not self.latency_batch_sizes or any(b <= 0 for b in self.latency_batch_sizes):
+            fail("latency_batch_sizes", "give one or more positive batch sizes.")
+
+
+# ---- stages -------------------------------------------------------------------------------------------------------
+
+ROWS = ("image-blind baseline", "teacher", "student without KD", "student with KD", "pruned, fixed split",
+        "pruned student")
+"""Row names of the table. "pruned student" is the modal-adaptive one (the method; results.json's historical key)."""
+
+
+def _predicted_answers(logits, labels) -> torch.Tensor:
+    """Keep only the arg-max answer of each evaluation batch (the outputs may also carry hidden states for KD)."""
+    return (logits[0] if isinstance(logits, tuple) else logits).argmax(-1)
+
+
+def _vqa_accuracy_metric(prediction) -> dict[str, float]:
+    """Soft VQA accuracy of the arg-max answer, from the Trainer's predictions and soft-score labels."""
+    answers, labels = prediction.predictions, prediction.label_ids
+    return {"vqa_accuracy": float(np.mean(labels[np.arange(len(labels)), answers]))}
+
+
+@contextlib.contextmanager
+def _tensorboard_dir(path: Path):
+    """transformers' TensorBoardCallback writes to $TENSORBOARD_LOGGING_DIR (else output_dir/runs/<date>)."""
+    previous = os.environ.get("TENSORBOARD_LOGGING_DIR")
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(path)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("TENSORBOARD_LOGGING_DIR", None)
+        else:
+            os.environ["TENSORBOARD_LOGGING_DIR"] = previous
+
+
+class _Stages:
+    """Trains the demo's models, one ``transformers`` trainer per stage, with the same data and logging."""
+
+    def __init__(self, cfg: DemoConfig, out: Path, train, validation, collator):
+        self.cfg, self.out, self.train, self.validation, self.collator = cfg, out, train, validation, collator
+        self.history: dict[str, list[dict]] = {}
+
+    def run(self, stage: str, model, epochs: float, trainer_class=Trainer, args_class=TrainingArguments,
+            teacher=None, **extra):
+        """Train ``model`` for ``epochs`` as ``stage`` (logs in ``runs/<stage>/``); returns the trainer."""
+        cfg = self.cfg
+        folder = self.out / "runs" / stage
+        steps = int(epochs * -(-len(self.train) // cfg.batch_size))
+        args = args_class(
+            output_dir=str(folder), per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=64,
+            num_train_epochs=epochs, learning_rate=cfg.learning_rate, warmup_steps=0.1, weight_decay=0.01,
+            lr_scheduler_type="cosine", logging_steps=max(1, min(10, steps // 20)), eval_strategy="epoch",
+            save_strategy="no",
+            report_to=["tensorboard"], seed=cfg.seed, use_cpu=True, dataloader_num_workers=0,
+            remove_unused_columns=False, disable_tqdm=True, **extra)
+        trainer_kwargs = {} if teacher is None else {"teacher_model": teacher}
+        with _tensorboard_dir(folder):
+            trainer = trainer_class(model=model, args=args, train_dataset=self.train, eval_dataset=self.validation,
+                                    data_collator=self.collator, compute_metrics=_vqa_accuracy_metric,
+                                    preprocess_logits_for_metrics=_predicted_answers, **trainer_kwargs)
+            started = time.perf_counter()
+            trainer.train()
+        trainer.state.save_to_json(str(folder / "trainer_state.json"))
+        self.history[stage] = trainer.state.log_history
+        logger.info("    %s: %.1f min, %d steps", stage, (time.perf_counter() - started) / 60, trainer.state.global_step)
+        model.eval()
+        return trainer
+
+
+def _blind_baseline(train, test) -> tuple[dict[str, float], dict[str, str]]:
+    """VQA accuracy of answering each question type with its most frequent training answer."""
+    plain_train, plain_test = train.with_format(None), test.with_format(None)
+    counts: dict[str, Counter] = {}
+    for qtype, answer in zip(plain_train["question_type"], plain_train["answer"]):
+        counts.setdefault(qtype, Counter())[answer] += 1
+    majority = {qtype: counter.most_common(1)[0][0] for qtype, counter in counts.items()}
+    fallback = Counter(plain_train["answer"]).most_common(1)[0][0]
+    predictions = [majority.get(qtype, fallback) for qtype in plain_test["question_type"]]
+    references = [list(a) for a in plain_test["answers"]]
+    result = {"vqa_accuracy": vqa_accuracy(predictions, references)}
+    for qtype in sorted(set(plain_test["question_type"])):
+        index = [i for i, t in enumerate(plain_test["question_type"]) if t == qtype]
+        result[f"vqa_accuracy_{qtype}"] = vqa_accuracy([predictions[i] for i in index], [references[i] for i in index])
+    return result, majority
+
+
+def _forward_flops(model, inputs) -> int:
+    """Multiply-accumulates of one forward (FlopCounterMode counts 2 FLOPs per MAC; eager attention, because CPU
+    fused attention kernels are not counted)."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(**inputs, output_attentions=True)
+    return counter.get_total_flops() // 2
 
 
 def _layers(model) -> str:
@@ -98,65 +244,74 @@ def _layers(model) -> str:
     return f"{c.vision_config.num_hidden_layers}/{c.text_config.num_hidden_layers}/{c.fusion_config.num_hidden_layers}"
 
 
-def _parameters(model) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def run(cfg: DemoConfig) -> dict:
     """Run the demo; returns the results (also written to ``<output_dir>/results.json``)."""
+    cfg.validate()
     started = time.perf_counter()
-    if cfg.threads:  # one thread by default: on shared cores, threads that wait for each other distort timings
-        torch.set_num_threads(cfg.threads)
+    eval_threads = cfg.threads or torch.get_num_threads()
+    train_threads = cfg.train_threads or torch.get_num_threads()
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
 
-    logger.info("[1/6] data: %d training and %d held-out shapes VQA questions (%d px)", cfg.train_size,
-                cfg.test_size, cfg.image_size)
-    shapes = ShapesConfig(image_size=cfg.image_size, seed=cfg.seed)
+    logger.info("[1/7] data: %d training, %d validation and %d held-out shapes VQA questions (%d px)",
+                cfg.train_size, cfg.validation_size, cfg.test_size, cfg.image_size)
+    shapes = ShapesConfig(image_size=cfg.image_size, seed=cfg.seed, max_objects=cfg.max_objects)
     train = make_vqa_dataset(cfg.train_size, split_seed="train", config=shapes)
+    validation = make_vqa_dataset(cfg.validation_size, split_seed="validation", config=shapes)
     test = make_vqa_dataset(cfg.test_size, split_seed="test", config=shapes)
     tokenizer = build_tokenizer(out / "vocab", shapes)
     processor = EfficientVLMProcessor(
         EfficientVLMImageProcessor(size={"height": cfg.image_size, "width": cfg.image_size}), tokenizer)
     answers = answer_vocabulary(shapes)
     collator = VQACollator(processor, {a: i for i, a in enumerate(answers)})
+    stages = _Stages(cfg, out, train, validation, collator)
 
-    logger.info("[2/6] teacher: training a %s (vision/text/fusion) model", "/".join(map(str, cfg.teacher_layers)))
-    teacher = EfficientVLMForVisualQuestionAnswering(small_config(
-        tokenizer, cfg.teacher_layers, cfg.hidden_size, cfg.head_dim, cfg.image_size, cfg.patch_size, answers))
-    Trainer(model=teacher, args=_training_args(cfg, TrainingArguments, out / "runs" / "teacher", cfg.teacher_epochs),
-            train_dataset=train, data_collator=collator).train()
-    teacher.eval()
+    logger.info("[2/7] image-blind baseline: the most frequent answer of each question type")
+    accuracy = {}
+    accuracy["image-blind baseline"], majority = _blind_baseline(train, test)
 
-    logger.info("[3/6] student: every other teacher layer, distilled from the teacher")
+    torch.set_num_threads(train_threads)
+    logger.info("[3/7] teacher: training a %s (vision/text/fusion) model", "/".join(map(str, cfg.teacher_layers)))
+    config = small_config(tokenizer, cfg.teacher_layers, cfg.hidden_size, cfg.head_dim, cfg.image_size,
+                          cfg.patch_size, answers)
+    for sub in (config.vision_config, config.text_config, config.fusion_config):
+        sub.initializer_range = cfg.initializer_range
+    torch.manual_seed(cfg.seed)
+    teacher = EfficientVLMForVisualQuestionAnswering(config)
+    stages.run("teacher", teacher, cfg.teacher_epochs)
+
+    logger.info("[4/7] students: every other teacher layer, trained with the same schedule without and with KD")
+    student_plain = create_student(teacher, *cfg.student_layers)
+    stages.run("student-no-kd", student_plain, cfg.student_epochs)
     student = create_student(teacher, *cfg.student_layers)
-    DistillationTrainer(model=student, teacher_model=teacher, train_dataset=train, data_collator=collator,
-                        args=_training_args(cfg, DistillationConfig, out / "runs" / "student", cfg.distill_epochs,
-                                            task="vqa")).train()
-    student.eval()
+    stages.run("student-kd", student, cfg.student_epochs, DistillationTrainer, DistillationConfig, teacher=teacher,
+               task="vqa")
 
-    logger.info("[4/6] modal-adaptive pruning: target %.0f%% of the %s, one budget for the three encoders",
+    logger.info("[5/7] pruning the distilled student to %.0f%% of its %s: fixed split, then modal-adaptive",
                 100 * cfg.target_sparsity, cfg.budget)
-    to_prune = copy.deepcopy(student)  # the distilled student stays as it is, for the comparison
-    steps_per_epoch = -(-len(train) // cfg.batch_size)
-    total_steps = int(cfg.prune_epochs * steps_per_epoch)
-    pruner = ModalAdaptivePruningTrainer(
-        model=to_prune, teacher_model=teacher, train_dataset=train, data_collator=collator,
-        args=_training_args(cfg, PruningConfig, out / "runs" / "pruning", cfg.prune_epochs, task="vqa",
-                            target_sparsity=cfg.target_sparsity, budget=cfg.budget,
-                            reg_learning_rate=cfg.reg_learning_rate,
-                            lagrangian_warmup_steps=max(1, total_steps // 3),
-                            freeze_gates_step=max(1, (3 * total_steps) // 4),
-                            budget_text_length=12),
-    )
-    pruner.train()
-    pruned = pruner.prune().eval()
-    report = pruner.pruning_report(pruned)
+    steps = int(cfg.prune_epochs * -(-len(train) // cfg.batch_size))
+    pruning = dict(task="vqa", target_sparsity=cfg.target_sparsity, budget=cfg.budget,
+                   reg_learning_rate=cfg.reg_learning_rate, freeze_gates_step=max(1, (3 * steps) // 4),
+                   budget_text_length=12)
+    fixed_split = {m: cfg.target_sparsity for m in MODALITIES}
+    pruned = {}
+    for name, stage, extra in (("pruned, fixed split", "pruning-fixed", {"target_sparsity_per_modality": fixed_split}),
+                               ("pruned student", "pruning-adaptive", {})):
+        trainer = stages.run(stage, copy.deepcopy(student), cfg.prune_epochs, ModalAdaptivePruningTrainer,
+                             PruningConfig, teacher=teacher, **pruning, **extra)
+        pruned[name] = (trainer.prune().eval(), trainer)
+    adaptive, adaptive_trainer = pruned["pruned student"]
+    report = adaptive_trainer.pruning_report(adaptive)
 
-    logger.info("[5/6] evaluation on %d held-out questions and latency (round-robin, same process)", cfg.test_size)
-    models = {"teacher": teacher, "student": student, "pruned student": pruned}
-    accuracy = {name: evaluate_vqa(model, processor, test) for name, model in models.items()}
+    torch.set_num_threads(eval_threads)
+    logger.info("[6/7] evaluation on %d held-out questions; FLOPs; latency (round-robin, same process, %d thread%s)",
+                cfg.test_size, eval_threads, "" if eval_threads == 1 else "s")
+    models = {"teacher": teacher, "student without KD": student_plain, "student with KD": student,
+              "pruned, fixed split": pruned["pruned, fixed split"][0], "pruned student": adaptive}
+    for name, model in models.items():
+        accuracy[name] = evaluate_vqa(model, processor, test)
+    example = processor(images=[test[0]["image"]], text=[test[0]["question"]])
     questions = [test[i]["question"] for i in range(max(cfg.latency_batch_sizes))]
     images = [test[i]["image"] for i in range(max(cfg.latency_batch_sizes))]
     latency = {}
@@ -166,57 +321,165 @@ def run(cfg: DemoConfig) -> dict:
 
     teacher_accuracy = accuracy["teacher"]["vqa_accuracy"]
     rows = []
-    for name, model in models.items():
-        row = {"model": name, "layers": _layers(model), "parameters": _parameters(model),
+    for name in ROWS:
+        model = models.get(name)
+        row = {"model": name, "layers": _layers(model) if model is not None else "-",
+               "parameters": sum(p.numel() for p in model.parameters()) if model is not None else 0,
+               "flops": _forward_flops(model, example) if model is not None else 0,
                "vqa_accuracy": accuracy[name]["vqa_accuracy"],
                "percent_of_teacher": 100 * accuracy[name]["vqa_accuracy"] / teacher_accuracy if teacher_accuracy else 0}
         for batch in cfg.latency_batch_sizes:
-            row[f"latency_ms_batch{batch}"] = 1000 * latency[batch][name]
-            row[f"speedup_batch{batch}"] = latency[batch]["teacher"] / latency[batch][name]
+            if model is not None:
+                row[f"latency_ms_batch{batch}"] = 1000 * latency[batch][name]
+                row[f"speedup_batch{batch}"] = latency[batch]["teacher"] / latency[batch][name]
+        if name in pruned:
+            info = pruned[name][0].config.pruning_info
+            row["target_sparsity"] = info["target_sparsity"]
+            row["achieved_sparsity"] = info["achieved_sparsity"]
+            row["learned_expected_sparsity"] = info["learned_expected_sparsity"]
         rows.append(row)
-    table = _markdown_table(rows, cfg.latency_batch_sizes)
+    table = markdown_table(rows, cfg.latency_batch_sizes)
+    types_table = accuracy_by_type_table(rows, accuracy)
+    sparsity_table = sparsity_by_modality_table(rows, cfg.budget)
 
-    logger.info("[6/6] writing the Hub-ready folder")
-    results = {"config": asdict(cfg), "rows": rows, "accuracy": accuracy, "pruning": pruned.config.pruning_info,
-               "minutes": (time.perf_counter() - started) / 60}
+    logger.info("[7/7] writing checkpoints, figures, the Hub-ready folder and results.json")
     teacher.save_pretrained(out / "teacher")
     processor.save_pretrained(out / "teacher")
     student.save_pretrained(out / "student")
     processor.save_pretrained(out / "student")
-    pruned.save_pretrained(out / "pruned")
+    adaptive.save_pretrained(out / "pruned")
     processor.save_pretrained(out / "pruned")
     report_json, report_png = save_report(report, out / "report")
-    _write_hub_folder(cfg, pruned, processor, report, report_png, rows, table, out / "hub")
+    curves_png = out / "report" / "training_curves.png"
+    plot_training_curves(stages.history).savefig(curves_png, dpi=110, bbox_inches="tight")
+    tradeoff_png = out / "report" / "accuracy_vs_latency.png"
+    plot_accuracy_vs_latency(rows, cfg.latency_batch_sizes[0]).savefig(tradeoff_png, dpi=110, bbox_inches="tight")
+    results = {"config": asdict(cfg), "rows": rows, "accuracy": accuracy, "blind_baseline_answers": majority,
+               "pruning": adaptive.config.pruning_info,
+               "pruning_fixed_split": pruned["pruned, fixed split"][0].config.pruning_info,
+               "threads": {"training": train_threads, "evaluation": eval_threads},
+               "minutes": (time.perf_counter() - started) / 60}
+    _write_hub_folder(cfg, adaptive, processor, report, report_png, curves_png, tradeoff_png,
+                      "\n\n".join((table, types_table, sparsity_table)), rows, test, out / "hub")
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    print("\n" + table + "\n")
+    print("\n" + table + "\n\nAccuracy per question type (held-out):\n\n" + types_table + "\n\nSparsity ("
+          + cfg.budget + ") per encoder, exported vs target:\n\n" + sparsity_table + "\n")
     print(f"pruned student: {out / 'pruned'}   Hub-ready folder: {out / 'hub'}   results: {out / 'results.json'}   "
-          f"time: {results['minutes']:.1f} min")
+          f"figures: {out / 'report'}   time: {results['minutes']:.1f} min (seed {cfg.seed})")
     return results
 
 
-def _markdown_table(rows: list[dict], batch_sizes) -> str:
-    header = ["model", "layers V/T/F", "parameters", "VQA accuracy", "% of teacher"]
+# ---- tables and figures -------------------------------------------------------------------------------------------
+
+
+def markdown_table(rows: list[dict], batch_sizes) -> str:
+    """The main table: size, FLOPs, accuracy, % of teacher, latency and speed-up per row."""
+    header = ["model", "layers V/T/F", "parameters", "MFLOPs", "VQA accuracy", "% of teacher"]
     header += [f"latency b{b}" for b in batch_sizes] + [f"speed-up b{b}" for b in batch_sizes]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        cells = [r["model"], r["layers"], f"{r['parameters'] / 1e6:.2f}M", f"{100 * r['vqa_accuracy']:.1f}",
+        timed = f"latency_ms_batch{batch_sizes[0]}" in r
+        cells = [r["model"], r["layers"], f"{r['parameters'] / 1e6:.2f}M" if r["parameters"] else "-",
+                 f"{r['flops'] / 1e6:.1f}" if r["flops"] else "-", f"{100 * r['vqa_accuracy']:.1f}",
                  f"{r['percent_of_teacher']:.1f}%"]
-        cells += [f"{r[f'latency_ms_batch{b}']:.1f} ms" for b in batch_sizes]
-        cells += [f"{r[f'speedup_batch{b}']:.2f}x" for b in batch_sizes]
+        cells += [f"{r[f'latency_ms_batch{b}']:.1f} ms" if timed else "-" for b in batch_sizes]
+        cells += [f"{r[f'speedup_batch{b}']:.2f}x" if timed else "-" for b in batch_sizes]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def _write_hub_folder(cfg, pruned, processor, report, report_png, rows, table, folder: Path) -> None:
+def accuracy_by_type_table(rows: list[dict], accuracy: dict) -> str:
+    types = [t for t in QUESTION_TYPES if any(f"vqa_accuracy_{t}" in a for a in accuracy.values())]
+    lines = ["| model | overall | " + " | ".join(types) + " |", "|" + "---|" * (len(types) + 2)]
+    for r in rows:
+        a = accuracy[r["model"]]
+        lines.append(f"| {r['model']} | {100 * a['vqa_accuracy']:.1f} | "
+                     + " | ".join(f"{100 * a.get(f'vqa_accuracy_{t}', float('nan')):.1f}" for t in types) + " |")
+    return "\n".join(lines)
+
+
+def sparsity_by_modality_table(rows: list[dict], budget: str) -> str:
+    lines = ["| model | target | overall | vision | text | fusion | learned (expected) overall |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "achieved_sparsity" not in r:
+            continue
+        target = r["target_sparsity"]
+        target_text = (", ".join(f"{m} {100 * v:.0f}%" for m, v in target.items()) if isinstance(target, dict)
+                       else f"{100 * target:.0f}% overall")
+        a = r["achieved_sparsity"]
+        lines.append(f"| {r['model']} | {target_text} | {100 * a['overall']:.1f}% | "
+                     + " | ".join(f"{100 * a[m]:.1f}%" for m in MODALITIES)
+                     + f" | {100 * r['learned_expected_sparsity']['overall']:.1f}% |")
+    return "\n".join(lines)
+
+
+def plot_training_curves(history: dict[str, list[dict]]) -> Figure:
+    """Task loss, KD loss, validation accuracy per epoch, sparsity (learned, exported, target) and the Lagrange
+    multipliers of every stage, from the trainers' log histories."""
+    figure = Figure(figsize=(15, 8), layout="constrained")
+    axes = figure.subplots(2, 3).flatten()
+    panels = [("task loss", ("task_loss", "loss")), ("KD loss", ("kd_loss",)),
+              ("validation VQA accuracy", ("eval_vqa_accuracy",))]
+    for ax, (title, keys) in zip(axes, panels):
+        for stage, logs in history.items():
+            points = [(e["step"], next(e[k] for k in keys if k in e)) for e in logs
+                      if any(k in e for k in keys) and "train_runtime" not in e]
+            if points:
+                ax.plot(*zip(*points), marker="o" if title.startswith("validation") else ".", label=stage)
+        ax.set_title(title)
+        ax.set_xlabel("optimizer step")
+        ax.legend(fontsize="small")
+    for ax, stage in zip(axes[3:5], ("pruning-fixed", "pruning-adaptive")):
+        logs = [e for e in history.get(stage, []) if "expected_sparsity" in e or "expected_sparsity_vision" in e]
+        for key, style in (("expected_sparsity", "-"), ("sparsity", "--"), ("target_sparsity", ":")):
+            for suffix in ("", "_vision", "_text", "_fusion"):
+                points = [(e["step"], e[key + suffix]) for e in logs if key + suffix in e]
+                if points:
+                    ax.plot(*zip(*points), style, marker=".", label=(key + suffix).replace("_", " "))
+        ax.set_title(f"{stage}: sparsity\n(learned = expected, exported, target)")
+        ax.set_xlabel("optimizer step")
+        ax.legend(fontsize="x-small", ncol=2)
+    for stage in ("pruning-fixed", "pruning-adaptive"):
+        for key in ("lambda_1", "lambda_2"):
+            points = [(e["step"], e[key]) for e in history.get(stage, []) if key in e]
+            if points:
+                axes[5].plot(*zip(*points), marker=".", label=f"{stage} {key}")
+    axes[5].set_title("Lagrange multipliers")
+    axes[5].set_xlabel("optimizer step")
+    axes[5].legend(fontsize="small")
+    return figure
+
+
+def plot_accuracy_vs_latency(rows: list[dict], batch: int) -> Figure:
+    """Held-out accuracy against batch-``batch`` latency of every timed row; the image-blind floor as a line."""
+    figure = Figure(figsize=(6.5, 4.5), layout="constrained")
+    ax = figure.subplots()
+    for r in rows:
+        if f"latency_ms_batch{batch}" in r:
+            ax.scatter(r[f"latency_ms_batch{batch}"], 100 * r["vqa_accuracy"], s=40)
+            ax.annotate(r["model"], (r[f"latency_ms_batch{batch}"], 100 * r["vqa_accuracy"]), fontsize="small",
+                        xytext=(4, 4), textcoords="offset points")
+        else:
+            ax.axhline(100 * r["vqa_accuracy"], color="grey", linestyle=":", label=r["model"])
+    ax.set_xlabel(f"latency at batch {batch} (ms, same process, round-robin)")
+    ax.set_ylabel("held-out VQA accuracy (%)")
+    ax.legend(fontsize="small", loc="lower right")
+    return figure
+
+
+def _write_hub_folder(cfg, pruned, processor, report, report_png, curves_png, tradeoff_png, tables, rows, test,
+                      folder: Path) -> None:
     if folder.exists():
         shutil.rmtree(folder)
     summary = (
-        "An EfficientVLM student for the synthetic *shapes* VQA benchmark, produced by `efficientvlm demo`: "
-        "a teacher trained on the benchmark, a half-depth student distilled from it, then modal-adaptive "
-        f"pruning to {100 * cfg.target_sparsity:.0f}% sparsity of the {cfg.budget}. Measured in one process on "
-        f"held-out scenes:\n\n{table}\n"
+        "An EfficientVLM student for the synthetic *shapes* VQA benchmark, produced by `efficientvlm demo`: a teacher "
+        "trained on the benchmark, a half-depth student distilled from it, then modal-adaptive pruning to exactly "
+        f"{100 * cfg.target_sparsity:.0f}% of the {cfg.budget} of its encoder layers. Every row below is measured in "
+        f"one process on the same {cfg.test_size} held-out questions (seed {cfg.seed}); latency on "
+        f"{cfg.threads or 'all'} CPU thread(s), round-robin.\n\n{tables}\n"
     )
-    pruned_row = rows[-1]
+    pruned_row = next(r for r in rows if r["model"] == "pruned student")
     push_to_hub(
         pruned, processor, cfg.repo_id, dry_run_dir=folder, task="vqa", summary=summary, license="apache-2.0",
         pruning_report=report, pruning_figure=str(report_png),
@@ -228,28 +491,26 @@ def _write_hub_folder(cfg, pruned, processor, report, report_png, rows, table, f
 
 # ---- command line -----------------------------------------------------------------------------------------------
 
-_TUPLE_FIELDS = {"teacher_layers", "student_layers", "latency_batch_sizes"}
-
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``efficientvlm demo``: ``--quick`` and one per ``DemoConfig`` field."""
-    parser.add_argument("--quick", action="store_true", help="a seconds-long run of every stage (CI)")
-    for name, spec in DemoConfig.__dataclass_fields__.items():
-        flag = "--" + name.replace("_", "-")
-        if name in _TUPLE_FIELDS:
-            parser.add_argument(flag, type=int, nargs="+", default=None, help=f"(default: {spec.default})")
-        elif name == "threads":
-            parser.add_argument(flag, type=int, default=None,
-                                help="torch threads (default: 1, which measures steadily on shared cores; 0 = torch's "
-                                     "choice)")
+    """Flags of ``efficientvlm demo``: ``--quick`` and one per ``DemoConfig`` field, with its help text."""
+    parser.add_argument("--quick", action="store_true", help="a seconds-long run of every stage (CI), with small "
+                                                             "data and models; other flags still apply")
+    for spec in fields(DemoConfig):
+        flag = "--" + spec.name.replace("_", "-")
+        meta = spec.metadata
+        default = " ".join(map(str, spec.default)) if isinstance(spec.default, tuple) else spec.default
+        help_text = f"{meta['help']} (default: {default})".replace("%", "%%")  # argparse formats help with %
+        if "nargs" in meta:
+            parser.add_argument(flag, type=int, nargs=meta["nargs"], default=None, metavar="N", help=help_text)
         else:
-            parser.add_argument(flag, type=type(spec.default), default=None, help=f"(default: {spec.default})")
+            parser.add_argument(flag, type=type(spec.default), default=None, choices=meta.get("choices"),
+                                help=help_text)
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    overrides = {name: (tuple(value) if name in _TUPLE_FIELDS else value)
-                 for name in DemoConfig.__dataclass_fields__ if (value := getattr(args, name, None)) is not None}
-    cfg = DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
+    overrides = {spec.name: value for spec in fields(DemoConfig) if (value := getattr(args, spec.name, None)) is not None}
+    cfg = DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)  # validates every flag first
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     hf_logging.set_verbosity_warning()
     run(cfg)
