@@ -4,6 +4,7 @@ refusal of pickled / mismatched checkpoints. Everything runs offline against a f
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -198,6 +199,74 @@ def test_a_dry_run_writes_the_same_folder_and_uploads_nothing(hub, processor, tm
         push_to_hub(hub.vqa, processor, "org/vqa", dry_run_dir=tmp_path / "dry")
 
 
+SHAPES_CARD = {  # what the demo's card says about its model, passed through push_to_hub to render_model_card
+    "example_question": "How many circles are there?", "example_image": "examples/scene.png",
+    "limitations": ["Trained only on synthetic scenes of coloured circles, squares and triangles."],
+    "figures": [("Training curves", "training_curves.png"), ("Accuracy vs latency", "figures/latency.png")],
+}
+
+
+def test_extra_files_and_card_options_land_in_the_dry_run_folder_and_the_commit(hub, processor, tmp_path):
+    curves = tmp_path / "curves.png"
+    Image.new("RGB", (4, 4), (255, 0, 0)).save(curves)
+    extra_files = {"training_curves.png": curves, "figures/latency.png": str(hub.figure)}
+    result = push_to_hub(hub.vqa, processor, "org/shapes", dry_run_dir=tmp_path / "dry", pruning_report=REPORT,
+                         extra_files=extra_files, **SHAPES_CARD)
+    assert set(result.files) == set(hub.result.files) - {"pruning_report.png"} | set(extra_files)
+    assert (tmp_path / "dry" / "training_curves.png").read_bytes() == curves.read_bytes()
+    assert (tmp_path / "dry" / "figures" / "latency.png").read_bytes() == hub.figure.read_bytes()
+    readme = (tmp_path / "dry" / "README.md").read_text()
+    assert "![Training curves](training_curves.png)" in readme
+    assert "![Accuracy vs latency](figures/latency.png)" in readme
+    assert all('"How many circles are there?"' in code for code in card_snippets(readme))
+    assert "- Trained only on synthetic scenes" in readme and "web-crawled" not in readme
+
+    api = LocalFolderHfApi(tmp_path / "remote")
+    push_to_hub(hub.vqa, processor, "org/shapes", api=api, extra_files=extra_files, **SHAPES_CARD)
+    assert set(extra_files) <= set(api.commits[-1]["added"]) and set(extra_files) <= set(
+        api.list_repo_files("org/shapes"))
+    assert (api._tree("org/shapes", None) / "figures" / "latency.png").read_bytes() == hub.figure.read_bytes()
+
+
+@pytest.mark.parametrize("name, message", [
+    ("../outside.png", "not a plain relative path"), ("/abs.png", "not a plain relative path"),
+    ("figures//x.png", "not a plain relative path"), ("figures\\x.png", "not a plain relative path"),
+    ("./x.png", "not a plain relative path"), ("figures/", "not a plain relative path"),
+    (".git/config", "not a plain relative path"), ("", "not a file name"),
+    ("config.json", r"would replace a file the library writes \(config\.json\); give the extra file another name"),
+    ("model.safetensors", "would replace"), ("tokenizer.json", "would replace"),
+    ("processor_config.json", "would replace"), ("generation_config.json", "would replace"),
+    ("helpers.py", r"\(\*\.py\)"), ("figures/helpers.py", r"\(\*\.py\)"),
+    ("README.md", "card="), ("readme.md", "card="), ("pruning_report.png", "pruning_figure="),
+    ("pruning_report.json", "pruning_report="),
+])
+def test_bad_extra_file_names_are_refused_before_anything_is_written(name, message, hub, processor, tmp_path):
+    api = LocalFolderHfApi(tmp_path / "remote")
+    extra_files = {"ok.png": hub.figure, name: hub.figure}
+    for kwargs in ({"dry_run_dir": tmp_path / "dry"}, {"api": api}):
+        with pytest.raises(ValueError, match=message) as error:
+            push_to_hub(hub.vqa, processor, "org/shapes", extra_files=extra_files, **kwargs)
+        assert repr(name) in str(error.value)
+    with pytest.raises(ValueError, match=message):
+        publish.assemble_repo_folder(hub.vqa, processor, tmp_path / "assembled", card=hub.result.card,
+                                     extra_files=extra_files)
+    assert not (tmp_path / "dry").exists() and not (tmp_path / "assembled").exists()
+    assert not api.repos and not api.commits
+
+
+def test_missing_extra_files_and_figures_are_refused_before_anything_is_written(hub, processor, tmp_path):
+    api = LocalFolderHfApi(tmp_path / "remote")
+    missing = tmp_path / "nowhere" / "curves.png"
+    for bad in ({"extra_files": {"training_curves.png": missing}}, {"pruning_figure": missing}):
+        for kwargs in ({"dry_run_dir": tmp_path / "dry"}, {"api": api}):
+            with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):
+                push_to_hub(hub.vqa, processor, "org/shapes", **bad, **kwargs)
+    assert not (tmp_path / "dry").exists() and not api.repos and not api.commits
+    assert publish.check_extra_files(None) == {}
+    assert publish.check_extra_files({"b.png": hub.figure, "a/c.png": str(hub.figure)}) == {
+        "a/c.png": hub.figure, "b.png": hub.figure}
+
+
 def test_a_second_push_keeps_the_card_metadata_and_drops_stale_files(hub, processor, tmp_path):
     api = hub.api
     push_to_hub(hub.vqa, processor, "org/edited", api=api, pruning_report=REPORT, pruning_figure=hub.figure,
@@ -264,7 +333,7 @@ def test_every_card_renders_and_parses_back_with_its_eval_results(task, tmp_path
     assert "{{ " not in text and "{%" not in text and "{#" not in text  # no Jinja left over
     assert "A tiny test model." in text and "93.7M" in text
     assert "[org/teacher](https://huggingface.co/org/teacher)" in text
-    assert "```bibtex\n@article{wang2022efficientvlm" in text and "2210.07795" in text
+    assert "```bibtex\n" + cards.CITATION_BIBTEX + "\n```" in text and "@inproceedings{wang2023efficientvlm" in text
     assert "| vision | 30,000 | 50,000 |" not in text and "| vision | 50,000 | 30,000 | 2, 0, 3 |" in text
     assert "![Pruning report](pruning_report.png)" in text
     assert "| vision | 3 | 32 | 2, 0, 3 |  | 0, 16, 8 |" in text  # per-layer sizes from the config
@@ -286,6 +355,142 @@ def test_pruning_section_renders_only_what_is_present():
     assert "- **method**: L0" in text
     assert "| Modality | FFN neurons kept | custom |" in text and "| text | 100 | 0.5 |" in text
     assert "Parameters kept" not in text and "per layer" not in text
+
+
+def test_one_citation_everywhere_the_readmes_acl_findings_2023_entry():
+    readme = (ROOT / "README.md").read_text()
+    assert cards.CITATION_BIBTEX == re.search(r"## Citation\n\n```bibtex\n(.*?)\n```", readme, flags=re.S).group(1)
+    assert cards.CITATION_BIBTEX.startswith("@inproceedings{wang2023efficientvlm,")
+    assert "booktitle = {Findings of the Association for Computational Linguistics: ACL 2023}" in cards.CITATION_BIBTEX
+    for task in cards.CARD_KINDS:
+        text = cards.render_model_card(task, repo_id="org/x").text
+        assert text.count("@inproceedings{wang2023efficientvlm") == 1 and "@article" not in text, task
+
+
+def _layer(index, heads, ffn, params, cross=None):
+    row = {"layer": index, "heads_before": heads[0], "heads_after": heads[1]}
+    if cross is not None:
+        row.update(cross_heads_before=cross[0], cross_heads_after=cross[1])
+    row.update(ffn_before=ffn[0], ffn_after=ffn[1], params_before=params[0], params_after=params[1],
+               flops_before=10 * params[0], flops_after=10 * params[1])
+    return row
+
+
+LAYERED_REPORT = {  # the pruning_report() format: modalities carry per-layer rows
+    "target_sparsity": 0.6, "budget": "params",
+    "achieved_sparsity": {"vision": 0.62, "text": 0.1, "fusion": 0.12, "overall": 0.6},
+    "learned_expected_sparsity": {"vision": 0.61, "overall": 0.58}, "deterministic_rule_sparsity": None,
+    "text_length": 40, "image_tokens": 197, "family": [0.3, 0.6],
+    "overall": {"params_before": 2_400_000, "params_after": 960_000, "params_sparsity": 0.6,
+                "flops_before": 3_000_000_000, "flops_after": 1_200_000_000, "flops_sparsity": 0.6},
+    "modalities": {
+        "vision": {"params_before": 1_200_000, "params_after": 456_000, "params_sparsity": 0.62,
+                   "flops_before": 2_000_000_000, "flops_after": 760_000_000, "flops_sparsity": 0.62, "layers": [
+                       _layer(0, (4, 2), (512, 128), (600_000, 200_000)),
+                       _layer(1, (4, 0), (512, 256), (600_000, 256_000))]},
+        "text": {"params_before": 600_000, "params_after": 540_000, "params_sparsity": 0.1, "layers": [
+            _layer(0, (4, 4), (512, 400), (600_000, 540_000))]},
+        "fusion": {"params_before": 600_000, "params_after": 528_000, "params_sparsity": 0.12, "layers": [
+            _layer(0, (4, 3), (512, 256), (600_000, 528_000), cross=(4, 1))]},
+    },
+}
+
+
+def test_a_layered_pruning_report_renders_a_summary_a_modality_table_and_one_layer_table():
+    text = cards.render_pruning_section(LAYERED_REPORT, "pruning_report.png")
+    summary, modality_table, _, layer_table, figure = text.split("\n\n")
+    assert summary.splitlines() == [
+        "- **Target sparsity**: 60.0%",
+        "- **Budget**: params (parameters of the encoder layers)",
+        "- **Achieved sparsity**: vision 62.0%, text 10.0%, fusion 12.0%, overall 60.0%",
+        "- **Learned expected sparsity (L0 gates)**: vision 61.0%, overall 58.0%",
+        "- **FLOPs counted for**: 40 text tokens and 197 image tokens",
+        "- **Nested family exported from the same run**: 30.0%; 60.0%",
+    ]
+    assert modality_table.splitlines() == [
+        "| Modality | Parameters | Parameter sparsity | FLOPs | FLOP sparsity |",
+        "|---|---|---|---|---|",
+        "| vision | 1.2M → 456,000 | 62.0% | 2.0G → 760.0M | 62.0% |",
+        "| text | 600,000 → 540,000 | 10.0% |  |  |",
+        "| fusion | 600,000 → 528,000 | 12.0% |  |  |",
+        "| overall | 2.4M → 960,000 | 60.0% | 3.0G → 1.2G | 60.0% |",
+    ]
+    assert layer_table.splitlines() == [
+        "| Modality | Layer | Self-attention heads | Cross-attention heads | FFN width | Parameters |",
+        "|---|---|---|---|---|---|",
+        "| vision | 0 | 4 → 2 |  | 512 → 128 | 600,000 → 200,000 |",
+        "| vision | 1 | 4 → 0 |  | 512 → 256 | 600,000 → 256,000 |",
+        "| text | 0 | 4 → 4 |  | 512 → 400 | 600,000 → 540,000 |",
+        "| fusion | 0 | 4 → 3 | 4 → 1 | 512 → 256 | 600,000 → 528,000 |",
+    ]
+    assert figure == "![Pruning report](pruning_report.png)"
+    assert "'layer'" not in text and "Lists give one value per layer" not in text
+
+
+def test_the_report_of_pruning_report_renders_one_row_per_layer():
+    from efficientvlm.pruning import pruning_report
+
+    before, after = tiny_config(), tiny_config(heterogeneous=True)
+    report = pruning_report(before, after, 0.5)
+    text = cards.render_pruning_section(report)
+    rows = [line for line in text.splitlines() if re.match(r"\| (vision|text|fusion) \| \d+ \|", line)]
+    assert len(rows) == before.vision_config.num_hidden_layers + before.text_config.num_hidden_layers \
+        + before.fusion_config.num_hidden_layers
+    assert f"- **Achieved sparsity**: {100 * report['achieved_sparsity']:.1f}%" in text
+    assert "| vision | 1 | 4 → 0 |  |" in text  # the heterogeneous tiny config drops every head of vision layer 1
+    assert all(row.count("→") == 4 for row in rows if row.startswith("| fusion"))
+    card = cards.render_model_card("vqa", repo_id="org/x", pruning_report=report)
+    assert text in card.text
+
+
+def test_card_options_put_what_is_true_of_the_model_in_the_vqa_card():
+    default = cards.render_model_card("vqa", repo_id="org/shapes").text
+    assert default.count("What color is the car?") == 3 and default.count('"path/to/image.jpg"') == 3
+    assert "web-crawled pre-training data" in default and "## Figures" not in default
+    question, image = 'Is there a "red" circle?', "examples/shapes_scene.png"
+    limitations = ["Trained only on *shapes*: synthetic scenes of coloured circles, squares and triangles\non a plain "
+                   "background.", "Questions outside colour, shape, count, existence and position are out of scope."]
+    figures = [("Training curves", "training_curves.png"), ("Accuracy vs latency", "figures/latency.png")]
+    text = cards.render_model_card("vqa", repo_id="org/shapes", config=tiny_config(), example_question=question,
+                                   example_image=image, limitations=limitations, figures=figures).text
+    snippets = card_snippets(text)
+    assert len(snippets) == 3
+    for snippet in snippets:
+        ast.parse(snippet)  # the quotes of the question are escaped
+        assert '"Is there a \\"red\\" circle?"' in snippet and '"examples/shapes_scene.png"' in snippet
+    assert "What color is the car?" not in text and "path/to/image.jpg" not in text
+    limitations_section = text[text.index("## Limitations"):text.index("## Citation")]
+    assert "- Trained only on *shapes*: synthetic scenes of coloured circles, squares and triangles on a plain " \
+           "background.\n- Questions outside colour, shape, count, existence and position are out of scope.\n" \
+           in limitations_section
+    assert "web-crawled" not in text
+    for generic in (f"fixed answer vocabulary ({len(ANSWERS)} answers)", "independent sigmoids", "at most 40 tokens",
+                    "this model's custom\n  pipeline"):
+        assert generic in limitations_section, generic
+    assert text.index("## Pruning") < text.index("## Figures") < text.index("## Limitations")
+    assert "## Figures\n\n### Training curves\n\n![Training curves](training_curves.png)\n\n" \
+           "### Accuracy vs latency\n\n![Accuracy vs latency](figures/latency.png)\n\n## Limitations" in text
+
+
+@pytest.mark.parametrize("task", sorted(cards.CARD_KINDS))
+def test_limitations_and_figures_apply_to_every_card(task):
+    kind = cards.CARD_KINDS[task]
+    text = cards.render_model_card(task, repo_id="org/x", limitations=["Trained on toy data only."],
+                                   figures=[("Curves", "curves.png")]).text
+    assert "- Trained on toy data only.\n" in text and "web-crawled" not in text
+    assert "## Figures\n\n### Curves\n\n![Curves](curves.png)" in text
+    if "image" in kind.usage_examples:
+        assert '"toy.png"' in cards.render_model_card(task, repo_id="org/x", example_image="toy.png").text
+    else:
+        with pytest.raises(ValueError, match="example_image applies to these cards only"):
+            cards.render_model_card(task, repo_id="org/x", example_image="toy.png")
+    if task != "vqa":
+        with pytest.raises(ValueError, match=f"The {task} card has no question"):
+            cards.render_model_card(task, repo_id="org/x", example_question="What is it?")
+    with pytest.raises(ValueError, match="pairs"):
+        cards.render_model_card(task, repo_id="org/x", figures=["curves.png"])
+    with pytest.raises(TypeError, match="list of strings"):
+        cards.render_model_card(task, repo_id="org/x", limitations="one string")
 
 
 def test_templates_have_one_source_and_work_with_model_card_from_template(tmp_path):

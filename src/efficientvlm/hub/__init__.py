@@ -9,6 +9,7 @@ from .cards import (
     CARD_KINDS,
     CITATION_BIBTEX,
     merge_card_metadata,
+    render_layered_pruning_report,
     render_model_card,
     render_pruning_section,
     template_path,
@@ -20,7 +21,15 @@ from .convert import (
     convert_official_checkpoint,
     convert_official_state_dict,
 )
-from .publish import PushResult, RemoteCodeError, assemble_repo_folder, build_model_card, push_to_hub, remote_code_files
+from .publish import (
+    PushResult,
+    RemoteCodeError,
+    assemble_repo_folder,
+    build_model_card,
+    check_extra_files,
+    push_to_hub,
+    remote_code_files,
+)
 
 __all__ = [
     "CARD_KINDS",
@@ -32,12 +41,14 @@ __all__ = [
     "RemoteCodeError",
     "assemble_repo_folder",
     "build_model_card",
+    "check_extra_files",
     "convert_official_checkpoint",
     "convert_official_state_dict",
     "merge_card_metadata",
     "push_to_hub",
     "remote_code_files",
     "render_model_card",
+    "render_layered_pruning_report",
     "render_pruning_section",
     "template_path",
 ]

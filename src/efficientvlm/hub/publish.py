@@ -13,7 +13,9 @@ The repository holds exactly:
   ``processing_efficientvlm.py``, and ``pipeline_efficientvlm.py`` for VQA). They are checked to import nothing but
   the standard library, torch, numpy, PIL, transformers and each other (relatively), so that
   ``trust_remote_code=True`` works for users without efficientvlm;
-* ``README.md`` (the model card) and, when given, ``pruning_report.json`` / ``pruning_report.png``.
+* ``README.md`` (the model card) and, when given, ``pruning_report.json`` / ``pruning_report.png``;
+* when given, ``extra_files`` (``{path in the repository: local file}``, e.g. the figures the card shows). Their names
+  are checked not to take the place of a file above, and their sources to exist, before anything is written.
 
 The folder is uploaded in one commit. A dry run writes the very same folder and uploads nothing.
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import copy
+import fnmatch
 import inspect
 import json
 import os
@@ -75,6 +78,11 @@ MANAGED_FILE_PATTERNS = (
     "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "chat_template.jinja", PRUNING_REPORT_FILE,
     PRUNING_FIGURE_FILE,
 )
+
+
+#: Names ``extra_files`` may not take: every file the library writes (or may write) into a repository. Matched against
+#: the whole path in the repository, ignoring case (``*`` also matches ``/``, so ``*.py`` covers sub-folders).
+RESERVED_FILE_PATTERNS = (*MANAGED_FILE_PATTERNS, "README.md", "*.py", "pruning_report.*")
 
 
 class RemoteCodeError(ValueError):
@@ -234,12 +242,69 @@ _MISSING = object()
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _check_source(path: str | os.PathLike | None, what: str) -> None:
+    if path is not None and not Path(path).is_file():
+        raise FileNotFoundError(f"{what}: the file {path} does not exist.")
+
+
 def _read_pruning_report(report: Mapping[str, Any] | str | os.PathLike | None) -> dict[str, Any] | None:
     if report is None:
         return None
     if isinstance(report, Mapping):
         return dict(report)
     return json.loads(Path(report).read_text(encoding="utf-8"))
+
+
+def _reserved_name_fix(pattern: str) -> str:
+    if pattern.casefold() == "readme.md":
+        return "pass a finished model card with card=... instead"
+    if pattern.startswith("pruning_report"):
+        return "pass the report and its figure with pruning_report=... / pruning_figure=... instead"
+    return "give the extra file another name (the key of extra_files is its path in the repository)"
+
+
+def _check_repo_path(name: Any) -> str:
+    """``name`` as a plain relative POSIX path in the repository (sub-folders allowed), or a ValueError."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"extra_files: {name!r} is not a file name; the keys of extra_files are paths in the "
+                         "repository, such as 'training_curves.png' or 'figures/latency.png'.")
+    parts = name.split("/")
+    if "\\" in name or any(part in ("", ".", "..", ".git") for part in parts) or name != name.strip():
+        raise ValueError(f"extra_files: {name!r} is not a plain relative path in the repository: use a file name, "
+                         "optionally in sub-folders separated by '/' (no leading '/', no '\\', '.', '..', '.git' or "
+                         "empty parts), such as 'training_curves.png' or 'figures/latency.png'.")
+    for pattern in RESERVED_FILE_PATTERNS:
+        if fnmatch.fnmatchcase(name.casefold(), pattern.casefold()):
+            raise ValueError(f"extra_files: {name!r} would replace a file the library writes ({pattern}); "
+                             f"{_reserved_name_fix(pattern)}.")
+    return name
+
+
+def check_extra_files(extra_files: Mapping[str, str | os.PathLike] | None) -> dict[str, Path]:
+    """Check the extra files of a push before anything is written or uploaded.
+
+    Args:
+        extra_files: ``{path in the repository: local file}``. Paths are plain relative POSIX paths (sub-folders
+            allowed) that do not name a file the library writes (``RESERVED_FILE_PATTERNS``: ``config.json``,
+            weights, ``README.md``, processor files, ``*.py``, ``pruning_report.*``, ...).
+
+    Returns:
+        ``{path in the repository: source path}``, sorted by path.
+
+    Raises:
+        ValueError: a path is not a plain relative path, or names a file the library writes.
+        FileNotFoundError: a source file does not exist.
+    """
+    if extra_files is None:
+        return {}
+    if not isinstance(extra_files, Mapping):
+        raise TypeError("extra_files must map paths in the repository to local files, e.g. "
+                        "{'training_curves.png': 'out/training_curves.png'}.")
+    checked = {_check_repo_path(name): Path(source) for name, source in extra_files.items()}
+    for name, source in checked.items():
+        if not source.is_file():
+            raise FileNotFoundError(f"extra_files[{name!r}]: the source file {source} does not exist.")
+    return dict(sorted(checked.items()))
 
 
 def build_model_card(model: Any, repo_id: str, *, pruning_report: Mapping[str, Any] | None = None,
@@ -264,16 +329,24 @@ def build_model_card(model: Any, repo_id: str, *, pruning_report: Mapping[str, A
 
 def assemble_repo_folder(model: Any, processor: Any, folder: str | os.PathLike, *, card: ModelCard,
                          pruning_report: Mapping[str, Any] | None = None,
-                         pruning_figure: str | os.PathLike | None = None) -> list[str]:
+                         pruning_figure: str | os.PathLike | None = None,
+                         extra_files: Mapping[str, str | os.PathLike] | None = None) -> list[str]:
     """Write the repository of ``model`` + ``processor`` into the empty (or new) ``folder``.
+
+    Args:
+        extra_files: ``{path in the repository: local file}`` copied into the folder (see [`check_extra_files`]).
 
     Returns:
         The repository paths written, sorted.
 
     Raises:
-        ValueError: ``folder`` is not empty, or the processor is missing.
+        ValueError: ``folder`` is not empty, the processor is missing, or an extra file has a bad or reserved name
+            (raised before anything is written).
+        FileNotFoundError: the pruning figure or an extra file does not exist (before anything is written).
         RemoteCodeError: a module to ship imports something outside the allowed set.
     """
+    extras = check_extra_files(extra_files)
+    _check_source(pruning_figure, "pruning_figure")
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()):
         raise ValueError(f"{folder} is not empty: the repository folder must hold exactly what is published.")
@@ -307,6 +380,12 @@ def assemble_repo_folder(model: Any, processor: Any, folder: str | os.PathLike, 
                                                   encoding="utf-8")
     if pruning_figure is not None:
         shutil.copyfile(pruning_figure, folder / PRUNING_FIGURE_FILE)
+    for name, source in extras.items():
+        target = folder / name
+        if target.exists():  # the name checks should make this impossible; never overwrite silently
+            raise ValueError(f"extra_files: {name!r} is also written by the library; give the extra file another name.")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
     return sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file())
 
 
@@ -338,6 +417,7 @@ def push_to_hub(
     pruning_figure: str | os.PathLike | None = None,
     keep_existing_metadata: bool = True,
     api: HfApi | None = None,
+    extra_files: Mapping[str, str | os.PathLike] | None = None,
     **card_kwargs: Any,
 ) -> PushResult:
     """Publish ``model`` and ``processor`` as a self-contained Hub repository, in one commit.
@@ -360,12 +440,20 @@ def push_to_hub(
         keep_existing_metadata: merge the metadata (tags, datasets, eval results, ...) of the card already in the
             repository into the new card, so that a second push keeps it (see ``merge_card_metadata``).
         api: the ``HfApi`` to use (a stand-in in tests).
+        extra_files: ``{path in the repository: local file}`` added to the commit (and to a dry run's folder), e.g.
+            ``{"training_curves.png": "out/curves.png"}`` for the card's ``figures``. Checked first (see
+            [`check_extra_files`]): a bad or reserved name is a ValueError, a missing file a FileNotFoundError,
+            raised before anything is written or uploaded. They are not managed files: an extra file left out of a
+            later push stays in the repository.
         card_kwargs: passed to [`render_model_card`] (``task``, ``base_model``, ``datasets``, ``eval_results``,
-            ``license``, ``tags``, ``summary``, ...).
+            ``license``, ``tags``, ``summary``, ``example_question``, ``example_image``, ``limitations``,
+            ``figures``, ...).
 
     Returns:
         A [`PushResult`].
     """
+    extras = check_extra_files(extra_files)  # before anything is rendered, written or uploaded
+    _check_source(pruning_figure, "pruning_figure")
     report = _read_pruning_report(pruning_report)
     figure_in_repo = PRUNING_FIGURE_FILE if pruning_figure is not None else None
     if card is None:
@@ -379,7 +467,7 @@ def push_to_hub(
 
     if dry_run_dir is not None:
         files = assemble_repo_folder(model, processor, dry_run_dir, card=card, pruning_report=report,
-                                     pruning_figure=pruning_figure)
+                                     pruning_figure=pruning_figure, extra_files=extras)
         return PushResult(repo_id, revision, files, folder=Path(dry_run_dir), card=card)
 
     api = api or HfApi(token=token)
@@ -396,7 +484,7 @@ def push_to_hub(
     with tempfile.TemporaryDirectory(prefix="efficientvlm-push-") as tmp:
         folder = Path(tmp) / "repo"
         files = assemble_repo_folder(model, processor, folder, card=card, pruning_report=report,
-                                     pruning_figure=pruning_figure)
+                                     pruning_figure=pruning_figure, extra_files=extras)
         commit = api.upload_folder(
             repo_id=repo_id, folder_path=folder, repo_type="model", revision=revision, token=token,
             commit_message=commit_message, delete_patterns=list(MANAGED_FILE_PATTERNS),
@@ -409,10 +497,12 @@ __all__ = [
     "HEAD_AUTO_CLASSES",
     "MANAGED_FILE_PATTERNS",
     "PushResult",
+    "RESERVED_FILE_PATTERNS",
     "RemoteCodeError",
     "assemble_repo_folder",
     "auto_map_of",
     "build_model_card",
+    "check_extra_files",
     "custom_pipelines_of",
     "push_to_hub",
     "remote_code_files",
