@@ -85,7 +85,7 @@ def test_bad_flags_fail_before_any_work_naming_the_flag(flags, message, tmp_path
 def test_help_describes_every_flag():
     from efficientvlm.cli import build_parser
 
-    text = build_parser()._subparsers._group_actions[0].choices["demo"].format_help()
+    text = " ".join(build_parser()._subparsers._group_actions[0].choices["demo"].format_help().split())
     for spec in dataclasses.fields(DemoConfig):
         flag = "--" + spec.name.replace("_", "-")
         assert flag in text, flag
