@@ -108,6 +108,11 @@ def test_hub_folder_has_card_code_and_report(demo_dir):
             "pruning_report.json", "pruning_report.png"} <= names
     card = ModelCard.load(hub / "README.md")
     assert card.data.pipeline_tag == "visual-question-answering"
-    assert "| pruned student |" in card.text
+    assert "| pruned student |" in card.text and "| image-blind baseline |" in card.text
+    assert "synthetic" in card.text and "web-crawled" not in card.text
+    assert "![Training curves (every stage)](training_curves.png)" in card.text
+    assert "| vision | 0 |" in card.text  # the per-layer pruning table
+    assert card.text.count("@inproceedings{wang2023efficientvlm") == 1 and "@article" not in card.text
+    assert {"training_curves.png", "accuracy_vs_latency.png", "example_scene.png"} <= names
     model = AutoModelForVisualQuestionAnswering.from_pretrained(hub)
     assert model.config.pruning_info["budget"] == "flops"

@@ -480,12 +480,31 @@ def _write_hub_folder(cfg, pruned, processor, report, report_png, curves_png, tr
         f"{cfg.threads or 'all'} CPU thread(s), round-robin.\n\n{tables}\n"
     )
     pruned_row = next(r for r in rows if r["model"] == "pruned student")
+    example = test[0]
+    example_png = report_png.parent / "example_scene.png"
+    example["image"].save(example_png)
+    limitations = [
+        "Trained and evaluated only on *shapes*, a synthetic benchmark drawn by `efficientvlm.data.shapes`: "
+        f"{cfg.image_size} px scenes of 1-{cfg.max_objects} coloured circles, squares and triangles on a light "
+        "background. It has never seen a photograph; real images are out of scope.",
+        "It answers five kinds of question (colour, shape, count, existence, position) phrased as the generator "
+        f"phrases them, from a {len(pruned.config.id2label)}-answer vocabulary "
+        f"({', '.join(pruned.config.id2label[i] for i in range(len(pruned.config.id2label)))}).",
+        "The models are small and trained for minutes on a CPU: the figures show the method's behaviour (distillation, "
+        "budget-exact modal-adaptive pruning, speed-up) on a task where it can be checked, not the accuracy of the "
+        "paper's models on VQAv2.",
+    ]
     push_to_hub(
         pruned, processor, cfg.repo_id, dry_run_dir=folder, task="vqa", summary=summary, license="apache-2.0",
         pruning_report=report, pruning_figure=str(report_png),
         eval_results=[{"dataset_type": "shapes-vqa", "dataset_name": "shapes VQA (synthetic, held-out split)",
                        "dataset_split": "test", "metric_type": "accuracy", "metric_name": "VQA accuracy",
                        "metric_value": round(100 * pruned_row["vqa_accuracy"], 2)}],
+        example_question=example["question"], example_image="example_scene.png", limitations=limitations,
+        figures=[("Training curves (every stage)", "training_curves.png"),
+                 ("Accuracy against latency (every row of the table)", "accuracy_vs_latency.png")],
+        extra_files={"training_curves.png": curves_png, "accuracy_vs_latency.png": tradeoff_png,
+                     "example_scene.png": example_png},
     )
 
 
