@@ -41,14 +41,20 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import Trainer, TrainingArguments
 from transformers.utils import logging as hf_logging
 
-from .data import ShapesConfig, answer_vocabulary, build_tokenizer, make_vqa_dataset
+from .data import ShapesConfig, answer_vocabulary, build_tokenizer, make_caption_dataset, make_vqa_dataset
 from .data.shapes import QUESTION_TYPES
 from .data.collators import VQACollator
 from .distillation import DistillationConfig, DistillationTrainer
+from .distillation.data import ImageTextPretrainingCollator
 from .evaluation import evaluate_vqa, measure_latency
 from .hub import push_to_hub
 from .metrics import vqa_accuracy
-from .models import EfficientVLMForVisualQuestionAnswering, EfficientVLMImageProcessor, EfficientVLMProcessor
+from .models import (
+    EfficientVLMForPreTraining,
+    EfficientVLMForVisualQuestionAnswering,
+    EfficientVLMImageProcessor,
+    EfficientVLMProcessor,
+)
 from .pruning import ModalAdaptivePruningTrainer, PruningConfig, save_report
 from .pruning.structure import BUDGETS, MODALITIES
 from .student import create_student
@@ -75,7 +81,12 @@ class DemoConfig:
     test_size: int = _flag(1000, "held-out test questions: every row of the table is measured on them")
     hidden_size: int = _flag(128, "width of the three encoders")
     head_dim: int = _flag(32, "width of an attention head (hidden_size must be a multiple)")
-    initializer_range: float = _flag(0.02, "std of the weight initialisation of the teacher")
+    initializer_range: float = _flag(0.1, "std of the teacher's weight initialisation (BERT's 0.02 starts the question "
+                                          "-> [CLS] path at about 1% of the fused state: a long plateau from scratch)")
+    dropout: float = _flag(0.0, "dropout of the text and fusion encoders")
+    pretrain_images: int = _flag(8000, "images of the pre-training stage (each with its captions)")
+    pretrain_steps: int = _flag(300, "optimizer steps of image-text pre-training (ITC + ITM with hard negatives + "
+                                     "MLM on the scenes' captions) before the teacher's VQA training; 0 skips it")
     teacher_layers: tuple[int, int, int] = _flag((6, 2, 2), "teacher layers: vision text fusion", nargs=3)
     student_layers: tuple[int, int, int] = _flag((3, 1, 1), "student layers: vision text fusion, at most the "
                                                                   "teacher's (every other teacher layer)", nargs=3)
@@ -99,6 +110,7 @@ class DemoConfig:
     def quick(cls, **overrides) -> DemoConfig:
         """A run of seconds that exercises every stage (CI)."""
         small = dict(image_size=32, train_size=128, validation_size=32, test_size=48, hidden_size=32, head_dim=16,
+                     pretrain_images=32, pretrain_steps=4,
                      teacher_layers=(2, 2, 2), student_layers=(1, 1, 1), batch_size=16, teacher_epochs=1.0,
                      student_epochs=1.0, prune_epochs=2.0, learning_rate=1e-3, reg_learning_rate=0.2,
                      latency_batch_sizes=(1, 4), latency_repeats=2, train_threads=1)
@@ -117,16 +129,18 @@ class DemoConfig:
             raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: {message}")
 
         for name in ("image_size", "patch_size", "train_size", "validation_size", "test_size", "hidden_size",
-                     "head_dim", "batch_size", "latency_repeats"):
+                     "head_dim", "batch_size", "latency_repeats", "pretrain_images"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
                 fail(name, "must be a positive integer.")
         for name in ("learning_rate", "reg_learning_rate", "teacher_epochs", "student_epochs", "prune_epochs",
                      "initializer_range"):
             if not getattr(self, name) > 0:
                 fail(name, "must be > 0.")
-        for name in ("threads", "train_threads"):
+        if not 0 <= self.dropout < 1:
+            fail("dropout", "must be in [0, 1).")
+        for name in ("threads", "train_threads", "pretrain_steps"):
             if getattr(self, name) < 0:
-                fail(name, "must be >= 0 (0 = torch's choice).")
+                fail(name, "must be >= 0 (0 = torch's choice)." if "threads" in name else "must be >= 0.")
         if self.budget not in BUDGETS:
             fail("budget", f"choose one of {', '.join(BUDGETS)}.")
         if not 0 <= self.target_sparsity < 1:
@@ -188,23 +202,28 @@ class _Stages:
         self.history: dict[str, list[dict]] = {}
 
     def run(self, stage: str, model, epochs: float, trainer_class=Trainer, args_class=TrainingArguments,
-            teacher=None, **extra):
-        """Train ``model`` for ``epochs`` as ``stage`` (logs in ``runs/<stage>/``); returns the trainer."""
+            teacher=None, train_dataset=None, collator=None, **extra):
+        """Train ``model`` for ``epochs`` as ``stage`` (logs in ``runs/<stage>/``); returns the trainer. The VQA
+        stages are evaluated on the validation questions after every epoch; other data (``train_dataset`` and
+        ``collator``, e.g. pre-training captions) is not."""
         cfg = self.cfg
         folder = self.out / "runs" / stage
-        steps = int(epochs * -(-len(self.train) // cfg.batch_size))
+        vqa = train_dataset is None
+        train_dataset = self.train if vqa else train_dataset
+        steps = extra.get("max_steps") or int(epochs * -(-len(train_dataset) // cfg.batch_size))
         args = args_class(
             output_dir=str(folder), per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=64,
             num_train_epochs=epochs, learning_rate=cfg.learning_rate, warmup_steps=0.1, weight_decay=0.01,
-            lr_scheduler_type="cosine", logging_steps=max(1, min(10, steps // 20)), eval_strategy="epoch",
-            save_strategy="no",
-            report_to=["tensorboard"], seed=cfg.seed, use_cpu=True, dataloader_num_workers=0,
-            remove_unused_columns=False, disable_tqdm=True, **extra)
+            lr_scheduler_type="cosine", logging_steps=max(1, min(10, steps // 20)),
+            eval_strategy="epoch" if vqa else "no", save_strategy="no", report_to=["tensorboard"], seed=cfg.seed,
+            use_cpu=True, dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=True, **extra)
         trainer_kwargs = {} if teacher is None else {"teacher_model": teacher}
+        if vqa:
+            trainer_kwargs.update(eval_dataset=self.validation, compute_metrics=_vqa_accuracy_metric,
+                                  preprocess_logits_for_metrics=_predicted_answers)
         with _tensorboard_dir(folder):
-            trainer = trainer_class(model=model, args=args, train_dataset=self.train, eval_dataset=self.validation,
-                                    data_collator=self.collator, compute_metrics=_vqa_accuracy_metric,
-                                    preprocess_logits_for_metrics=_predicted_answers, **trainer_kwargs)
+            trainer = trainer_class(model=model, args=args, train_dataset=train_dataset,
+                                    data_collator=collator or self.collator, **trainer_kwargs)
             started = time.perf_counter()
             trainer.train()
         trainer.state.save_to_json(str(folder / "trainer_state.json"))
@@ -272,13 +291,25 @@ def run(cfg: DemoConfig) -> dict:
     accuracy["image-blind baseline"], majority = _blind_baseline(train, test)
 
     torch.set_num_threads(train_threads)
-    logger.info("[3/7] teacher: training a %s (vision/text/fusion) model", "/".join(map(str, cfg.teacher_layers)))
     config = small_config(tokenizer, cfg.teacher_layers, cfg.hidden_size, cfg.head_dim, cfg.image_size,
                           cfg.patch_size, answers)
-    for sub in (config.vision_config, config.text_config, config.fusion_config):
-        sub.initializer_range = cfg.initializer_range
+    config.initializer_range = cfg.initializer_range  # the std every module is initialised with
+    for sub in (config.text_config, config.fusion_config):
+        sub.hidden_dropout_prob = sub.attention_probs_dropout_prob = cfg.dropout
     torch.manual_seed(cfg.seed)
     teacher = EfficientVLMForVisualQuestionAnswering(config)
+    if cfg.pretrain_steps:
+        logger.info("[3/7] teacher: image-text pre-training (ITC, ITM with hard negatives, MLM) on the captions of "
+                    "%d scenes, %d steps", cfg.pretrain_images, cfg.pretrain_steps)
+        captions = make_caption_dataset(cfg.pretrain_images, split_seed="train", config=shapes,
+                                        one_row_per_caption=True)
+        torch.manual_seed(cfg.seed)
+        pretrained = EfficientVLMForPreTraining(config)
+        stages.run("pretraining", pretrained, 1.0, train_dataset=captions,
+                   collator=ImageTextPretrainingCollator(processor), max_steps=cfg.pretrain_steps)
+        teacher.efficientvlm.load_state_dict(pretrained.efficientvlm.state_dict())
+    logger.info("[3/7] teacher: VQA training of the %s (vision/text/fusion) model",
+                "/".join(map(str, cfg.teacher_layers)))
     stages.run("teacher", teacher, cfg.teacher_epochs)
 
     logger.info("[4/7] students: every other teacher layer, trained with the same schedule without and with KD")
