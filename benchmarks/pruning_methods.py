@@ -44,6 +44,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--epochs", type=float, default=None, help="training epochs of each method (default: the "
                                                                    "demo's pruning epochs)")
     parser.add_argument("--calibration-batches", type=int, default=8)
+    parser.add_argument("--freeze-ratio", type=float, default=None,
+                        help="L0: freeze the gates after this fraction of the steps (default: the demo's 0.75)")
+    parser.add_argument("--reg-learning-rate", type=float, default=None, help="L0 gates (default: the demo's)")
+    parser.add_argument("--lambda-learning-rate", type=float, default=None,
+                        help="L0 multipliers (default: the demo's, else PruningConfig's)")
+    parser.add_argument("--methods", nargs="+", default=["l0", "one-shot"], choices=["l0", "one-shot"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
@@ -54,7 +60,10 @@ def main(argv=None) -> dict:
     target = cfg["target_sparsity"] if args.target_sparsity is None else args.target_sparsity
     budget = args.budget or cfg["budget"]
     epochs = cfg["prune_epochs"] if args.epochs is None else args.epochs
-    shapes = ShapesConfig(image_size=cfg["image_size"], seed=cfg["seed"], max_objects=cfg.get("max_objects", 5))
+    freeze = cfg.get("freeze_gates_at", 0.75) if args.freeze_ratio is None else args.freeze_ratio
+    shapes = ShapesConfig(image_size=cfg["image_size"], seed=cfg["seed"],
+                          **{key: cfg[key] for key in ("max_objects", "small_radius", "large_radius", "noise_prob")
+                             if key in cfg})
     train = make_vqa_dataset(cfg["train_size"], split_seed="train", config=shapes)
     test = make_vqa_dataset(cfg["test_size"], split_seed="test", config=shapes)
     processor = EfficientVLMProcessor.from_pretrained(demo / "student")
@@ -66,49 +75,57 @@ def main(argv=None) -> dict:
                   save_strategy="no", report_to=[], seed=cfg["seed"], use_cpu=True, remove_unused_columns=False,
                   disable_tqdm=True, logging_steps=50, task="vqa")
     results = {"target_sparsity": target, "budget": budget, "epochs": epochs, "threads": args.threads,
+               "freeze_gates_at": freeze,
                "student": evaluate_vqa(student, processor, test)}
 
     with tempfile.TemporaryDirectory() as work:
-        started = time.perf_counter()
-        steps = int(epochs * -(-len(train) // cfg["batch_size"]))
-        l0 = ModalAdaptivePruningTrainer(
-            model=copy.deepcopy(student), teacher_model=teacher, train_dataset=train, data_collator=collator,
-            args=PruningConfig(output_dir=f"{work}/l0", target_sparsity=target, budget=budget, budget_text_length=12,
-                               reg_learning_rate=cfg.get("reg_learning_rate", 0.1),
-                               freeze_gates_step=max(1, 3 * steps // 4), **common))
-        l0.train()
-        pruned_l0 = l0.prune().eval()
-        results["l0"] = {"seconds": time.perf_counter() - started,
-                         "achieved_sparsity": pruned_l0.config.pruning_info["achieved_sparsity"],
-                         "parameters": pruned_l0.num_parameters(), **evaluate_vqa(pruned_l0, processor, test)}
+        if "l0" in args.methods:
+            started = time.perf_counter()
+            steps = int(epochs * -(-len(train) // cfg["batch_size"]))
+            l0 = ModalAdaptivePruningTrainer(
+                model=copy.deepcopy(student), teacher_model=teacher, train_dataset=train, data_collator=collator,
+                args=PruningConfig(output_dir=f"{work}/l0", target_sparsity=target, budget=budget, budget_text_length=12,
+                                   reg_learning_rate=args.reg_learning_rate or cfg.get("reg_learning_rate", 0.1),
+                                   **({"lambda_learning_rate": lam} if (lam := args.lambda_learning_rate
+                                                                         or cfg.get("lambda_learning_rate")) else {}),
+                                   freeze_gates_step=max(1, int(freeze * steps)),
+                                   **common))
+            l0.train()
+            pruned_l0 = l0.prune().eval()
+            results["l0"] = {"seconds": time.perf_counter() - started,
+                             "achieved_sparsity": pruned_l0.config.pruning_info["achieved_sparsity"],
+                             "parameters": pruned_l0.num_parameters(), **evaluate_vqa(pruned_l0, processor, test)}
 
-        started = time.perf_counter()
-        loader = DataLoader(train, batch_size=cfg["batch_size"], shuffle=True, collate_fn=collator,
-                            generator=torch.Generator().manual_seed(cfg["seed"]))
-        calibration = [batch for _, batch in zip(range(args.calibration_batches), loader)]
-        pruned_one_shot = one_shot_prune(student, calibration, target, budget=budget, text_length=12)
-        scored = time.perf_counter() - started
-        before_recovery = evaluate_vqa(pruned_one_shot, processor, test)
-        started_recovery = time.perf_counter()
-        DistillationTrainer(model=pruned_one_shot, teacher_model=teacher, train_dataset=train, data_collator=collator,
-                            args=DistillationConfig(output_dir=f"{work}/one-shot", **common)).train()
-        pruned_one_shot.eval()
-        results["one_shot"] = {"seconds": scored + time.perf_counter() - started_recovery, "scoring_seconds": scored,
-                               "achieved_sparsity": pruned_one_shot.config.pruning_info["achieved_sparsity"],
-                               "parameters": pruned_one_shot.num_parameters(),
-                               "before_recovery": before_recovery, **evaluate_vqa(pruned_one_shot, processor, test)}
+        if "one-shot" in args.methods:
+            started = time.perf_counter()
+            loader = DataLoader(train, batch_size=cfg["batch_size"], shuffle=True, collate_fn=collator,
+                                generator=torch.Generator().manual_seed(cfg["seed"]))
+            calibration = [batch for _, batch in zip(range(args.calibration_batches), loader)]
+            pruned_one_shot = one_shot_prune(student, calibration, target, budget=budget, text_length=12)
+            scored = time.perf_counter() - started
+            before_recovery = evaluate_vqa(pruned_one_shot, processor, test)
+            started_recovery = time.perf_counter()
+            DistillationTrainer(model=pruned_one_shot, teacher_model=teacher, train_dataset=train, data_collator=collator,
+                                args=DistillationConfig(output_dir=f"{work}/one-shot", **common)).train()
+            pruned_one_shot.eval()
+            results["one_shot"] = {"seconds": scored + time.perf_counter() - started_recovery, "scoring_seconds": scored,
+                                   "achieved_sparsity": pruned_one_shot.config.pruning_info["achieved_sparsity"],
+                                   "parameters": pruned_one_shot.num_parameters(),
+                                   "before_recovery": before_recovery, **evaluate_vqa(pruned_one_shot, processor, test)}
 
     print(json.dumps(results, indent=2))
     types = sorted(k.removeprefix("vqa_accuracy_") for k in results["student"] if k.startswith("vqa_accuracy_"))
     print(f"\n| method ({budget} {100 * target:.0f}%, {epochs:g} epochs) | wall time | sparsity vision/text/fusion | "
           f"accuracy | " + " | ".join(types) + " |")
     print("|---|---|---|---|" + "---|" * len(types))
-    rows = [("distilled student (unpruned)", results["student"], None, None),
-            ("L0 modal-adaptive", results["l0"], results["l0"]["seconds"], results["l0"]["achieved_sparsity"]),
-            ("one-shot, before recovery", results["one_shot"]["before_recovery"], results["one_shot"]["scoring_seconds"],
-             results["one_shot"]["achieved_sparsity"]),
-            ("one-shot + KD recovery", results["one_shot"], results["one_shot"]["seconds"],
-             results["one_shot"]["achieved_sparsity"])]
+    rows = [("distilled student (unpruned)", results["student"], None, None)]
+    if "l0" in results:
+        rows.append(("L0 modal-adaptive", results["l0"], results["l0"]["seconds"], results["l0"]["achieved_sparsity"]))
+    if "one_shot" in results:
+        one_shot = results["one_shot"]
+        rows += [("one-shot, before recovery", one_shot["before_recovery"], one_shot["scoring_seconds"],
+                  one_shot["achieved_sparsity"]),
+                 ("one-shot + KD recovery", one_shot, one_shot["seconds"], one_shot["achieved_sparsity"])]
     for name, acc, seconds, sparsity in rows:
         split = "-" if sparsity is None else "/".join(f"{100 * sparsity[m]:.0f}%" for m in ("vision", "text", "fusion"))
         print(f"| {name} | {'-' if seconds is None else f'{seconds:.0f} s'} | {split} | "

@@ -274,3 +274,33 @@ def test_warmup_is_a_fraction_of_the_run_by_default(tmp_path):
     assert trainer.l0_module.warmup_steps == 5
     with pytest.raises(ValueError, match="lagrangian_warmup_ratio"):
         PruningConfig(output_dir="unused", lagrangian_warmup_ratio=1.5)
+
+
+def test_the_export_spreads_the_budget_in_the_learned_proportions():
+    """An overall target is split over the encoders in the proportions of their learned expected sparsities, and
+    each encoder then loses its lowest-keep-probability units: unconverged gates cannot hand one encoder's budget
+    to another through keep probabilities that are not comparable across encoders."""
+    _, student = make_pair()
+    l0 = ModalAdaptiveL0Module(student.config, 0.5, budget="flops", text_length=TEXT_LENGTH)
+    with torch.no_grad():  # vision gates moved a lot, text and fusion hardly
+        for modality, layers in l0.gates.items():
+            for groups in layers:
+                for gate in groups.values():
+                    gate.log_alpha.normal_(-1.0 if modality == "vision" else 3.0, 0.5)
+    learned = {m: float(v) for m, v in l0.expected_sparsity().items()}
+    split = l0.learned_split(0.5)
+    full = l0.full_size["flops"]
+    assert sum(full[m] / full["overall"] * t for m, t in split.items()) == pytest.approx(0.5, abs=1e-6)
+    ratio = split["vision"] / split["text"]
+    expected_ratio = (learned["vision"] + 0.005) / (learned["text"] + 0.005)
+    assert split["vision"] == 1.0 or ratio == pytest.approx(expected_ratio, rel=1e-6)
+    zs = l0.budget_gates()
+    achieved = sparsity_of(zs, student.config, "flops", TEXT_LENGTH)
+    assert achieved["overall"] == pytest.approx(0.5, abs=0.01)
+    for modality in MODALITIES:
+        assert achieved[modality] == pytest.approx(split[modality], abs=0.03), modality
+    # within an encoder, the lowest keep probabilities go first
+    keep = l0.keep_probabilities()["vision"][0]["ffn"].detach()
+    kept = zs["vision"][0]["ffn"].bool()
+    if kept.any() and (~kept).any():
+        assert keep[kept].min() >= keep[~kept].max()

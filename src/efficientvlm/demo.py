@@ -75,8 +75,12 @@ class DemoConfig:
     seed: int = _flag(0, "seed of the data, the initialisations and the training order")
     image_size: int = _flag(64, "image side in pixels (shapes scenes are drawn at this size)")
     patch_size: int = _flag(8, "vision patch size in pixels (image_size must be a multiple)")
-    max_objects: int = _flag(5, "most shapes per scene (1 to 10)")
-    train_size: int = _flag(6000, "training questions (one per image)")
+    max_objects: int = _flag(3, "most shapes per scene (1 to 10)")
+    small_radius: float = _flag(0.12, "radius of small shapes, a fraction of the image side (0.12 at 64 px: shapes "
+                                      "of about 15 px, two patches across)")
+    large_radius: float = _flag(0.2, "radius of large shapes, a fraction of the image side")
+    noise_prob: float = _flag(0.0, "fraction of images with Gaussian pixel noise")
+    train_size: int = _flag(8000, "training questions (one per image)")
     validation_size: int = _flag(300, "validation questions, evaluated after every epoch for the curves")
     test_size: int = _flag(1000, "held-out test questions: every row of the table is measured on them")
     hidden_size: int = _flag(128, "width of the three encoders")
@@ -84,18 +88,20 @@ class DemoConfig:
     initializer_range: float = _flag(0.1, "std of the teacher's weight initialisation (BERT's 0.02 starts the question "
                                           "-> [CLS] path at about 1% of the fused state: a long plateau from scratch)")
     dropout: float = _flag(0.0, "dropout of the text and fusion encoders")
-    pretrain_images: int = _flag(8000, "images of the pre-training stage (each with its captions)")
+    pretrain_images: int = _flag(2000, "images of the pre-training stage (each with its captions)")
     pretrain_steps: int = _flag(300, "optimizer steps of image-text pre-training (ITC + ITM with hard negatives + "
                                      "MLM on the scenes' captions) before the teacher's VQA training; 0 skips it")
+    pretrain_max_objects: int = _flag(1, "most shapes per pre-training scene: captions of one-object scenes tie each "
+                                         "colour and shape word to what the image shows (a curriculum)")
     teacher_layers: tuple[int, int, int] = _flag((6, 2, 2), "teacher layers: vision text fusion", nargs=3)
     student_layers: tuple[int, int, int] = _flag((3, 1, 1), "student layers: vision text fusion, at most the "
                                                                   "teacher's (every other teacher layer)", nargs=3)
     batch_size: int = _flag(32, "training batch size")
-    learning_rate: float = _flag(3e-4, "peak learning rate (linear warm-up over 10%, cosine decay)")
+    learning_rate: float = _flag(1e-3, "peak learning rate (linear warm-up over 10%, cosine decay)")
     teacher_epochs: float = _flag(3.0, "epochs of teacher training")
     student_epochs: float = _flag(2.0, "epochs of student training, the same for the students with and without KD")
-    prune_epochs: float = _flag(2.0, "epochs of fine-tune-pruning, the same for the fixed and the learned split")
-    target_sparsity: float = _flag(0.6, "fraction of the prunable size (see --budget) to remove, in [0, 1)")
+    prune_epochs: float = _flag(1.5, "epochs of fine-tune-pruning, the same for the fixed and the learned split")
+    target_sparsity: float = _flag(0.65, "fraction of the prunable size (see --budget) to remove, in [0, 1)")
     budget: str = _flag("flops", "what the sparsity counts: 'flops' (one forward, vision priced by its tokens) or "
                                  "'params' (the paper)", choices=BUDGETS)
     reg_learning_rate: float = _flag(0.1, "learning rate of the pruning gates")
@@ -143,10 +149,16 @@ class DemoConfig:
                 fail(name, "must be >= 0 (0 = torch's choice)." if "threads" in name else "must be >= 0.")
         if self.budget not in BUDGETS:
             fail("budget", f"choose one of {', '.join(BUDGETS)}.")
+        for name in ("small_radius", "large_radius"):
+            if not 0 < getattr(self, name) < 0.3:
+                fail(name, "must be in (0, 0.3): a fraction of the image side.")
+        if not 0 <= self.noise_prob <= 1:
+            fail("noise_prob", "must be in [0, 1].")
         if not 0 <= self.target_sparsity < 1:
             fail("target_sparsity", "must be in [0, 1): the fraction of the prunable size to remove.")
-        if not 1 <= self.max_objects <= 10:
-            fail("max_objects", "must be between 1 and 10.")
+        for name in ("max_objects", "pretrain_max_objects"):
+            if not 1 <= getattr(self, name) <= 10:
+                fail(name, "must be between 1 and 10.")
         if self.image_size % self.patch_size:
             fail("image_size", f"must be a multiple of --patch-size {self.patch_size}.")
         if self.hidden_size % self.head_dim:
@@ -275,7 +287,8 @@ def run(cfg: DemoConfig) -> dict:
 
     logger.info("[1/7] data: %d training, %d validation and %d held-out shapes VQA questions (%d px)",
                 cfg.train_size, cfg.validation_size, cfg.test_size, cfg.image_size)
-    shapes = ShapesConfig(image_size=cfg.image_size, seed=cfg.seed, max_objects=cfg.max_objects)
+    shapes = ShapesConfig(image_size=cfg.image_size, seed=cfg.seed, max_objects=cfg.max_objects,
+                          small_radius=cfg.small_radius, large_radius=cfg.large_radius, noise_prob=cfg.noise_prob)
     train = make_vqa_dataset(cfg.train_size, split_seed="train", config=shapes)
     validation = make_vqa_dataset(cfg.validation_size, split_seed="validation", config=shapes)
     test = make_vqa_dataset(cfg.test_size, split_seed="test", config=shapes)
@@ -300,9 +313,10 @@ def run(cfg: DemoConfig) -> dict:
     teacher = EfficientVLMForVisualQuestionAnswering(config)
     if cfg.pretrain_steps:
         logger.info("[3/7] teacher: image-text pre-training (ITC, ITM with hard negatives, MLM) on the captions of "
-                    "%d scenes, %d steps", cfg.pretrain_images, cfg.pretrain_steps)
-        captions = make_caption_dataset(cfg.pretrain_images, split_seed="train", config=shapes,
-                                        one_row_per_caption=True)
+                    "%d scenes of 1-%d objects, %d steps", cfg.pretrain_images, cfg.pretrain_max_objects,
+                    cfg.pretrain_steps)
+        captions = make_caption_dataset(cfg.pretrain_images, split_seed="train", one_row_per_caption=True,
+                                        config=replace(shapes, max_objects=cfg.pretrain_max_objects))
         torch.manual_seed(cfg.seed)
         pretrained = EfficientVLMForPreTraining(config)
         stages.run("pretraining", pretrained, 1.0, train_dataset=captions,

@@ -88,7 +88,8 @@ class EfficientVLMVisionConfig(_EncoderConfigMixin, PreTrainedConfig):
         num_channels: image channels.
         layer_norm_eps: LayerNorm epsilon.
         attention_dropout: dropout on attention probabilities.
-        initializer_range: std of the truncated-normal weight init.
+        initializer_range: recorded like CLIP's and BERT's configs record it; the modules of an EfficientVLM model
+            are initialised with the top-level ``EfficientVLMConfig.initializer_range``.
     """
 
     model_type = "efficientvlm_vision"
@@ -140,7 +141,8 @@ class EfficientVLMTextConfig(_EncoderConfigMixin, PreTrainedConfig):
         pad_token_id, bos_token_id, eos_token_id, mask_token_id: special tokens of the tokenizer ([PAD], [CLS],
             [SEP], [MASK] for BERT). The captioning decoder starts from ``bos_token_id`` and stops at
             ``eos_token_id``.
-        initializer_range: std of the normal weight init.
+        initializer_range: recorded like CLIP's and BERT's configs record it; the modules of an EfficientVLM model
+            are initialised with the top-level ``EfficientVLMConfig.initializer_range``.
     """
 
     model_type = "efficientvlm_text"
@@ -233,6 +235,9 @@ class EfficientVLMConfig(PreTrainedConfig):
         projection_dim: width of the image-text contrastive (ITC) projections.
         itc_temperature: initial ITC temperature (learnable; clamped to [0.001, 0.5] as in X-VLM). Not called
             ``temperature``, which transformers' generation would read as a sampling temperature.
+        initializer_range: std of the normal init of every weight of the three encoders and the heads (the
+            sub-configs' values are not used for initialisation). BERT's 0.02 suits fine-tuning pre-trained weights;
+            training from scratch on little data learns faster from a larger one (``efficientvlm demo`` uses 0.1).
         tie_word_embeddings: tie the MLM / captioning output layer to the word embeddings.
         pruning_info: optional record of what pruning did (target, achieved sparsity per modality, parameter
             counts). Informational only: shapes are always read from the sub-configs.

@@ -160,19 +160,24 @@ def _target_keys(targets: Sequence[Target]) -> list[str]:
 
 
 def _check_increasing(targets: Sequence[Target], keys: list[str]) -> None:
-    for key in keys:
-        values = [float(t) if key == "overall" else float(t[key]) for t in targets]
+    """Overall targets must increase strictly; per-modality targets must not decrease and must grow somewhere."""
+    if keys == ["overall"]:
+        values = [float(t) for t in targets]
         if any(b <= a for a, b in zip(values, values[1:])):
             raise ValueError(f"Targets of a family must be strictly increasing (each model nested in the previous "
-                             f"one), got {values}{'' if key == 'overall' else f' for {key}'}: sort them and drop "
-                             f"duplicates.")
+                             f"one), got {values}: sort them and drop duplicates.")
+        return
+    for previous, current in zip(targets, targets[1:]):
+        if any(current[k] < previous[k] for k in keys) or all(current[k] == previous[k] for k in keys):
+            raise ValueError(f"Per-modality targets of a family must be strictly increasing (no modality "
+                             f"decreasing), got {dict(previous)} then {dict(current)}.")
 
 
 def _check_target(value: float, reachable: float, key: str) -> None:
     name = "target_sparsity" if key == "overall" else f"target_sparsity[{key!r}]"
-    if not 0 <= value < 1:
+    if not 0 <= value < 1 and not (key != "overall" and value == 1):
         raise ValueError(f"{name}={value} must be in [0, 1): it is the fraction of the prunable size to remove.")
-    if value > reachable + 1e-12:
+    if value > reachable + 1e-9:
         raise ValueError(f"{name}={value} cannot be reached: removing every scored unit gives {reachable:.4f} "
                          f"(unscored sub-blocks and modalities stay whole). Lower the target to at most "
                          f"{reachable:.4f}, or score (gate) more structures or modalities.")

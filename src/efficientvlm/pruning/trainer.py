@@ -8,9 +8,10 @@ multipliers live outside the model, in their own AdamW (the multipliers maximise
 step: the model's LR schedule, weight decay and gradient clipping never touch them. Checkpoints carry the gates, the
 multipliers and their optimizer state, so a run resumes where it stopped.
 
-The exported structure is *budget-exact*: ``prune()`` removes the units with the lowest keep probabilities, over the
-three encoders at once, until the model has exactly the asked size (``efficientvlm.pruning.budget``), whatever the
-run length; evaluation during training uses that same structure. ``prune(target_sparsity=x)`` and
+The exported structure is *budget-exact*: ``prune()`` spreads the target over the three encoders in the proportions
+the gates learned and removes, in each, the units with the lowest keep probabilities until the model has exactly the
+asked size (``ModalAdaptiveL0Module.budget_gates``), whatever the run length; evaluation during training uses that
+same structure. ``prune(target_sparsity=x)`` and
 ``prune_family([x1, x2, ...])`` export other sizes, nested, from the same run.
 """
 
@@ -132,8 +133,8 @@ class ModalAdaptivePruningTrainer(DistillationTrainer):
 
     def final_gates(self, target_sparsity: float | dict | None = None) -> Gates:
         """The hard 0/1 gates of the structure ``prune()`` exports at ``target_sparsity`` (default: the trained
-        target): the units with the lowest keep probabilities go, over all pruned modalities at once, until the
-        exact size meets the target (``ModalAdaptiveL0Module.budget_gates``)."""
+        target): the target split between the encoders as the gates learned, and in each the units with the lowest
+        keep probabilities removed until the exact size meets its share (``ModalAdaptiveL0Module.budget_gates``)."""
         key = (self.state.global_step, repr(target_sparsity), self._l0_version())
         if self._final_gates_cache is None or self._final_gates_cache[0] != key:
             self._final_gates_cache = (key, _detached(self.l0_module.budget_gates(target_sparsity)))
