@@ -84,7 +84,8 @@ def main(argv=None) -> dict:
             steps = int(epochs * -(-len(train) // cfg["batch_size"]))
             l0 = ModalAdaptivePruningTrainer(
                 model=copy.deepcopy(student), teacher_model=teacher, train_dataset=train, data_collator=collator,
-                args=PruningConfig(output_dir=f"{work}/l0", target_sparsity=target, budget=budget, budget_text_length=12,
+                args=PruningConfig(output_dir=f"{work}/l0", target_sparsity=target, budget=budget,
+                                   budget_text_length=12,
                                    reg_learning_rate=args.reg_learning_rate or cfg.get("reg_learning_rate", 0.1),
                                    **({"lambda_learning_rate": lam} if (lam := args.lambda_learning_rate
                                                                          or cfg.get("lambda_learning_rate")) else {}),
@@ -105,10 +106,12 @@ def main(argv=None) -> dict:
             scored = time.perf_counter() - started
             before_recovery = evaluate_vqa(pruned_one_shot, processor, test)
             started_recovery = time.perf_counter()
-            DistillationTrainer(model=pruned_one_shot, teacher_model=teacher, train_dataset=train, data_collator=collator,
+            DistillationTrainer(model=pruned_one_shot, teacher_model=teacher, train_dataset=train,
+                                data_collator=collator,
                                 args=DistillationConfig(output_dir=f"{work}/one-shot", **common)).train()
             pruned_one_shot.eval()
-            results["one_shot"] = {"seconds": scored + time.perf_counter() - started_recovery, "scoring_seconds": scored,
+            results["one_shot"] = {"seconds": scored + time.perf_counter() - started_recovery,
+                                   "scoring_seconds": scored,
                                    "achieved_sparsity": pruned_one_shot.config.pruning_info["achieved_sparsity"],
                                    "parameters": pruned_one_shot.num_parameters(),
                                    "before_recovery": before_recovery, **evaluate_vqa(pruned_one_shot, processor, test)}

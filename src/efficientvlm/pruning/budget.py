@@ -153,7 +153,8 @@ def _target_keys(targets: Sequence[Target]) -> list[str]:
     keys = list(targets[0])
     for target in targets:
         if set(target) != set(keys) or not keys:
-            raise ValueError(f"Per-modality targets must all name the same modalities, got {[dict(t) for t in targets]}.")
+            raise ValueError(f"Per-modality targets must all name the same modalities, got "
+                             f"{[dict(t) for t in targets]}.")
         for modality in target:
             check_modality(modality)
     return keys
@@ -204,8 +205,9 @@ def _sub_blocks(scores: Gates, config: EfficientVLMConfig, costs) -> list[_SubBl
                     if value is not None and not bool(torch.isfinite(value.detach()).all()):
                         raise ValueError(f"{modality} layer {index}: non-finite {spec.name} scores; the gates or "
                                          f"importance scores are corrupt (NaN/inf) and cannot select a structure.")
-                blocks.append(_SubBlockState(modality, index, spec.units, spec.block if block_score is not None else None,
-                                             costs[modality][spec.name], [True] * units, unit_scores is not None))
+                block_key = spec.block if block_score is not None else None
+                blocks.append(_SubBlockState(modality, index, spec.units, block_key, costs[modality][spec.name],
+                                             [True] * units, unit_scores is not None))
     return blocks
 
 
