@@ -408,11 +408,12 @@ def run(cfg: DemoConfig) -> dict:
                "pruning_fixed_split": pruned["pruned, fixed split"][0].config.pruning_info,
                "threads": {"training": train_threads, "evaluation": eval_threads},
                "minutes": (time.perf_counter() - started) / 60}
-    _write_hub_folder(cfg, adaptive, processor, report, report_png, curves_png, tradeoff_png,
-                      "\n\n".join((table, types_table, sparsity_table)), rows, test, out / "hub")
+    tables = (f"{table}\n\nAccuracy per question type (held-out):\n\n{types_table}\n\nSparsity ({cfg.budget}) of the "
+              f"encoder layers, exported vs target (and learned by the gates):\n\n{sparsity_table}")
+    _write_hub_folder(cfg, adaptive, processor, report, report_png, curves_png, tradeoff_png, tables, rows, test,
+                      out / "hub")
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    print("\n" + table + "\n\nAccuracy per question type (held-out):\n\n" + types_table + "\n\nSparsity ("
-          + cfg.budget + ") per encoder, exported vs target:\n\n" + sparsity_table + "\n")
+    print(f"\n{tables}\n")
     print(f"pruned student: {out / 'pruned'}   Hub-ready folder: {out / 'hub'}   results: {out / 'results.json'}   "
           f"figures: {out / 'report'}   time: {results['minutes']:.1f} min (seed {cfg.seed})")
     return results
@@ -523,7 +524,8 @@ def _write_hub_folder(cfg, pruned, processor, report, report_png, curves_png, tr
         shutil.rmtree(folder)
     summary = (
         "An EfficientVLM student for the synthetic *shapes* VQA benchmark, produced by `efficientvlm demo`: a teacher "
-        "trained on the benchmark, a half-depth student distilled from it, then modal-adaptive pruning to exactly "
+        "pre-trained on the scenes' captions and trained on the benchmark, a half-depth student distilled from it, "
+        "then modal-adaptive pruning to exactly "
         f"{100 * cfg.target_sparsity:.0f}% of the {cfg.budget} of its encoder layers. Every row below is measured in "
         f"one process on the same {cfg.test_size} held-out questions (seed {cfg.seed}); latency on "
         f"{cfg.threads or 'all'} CPU thread(s), round-robin.\n\n{tables}\n"
