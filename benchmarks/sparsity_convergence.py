@@ -108,7 +108,7 @@ def main(argv=None) -> list[dict]:
                 row = run(setting, steps, args.target, args.budget, data, collator, teacher, work)
                 print(json.dumps(row), flush=True)
                 rows.append(row)
-    print(f"\n| setting | steps | reg lr | warm-up | learned sparsity at 25/50/75/100% | exported | paper rule |")
+    print("\n| setting | steps | reg lr | warm-up | learned sparsity at 25/50/75/100% | exported | paper rule |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         points = " / ".join(f"{v:.3f}" for _, v in sorted(r["learned_sparsity_at"].items()))

@@ -13,6 +13,7 @@ from efficientvlm.models.modeling_efficientvlm import (
     EfficientVLMForPreTraining,
     EfficientVLMForVisualQuestionAnswering,
 )
+from efficientvlm.student import create_student
 
 VOCAB_SIZE = 50
 PAD, CLS, SEP, MASK = 0, 2, 3, 4
@@ -76,6 +77,15 @@ class BatchDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         return self.rows[index]
+
+
+def pruning_pair(seed: int = 0):
+    """A 4/2/2 VQA teacher with wide FFNs (fine-grained sparsity) and a 2/1/1 student copied from it."""
+    torch.manual_seed(seed)
+    teacher = EfficientVLMForVisualQuestionAnswering(tiny_config(
+        vision_layers=4, vision_config={"intermediate_size": 128}, text_config={"intermediate_size": 96},
+        fusion_config={"intermediate_size": 96}))
+    return teacher, create_student(teacher, vision_layers=2, text_layers=1, fusion_layers=1)
 
 
 def narrow_student(teacher_config: EfficientVLMConfig, head: type, seed: int = 0):

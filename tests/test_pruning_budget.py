@@ -12,7 +12,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForVisualQuestionAnswering
 
-from efficientvlm import EfficientVLMForVisualQuestionAnswering, create_student
+from efficientvlm import EfficientVLMForVisualQuestionAnswering
 from efficientvlm.pruning import (
     ModalAdaptiveL0Module,
     ModalAdaptivePruningTrainer,
@@ -27,25 +27,13 @@ from efficientvlm.pruning import (
     sparsity_of,
 )
 from efficientvlm.pruning.structure import MODALITIES, SUB_BLOCKS, encoder_layers
-from tests.distillation_helpers import BatchDataset, tiny_batch, tiny_config
+from tests.distillation_helpers import BatchDataset, pruning_pair as make_pair, tiny_batch
 
 HEAD = EfficientVLMForVisualQuestionAnswering
 TEXT_LENGTH = 7  # tiny_batch's sequence length: the FLOPs budget is priced at it
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def make_pair(seed: int = 0):
-    torch.manual_seed(seed)
-    teacher = HEAD(tiny_config(vision_layers=4, vision_config={"intermediate_size": 128},
-                               text_config={"intermediate_size": 96}, fusion_config={"intermediate_size": 96}))
-    return teacher, create_student(teacher, vision_layers=2, text_layers=1, fusion_layers=1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def linear_parameters(model) -> int:
@@ -287,7 +275,8 @@ def test_the_export_spreads_the_budget_in_the_learned_proportions():
             for groups in layers:
                 for gate in groups.values():
                     gate.log_alpha.normal_(-1.0 if modality == "vision" else 3.0, 0.5)
-    learned = {m: float(v) for m, v in l0.expected_sparsity().items()}
+    with torch.no_grad():
+        learned = {m: float(v) for m, v in l0.expected_sparsity().items()}
     split = l0.learned_split(0.5)
     full = l0.full_size["flops"]
     assert sum(full[m] / full["overall"] * t for m, t in split.items()) == pytest.approx(0.5, abs=1e-6)

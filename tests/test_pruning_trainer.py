@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import AutoModelForVisualQuestionAnswering, TrainerCallback
 
-from efficientvlm import EfficientVLMForVisualQuestionAnswering, create_student
+from efficientvlm import EfficientVLMForVisualQuestionAnswering
 from efficientvlm.pruning import (
     L0_STATE_NAME,
     ModalAdaptivePruningTrainer,
@@ -21,26 +21,13 @@ from efficientvlm.pruning import (
     gates_applied,
     save_report,
 )
-from tests.distillation_helpers import BatchDataset, tiny_batch, tiny_config
+from tests.distillation_helpers import BatchDataset, pruning_pair as make_pair, tiny_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAD = EfficientVLMForVisualQuestionAnswering
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def make_pair(seed: int = 0):
-    """A 4/2/2 teacher with wide FFNs (fine-grained sparsity) and a 2/1/1 student copied from it."""
-    torch.manual_seed(seed)
-    teacher = HEAD(tiny_config(vision_layers=4, vision_config={"intermediate_size": 128},
-                               text_config={"intermediate_size": 96}, fusion_config={"intermediate_size": 96}))
-    return teacher, create_student(teacher, vision_layers=2, text_layers=1, fusion_layers=1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_args(tmp_path, **overrides) -> PruningConfig:

@@ -376,7 +376,8 @@ def run(cfg: DemoConfig) -> dict:
                "parameters": sum(p.numel() for p in model.parameters()) if model is not None else 0,
                "flops": _forward_flops(model, example) if model is not None else 0,
                "vqa_accuracy": accuracy[name]["vqa_accuracy"],
-               "percent_of_teacher": 100 * accuracy[name]["vqa_accuracy"] / teacher_accuracy if teacher_accuracy else 0}
+               "percent_of_teacher": (100 * (accuracy[name]["vqa_accuracy"] / teacher_accuracy)
+                                      if teacher_accuracy else 0.0)}
         for batch in cfg.latency_batch_sizes:
             if model is not None:
                 row[f"latency_ms_batch{batch}"] = 1000 * latency[batch][name]

@@ -1,8 +1,8 @@
 """What pruning did, per modality and layer: a JSON-able dict and a figure for model cards.
 
 ``pruning_report(before, after, target)`` compares two structures: the model before pruning and either the pruned
-model (or its config) or a ``ModalAdaptiveL0Module`` whose deterministic gates say what would be kept. It reports
-heads (self, cross) and FFN width kept per layer, the parameters and FLOPs of the prunable part before and after,
+model (or its config) or a ``ModalAdaptiveL0Module`` whose exported gates (``budget_gates()``) say what would be
+kept. It reports heads (self, cross) and FFN width kept per layer, the parameters and FLOPs of the prunable part before and after,
 and the target next to the achieved sparsity. ``save_report`` writes it as ``<name>.json`` and ``<name>.png``.
 """
 
@@ -23,7 +23,6 @@ from .structure import (
     BUDGETS,
     MODALITIES,
     SUB_BLOCKS,
-    LayerSizes,
     check_budget,
     image_tokens,
     kept_sizes,
@@ -44,7 +43,7 @@ def pruning_report(before: EfficientVLMConfig | nn.Module,
     Args:
         before: the model (or config) before pruning.
         after: the pruned model or its config, or the ``ModalAdaptiveL0Module`` trained on ``before`` (its
-            deterministic gates give the kept structure).
+            exported gates, ``budget_gates()``, give the kept structure).
         target: the target sparsity (default: the L0 module's, if ``after`` is one).
         budget: what ``target`` measures, ``"params"`` or ``"flops"`` (default: the L0 module's, else params).
         text_length, image_size: tokens for the FLOP counts (defaults: the L0 module's, else 40 text tokens and
@@ -59,7 +58,7 @@ def pruning_report(before: EfficientVLMConfig | nn.Module,
     sizes_before = layer_sizes(config_before)
     l0 = after if isinstance(after, ModalAdaptiveL0Module) else None
     if l0 is not None:
-        sizes_after = kept_sizes(sizes_before, keep_lists_from_gates(l0.deterministic()))
+        sizes_after = kept_sizes(sizes_before, keep_lists_from_gates(l0.budget_gates()))
         target = l0.target_sparsity if target is None else target
         budget = budget or l0.budget
         text_length = text_length or l0.text_length

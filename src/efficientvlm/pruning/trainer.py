@@ -11,8 +11,8 @@ multipliers and their optimizer state, so a run resumes where it stopped.
 The exported structure is *budget-exact*: ``prune()`` spreads the target over the three encoders in the proportions
 the gates learned and removes, in each, the units with the lowest keep probabilities until the model has exactly the
 asked size (``ModalAdaptiveL0Module.budget_gates``), whatever the run length; evaluation during training uses that
-same structure. ``prune(target_sparsity=x)`` and
-``prune_family([x1, x2, ...])`` export other sizes, nested, from the same run.
+same structure. ``prune(target_sparsity=x)`` and ``prune_family([x1, x2, ...])`` export other sizes, nested, from the
+same run.
 """
 
 from __future__ import annotations
@@ -135,13 +135,15 @@ class ModalAdaptivePruningTrainer(DistillationTrainer):
         """The hard 0/1 gates of the structure ``prune()`` exports at ``target_sparsity`` (default: the trained
         target): the target split between the encoders as the gates learned, and in each the units with the lowest
         keep probabilities removed until the exact size meets its share (``ModalAdaptiveL0Module.budget_gates``)."""
-        key = (self.state.global_step, repr(target_sparsity), self._l0_version())
+        key = (repr(target_sparsity), self._l0_version())  # recomputed only when the gates changed
         if self._final_gates_cache is None or self._final_gates_cache[0] != key:
             self._final_gates_cache = (key, _detached(self.l0_module.budget_gates(target_sparsity)))
         return self._final_gates_cache[1]
 
     def _l0_version(self) -> tuple:
-        return tuple(p._version for p in self.l0_module.gate_parameters())
+        """Changes whenever a log_alpha is modified in place (optimizer step, clamp, checkpoint load)."""
+        return tuple(id(p) for p in self.l0_module.gate_parameters()) + tuple(
+            p._version for p in self.l0_module.gate_parameters())
 
     def pruning_info(self, target_sparsity: float | dict | None = None) -> dict:
         """What was asked and what came out: target, budget, the exported structure's exact sparsity (overall and
