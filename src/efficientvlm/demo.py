@@ -5,7 +5,9 @@ process, so accuracies and speed-ups are comparable:
 
 1. **Image-blind baseline**: the most frequent training answer of each question type - the floor a model that
    does not look at the image reaches.
-2. **Teacher**: a small X-VLM-style model (vision / text / fusion layers) trained on the task.
+2. **Teacher**: a small X-VLM-style model (vision / text / fusion layers), pre-trained on the captions of one-object
+   scenes with its own ITC, ITM (hard negatives) and MLM heads - which teaches it to tie colour and shape words to
+   what the image shows - then trained on the task.
 3. **Student without KD** and **student with KD**: ``create_student`` copies every other teacher layer; the same
    schedule trains one on the task loss alone (the paper's X-VLM_small baseline) and one with
    ``DistillationTrainer`` (task loss + logits, hidden-state and attention-map KD). Does distillation help?
