@@ -96,3 +96,23 @@ def narrow_student(teacher_config: EfficientVLMConfig, head: type, seed: int = 0
                          fusion_layers=max(1, teacher_config.fusion_config.num_hidden_layers // 2),
                          vision_width=16, text_width=16, id2label=teacher_config.id2label)
     return head(config)
+
+
+def assert_masked_materialised_reloaded_agree(student, gates, pruned, folder):
+    """The correctness gate of pruning: the student masked by ``gates``, the materialised ``pruned`` model and its
+    reload through ``AutoModelForVisualQuestionAnswering`` give the same logits. Returns the reloaded model."""
+    from transformers import AutoModelForVisualQuestionAnswering
+
+    from efficientvlm.pruning import gates_applied
+
+    inputs = tiny_batch(EfficientVLMForVisualQuestionAnswering, seed=3)
+    inputs.pop("labels")
+    student.eval()
+    with torch.no_grad(), gates_applied(student, gates):
+        masked = student(**inputs).logits
+    pruned.save_pretrained(folder)
+    reloaded = AutoModelForVisualQuestionAnswering.from_pretrained(folder).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(pruned.eval()(**inputs).logits, masked, rtol=0, atol=1e-5)
+        torch.testing.assert_close(reloaded(**inputs).logits, masked, rtol=0, atol=1e-5)
+    return reloaded

@@ -27,7 +27,12 @@ from efficientvlm.pruning import (
     sparsity_of,
 )
 from efficientvlm.pruning.structure import MODALITIES, SUB_BLOCKS, encoder_layers
-from tests.distillation_helpers import BatchDataset, pruning_pair as make_pair, tiny_batch
+from tests.distillation_helpers import (
+    BatchDataset,
+    assert_masked_materialised_reloaded_agree,
+    pruning_pair as make_pair,
+    tiny_batch,
+)
 
 HEAD = EfficientVLMForVisualQuestionAnswering
 TEXT_LENGTH = 7  # tiny_batch's sequence length: the FLOPs budget is priced at it
@@ -99,17 +104,7 @@ def test_a_64_step_run_at_the_paper_defaults_exports_the_asked_size(tmp_path, ca
     assert info["learned_expected_sparsity"]["overall"] == pytest.approx(learned, abs=1e-6)
     assert info["target_sparsity"] == target and "deterministic_rule_sparsity" in info
 
-    # masked with the exported gates == materialised == reloaded
-    inputs = tiny_batch(HEAD, seed=3)
-    inputs.pop("labels")
-    student.eval()
-    with torch.no_grad(), gates_applied(student, trainer.final_gates()):
-        masked = student(**inputs).logits
-    pruned.save_pretrained(tmp_path / "pruned")
-    reloaded = AutoModelForVisualQuestionAnswering.from_pretrained(tmp_path / "pruned").eval()
-    with torch.no_grad():
-        torch.testing.assert_close(pruned.eval()(**inputs).logits, masked, rtol=0, atol=1e-5)
-        torch.testing.assert_close(reloaded(**inputs).logits, masked, rtol=0, atol=1e-5)
+    assert_masked_materialised_reloaded_agree(student, trainer.final_gates(), pruned, tmp_path / "pruned")
 
 
 def test_params_sparsity_counts_every_allocated_tensor():

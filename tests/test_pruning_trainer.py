@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForVisualQuestionAnswering, TrainerCallback
+from transformers import TrainerCallback
 
 from efficientvlm import EfficientVLMForVisualQuestionAnswering
 from efficientvlm.pruning import (
@@ -21,7 +21,12 @@ from efficientvlm.pruning import (
     gates_applied,
     save_report,
 )
-from tests.distillation_helpers import BatchDataset, pruning_pair as make_pair, tiny_batch
+from tests.distillation_helpers import (
+    BatchDataset,
+    assert_masked_materialised_reloaded_agree,
+    pruning_pair as make_pair,
+    tiny_batch,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAD = EfficientVLMForVisualQuestionAnswering
@@ -57,17 +62,7 @@ def test_a_short_run_lands_on_its_target_and_exports_that_structure(tmp_path):
     # the parameter budget's sparsity is the parameter count of the exported model
     assert info["prunable"]["sparsity"] == pytest.approx(info["achieved_sparsity"]["overall"], abs=1e-6)
 
-    # masked (deterministic gates) == materialised == reloaded through the Auto class
-    inputs = tiny_batch(HEAD, seed=3)
-    inputs.pop("labels")
-    student.eval()
-    with torch.no_grad(), gates_applied(student, trainer.final_gates()):
-        masked = student(**inputs).logits
-    pruned.save_pretrained(tmp_path / "pruned")
-    reloaded = AutoModelForVisualQuestionAnswering.from_pretrained(tmp_path / "pruned").eval()
-    with torch.no_grad():
-        torch.testing.assert_close(pruned.eval()(**inputs).logits, masked, rtol=0, atol=1e-5)
-        torch.testing.assert_close(reloaded(**inputs).logits, masked, rtol=0, atol=1e-5)
+    reloaded = assert_masked_materialised_reloaded_agree(student, trainer.final_gates(), pruned, tmp_path / "pruned")
     assert sum(p.numel() for p in reloaded.parameters()) < sum(p.numel() for p in student.parameters())
 
     json_path, png_path = save_report(trainer.pruning_report(pruned), tmp_path / "report")
