@@ -14,8 +14,9 @@ cheapest remaining unit - an FFN neuron - of the target, rather than within the 
 Scores come in the nested gate layout of ``ModalAdaptiveL0Module`` (``{modality: [{gate key: tensor}]}``): unit
 keys (``heads``, ``cross_heads``, ``ffn``) hold one score per unit, block keys (``attention_block``, ...) a scalar
 for the whole sub-block. A sub-block without scores is not pruned. For L0 gates the scores are keep probabilities
-(``ModalAdaptiveL0Module.budget_gates``); for one-shot pruning, importance per unit of cost
-(``efficientvlm.pruning.importance``).
+(``ModalAdaptiveL0Module.budget_gates``, which first splits an overall target between the encoders in the
+proportions the gates learned and then selects within each); for one-shot pruning, importance per unit of cost,
+ranked globally (``efficientvlm.pruning.importance``).
 
 ``select_structures(scores, config, [0.25, 0.35, 0.5])`` exports a family from one set of scores: each target
 continues from the previous one, so every smaller model is contained in every larger one (nested by
@@ -60,10 +61,14 @@ class _SubBlockState:
     alive: list[bool]
     gated_units: bool
     removed: bool = False
+    alive_count: int = -1  # kept in step with ``alive`` (counting it per removal would be quadratic)
+
+    def __post_init__(self):
+        self.alive_count = len(self.alive)
 
     @property
     def remaining(self) -> int:
-        return 0 if self.removed else sum(self.alive)
+        return 0 if self.removed else self.alive_count
 
     def size(self) -> int:
         return self.cost.size(self.remaining)
@@ -116,7 +121,8 @@ def select_structures(scores: Gates, config: EfficientVLMConfig, targets: Sequen
     _check_increasing(targets, keys)
     costs = sub_block_costs(config, budget, text_length, image_size)
     blocks = _sub_blocks(scores, config, costs)
-    full = {m: float(sum(sizes_cost(layer_sizes(config), costs)[m])) for m in MODALITIES}
+    full_costs = sizes_cost(layer_sizes(config), costs)
+    full = {m: float(sum(full_costs[m])) for m in MODALITIES}
     full["overall"] = sum(full[m] for m in MODALITIES)
 
     # The removal order of each constraint's scope: its scored units and blocks, lowest score first.
@@ -247,6 +253,7 @@ def _remove(block: _SubBlockState, unit: int | None) -> None:
         block.removed = True
     else:
         block.alive[unit] = False
+        block.alive_count -= 1
 
 
 def _remove_until(order: list[tuple], blocks: list[_SubBlockState], goal: float, size: float) -> None:

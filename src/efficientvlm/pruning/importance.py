@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from .budget import Gates, Target, select_structures, sparsity_of
-from .l0 import PRUNABLE_STRUCTURES, gates_applied
+from .l0 import PRUNABLE_STRUCTURES, SUB_BLOCKS_BY_UNITS, _unit_structure, gates_applied
 from .materialize import materialize
 from .structure import MODALITIES, SUB_BLOCKS, check_budget, check_modality, layer_sizes, sub_block_costs
 
@@ -41,8 +41,7 @@ def _unit_gates(config, structures: Sequence[str], modalities: Sequence[str], de
         for units_of in layer_sizes(config)[modality]:
             layer = {}
             for spec in SUB_BLOCKS[modality]:
-                structure = "ffn" if spec.name == "ffn" else "heads"
-                if units_of[spec.units] and structure in structures:
+                if units_of[spec.units] and _unit_structure(spec) in structures:
                     layer[spec.units] = torch.ones(units_of[spec.units], device=device, requires_grad=True)
             gates[modality].append(layer)
     return gates
@@ -113,8 +112,8 @@ def per_unit_of_cost(scores: Gates, config, budget: str = "params", text_length:
     """``scores`` divided by each unit's cost (parameters or FLOPs), so that ranking them trades importance against
     size across modalities whose units cost very different amounts."""
     costs = sub_block_costs(config, budget, text_length, image_size)
-    by_units = {spec.units: spec.name for specs in SUB_BLOCKS.values() for spec in specs}
-    return {modality: [{key: value / costs[modality][by_units[key]].unit for key, value in layer.items()}
+    return {modality: [{key: value / costs[modality][SUB_BLOCKS_BY_UNITS[key].name].unit
+                        for key, value in layer.items()}
                        for layer in layers]
             for modality, layers in scores.items()}
 

@@ -142,15 +142,15 @@ class ModalAdaptivePruningTrainer(DistillationTrainer):
 
     def _l0_version(self) -> tuple:
         """Changes whenever a log_alpha is modified in place (optimizer step, clamp, checkpoint load)."""
-        return tuple(id(p) for p in self.l0_module.gate_parameters()) + tuple(
-            p._version for p in self.l0_module.gate_parameters())
+        return tuple(p._version for p in self.l0_module.gate_parameters())
 
-    def pruning_info(self, target_sparsity: float | dict | None = None) -> dict:
+    def pruning_info(self, target_sparsity: float | dict | None = None, zs: Gates | None = None) -> dict:
         """What was asked and what came out: target, budget, the exported structure's exact sparsity (overall and
-        per modality), the sparsity the gates had learned (expected, from the keep probabilities) and that of the
-        paper's deterministic per-layer rule."""
+        per modality; of ``zs`` when given, else of ``final_gates(target_sparsity)``), the sparsity the gates had
+        learned (expected, from the keep probabilities) and that of the paper's deterministic per-layer rule."""
         l0 = self.l0_module
         target = self.args.target() if target_sparsity is None else target_sparsity
+        zs = self.final_gates(target_sparsity) if zs is None else zs
 
         def rounded(values):
             return {key: round(float(value), 6) for key, value in values.items()}
@@ -163,7 +163,7 @@ class ModalAdaptivePruningTrainer(DistillationTrainer):
                 "budget": self.args.budget,
                 "pruned_structures": list(self.args.pruned_structures()),
                 "pruned_modalities": list(self.args.pruned_modalities()),
-                "achieved_sparsity": rounded(l0.expected_sparsity(zs=self.final_gates(target_sparsity))),
+                "achieved_sparsity": rounded(l0.expected_sparsity(zs=zs)),
                 "learned_expected_sparsity": rounded(l0.expected_sparsity()),
                 "deterministic_rule_sparsity": rounded(l0.expected_sparsity(zs=_detached(l0.deterministic()))),
             }
@@ -180,17 +180,10 @@ class ModalAdaptivePruningTrainer(DistillationTrainer):
     def prune_family(self, targets) -> list[nn.Module]:
         """One materialised model per target (strictly increasing), nested: every unit removed for a target is also
         removed for the larger ones (``efficientvlm.pruning.select_structures``)."""
-        l0 = self.l0_module
-        family = [_detached(zs) for zs in l0.budget_gates(list(targets))]
-        models = []
-        for target, zs in zip(targets, family):
-            info = self.pruning_info(target)
-            info["achieved_sparsity"] = {key: round(float(value), 6)
-                                         for key, value in l0.expected_sparsity(zs=zs).items()}
-            info["family"] = list(targets)
-            models.append(materialize(self._student(), zs, pruning_info=info))
-        self._warn_if_not_converged(self.pruning_info())
-        return models
+        family = [_detached(zs) for zs in self.l0_module.budget_gates(list(targets))]
+        infos = [{**self.pruning_info(target, zs), "family": list(targets)} for target, zs in zip(targets, family)]
+        self._warn_if_not_converged(infos[0])  # learned and trained sparsity are the same for every member
+        return [materialize(self._student(), zs, pruning_info=info) for zs, info in zip(family, infos)]
 
     def _warn_if_not_converged(self, info: dict) -> None:
         learned, trained = info["learned_expected_sparsity"], info["trained_target_sparsity"]
