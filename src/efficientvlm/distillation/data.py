@@ -93,7 +93,9 @@ class ImageTextPretrainingCollator:
     Output: ``pixel_values``, ``input_ids``, ``attention_mask`` (from the processor), ``mlm_input_ids``,
     ``mlm_labels`` (original ids at masked positions, -100 elsewhere), ``mlm_positions`` (see
     ``masked_positions``; ``DistillationTrainer`` distils the MLM logits there only, the model ignores it) and
-    ``image_ids`` (the examples' ``image_id``; without one every example is its own image).
+    ``image_ids`` (the examples' ``image_id``, which must name images across the dataset, since the model compares
+    them over the batch gathered from every process). When an example has no ``image_id`` the batch has no
+    ``image_ids`` and every example counts as its own image.
 
     Args:
         processor: an ``EfficientVLMProcessor`` (anything with the same call signature and a ``tokenizer``).
@@ -127,13 +129,13 @@ class ImageTextPretrainingCollator:
         )
         input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
         mlm_input_ids, mlm_labels = self.mask_tokens(input_ids, attention_mask)
+        output = {"pixel_values": batch["pixel_values"], "input_ids": input_ids, "attention_mask": attention_mask,
+                  "mlm_input_ids": mlm_input_ids, "mlm_labels": mlm_labels,
+                  "mlm_positions": masked_positions(mlm_labels)}
         if all("image_id" in example for example in examples):
-            image_ids = torch.tensor([int(example["image_id"]) for example in examples])
-        else:
-            image_ids = torch.arange(len(examples))
-        return {"pixel_values": batch["pixel_values"], "input_ids": input_ids, "attention_mask": attention_mask,
-                "mlm_input_ids": mlm_input_ids, "mlm_labels": mlm_labels, "mlm_positions": masked_positions(mlm_labels),
-                "image_ids": image_ids}
+            # not numbered per batch: ids are compared across the batches of all processes
+            output["image_ids"] = torch.tensor([int(example["image_id"]) for example in examples])
+        return output
 
     def mask_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mlm_input_ids, mlm_labels)`` for a padded batch of token ids (see the module docstring)."""
