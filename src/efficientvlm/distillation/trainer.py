@@ -466,16 +466,16 @@ class DistillationTrainer(Trainer):
 
     def _check_projections_supported(self, widths: dict) -> None:
         """The projections train beside the student as extra parameter groups of its optimizer, their gradients
-        averaged by DDP (or by DeepSpeed ZeRO-1/2's optimizer). FSDP and ZeRO-3 shard the student's optimizer and
-        cannot take parameters from outside the sharded model: refuse early, with the fix."""
-        zero_stage = getattr(getattr(self.accelerator.state, "deepspeed_plugin", None), "zero_stage", None)
-        if self.is_fsdp_enabled or zero_stage == 3:
-            backend = "FSDP" if self.is_fsdp_enabled else "DeepSpeed ZeRO-3"
+        averaged by DDP. FSDP shards the optimizer over the model's parameters only, and DeepSpeed's ZeRO optimizers
+        (every stage) map each parameter to a name in the engine's model (a projection raises ``KeyError`` in
+        ``_create_param_mapping``): refuse both early, with the fix."""
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            backend = "FSDP" if self.is_fsdp_enabled else "DeepSpeed"
             sizes = ", ".join(f"{modality} {student} vs {teacher}" for modality, (student, teacher) in widths.items())
             raise ValueError(
                 f"The student's hidden sizes differ from the teacher's ({sizes}), so distillation trains hidden-state "
-                f"projections outside the student, which {backend} cannot shard. "
-                "Launch with DDP or DeepSpeed ZeRO-2 (examples/accelerate_configs/), or create the student with the "
+                f"projections outside the student, which {backend} cannot optimise (it only takes the model's own "
+                "parameters). Launch with DDP (examples/accelerate_configs/ddp.yaml), or create the student with the "
                 "teacher's widths (efficientvlm.create_student), or set the hidden-state KD weights to 0."
             )
 

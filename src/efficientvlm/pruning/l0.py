@@ -42,6 +42,7 @@ from .structure import (
     SubBlockSpec,
     check_budget,
     check_modality,
+    declared_gates,
     encoder_layers,
     layer_sizes,
     sub_block_costs,
@@ -107,16 +108,16 @@ def apply_gates(model: nn.Module, zs: Gates) -> None:
 
 
 def _set_gate(module: nn.Module, name: str, value: torch.Tensor) -> None:
-    if name not in getattr(module, "pruning_gates", ()):
+    if name not in declared_gates(module):
         raise TypeError(f"{type(module).__name__} declares no pruning gate {name!r} (its gates: "
-                        f"{getattr(module, 'pruning_gates', ())}); it must be an EfficientVLM module.")
+                        f"{declared_gates(module)}); it must be an EfficientVLM module.")
     setattr(module, name, value)
 
 
 def clear_gates(model: nn.Module) -> None:
     """Remove every pruning gate from the model (back to the plain dense forward), wrapped or not."""
     for module in model.modules():  # wrappers hold the modules they wrap as children
-        for name in getattr(module, "pruning_gates", ()):
+        for name in declared_gates(module):
             setattr(module, name, None)
 
 

@@ -32,6 +32,7 @@ from .structure import (
     MODALITIES,
     SUB_BLOCKS,
     check_modality,
+    declared_gates,
     encoder_layers,
     layer_sizes,
     sizes_cost,
@@ -197,8 +198,7 @@ def _resolve_all(kept, sizes) -> dict[str, list[dict[str, list[int]]]]:
 def _copy_without_gates(model: nn.Module) -> nn.Module:
     """A deep copy of the model without pruning gates (gate tensors may be non-leaf tensors that cannot be copied);
     the input keeps its gates."""
-    saved = [(module, name, getattr(module, name)) for module in model.modules()
-             for name in getattr(module, "pruning_gates", ())]
+    saved = [(module, name, getattr(module, name)) for module in model.modules() for name in declared_gates(module)]
     for module, name, _ in saved:
         setattr(module, name, None)
     try:

@@ -134,6 +134,12 @@ def unwrap(module: nn.Module) -> nn.Module:
         module = inner
 
 
+def declared_gates(module: nn.Module) -> tuple[str, ...]:
+    """The pruning gates ``module`` itself declares (``register_pruning_gates``); a wrapper declares none, even
+    though FSDP1 and checkpoint wrappers forward attribute reads to the module they wrap."""
+    return module.__dict__.get("pruning_gates", ())
+
+
 def encoder_layers(model: nn.Module, modality: str) -> nn.ModuleList:
     """The layer list of one encoder of any EfficientVLM model (base model or task head), wrapped or not.
 
