@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +25,7 @@ from efficientvlm.pruning import ModalAdaptivePruningTrainer, PruningConfig
 from tests.distillation_helpers import BatchDataset, pruning_pair as make_pair
 
 HEAD = EfficientVLMForVisualQuestionAnswering
+ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -277,3 +283,24 @@ def test_a_checkpoint_with_a_non_finite_tensor_is_never_written(tmp_path):
     with pytest.raises(NonFiniteError, match="Refusing to save the model"):
         trainer.save_model(str(tmp_path / "final"))
     assert not (tmp_path / "final").exists()
+
+
+def test_two_processes_skip_a_nan_batch_together_and_keep_identical_gates(tmp_path):
+    # The NaN example reaches one rank only (once per epoch; the run spans two); the skip decision is summed over
+    # processes, so both drop the same steps (gradient accumulation 2: four micro-batches each) and end with the
+    # same finite gates and weights.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(port), str(ROOT / "tests" / "ddp_prune_worker.py"), str(tmp_path), "nan"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    steps, batches, _ = rank0["skipped"]
+    assert rank1["skipped"] == rank0["skipped"] and steps == batches == 2  # one NaN micro-batch per dropped step
+    assert_all_finite(rank0["state"])
+    for key, value in rank0["state"].items():
+        torch.testing.assert_close(rank1["state"][key], value, rtol=0, atol=0, msg=key)
