@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -283,7 +284,8 @@ class DistillationTrainer(Trainer):
         self._term_counts: dict[str, dict[str, torch.Tensor]] = {"train": {}, "eval": {}}
 
         self._last_train_terms: dict[str, torch.Tensor] = {}  # of the latest training compute_loss
-        self._step_records: list[MicroBatchRecord] = []  # the micro-batches of the optimizer step under way
+        # the micro-batches of the optimizer step under way (bounded for callers of training_step outside train())
+        self._step_records: deque[MicroBatchRecord] = deque(maxlen=args.gradient_accumulation_steps)
         self._step_discarded = False  # the step under way was dropped by skip_nonfinite_batches
         self.add_callback(NumericsGuard(self))
         self.add_callback(NonFiniteBatchCounter())
@@ -524,7 +526,8 @@ class DistillationTrainer(Trainer):
         under several processes the counts are summed, so that every process stops or skips together."""
         self._step_discarded = False
         self._prepare_auxiliary_gradients()
-        records, self._step_records = self._step_records, []
+        records = list(self._step_records)
+        self._step_records.clear()
         device = self.args.device
         bad_losses = torch.stack([~record.loss_finite.to(device) for record in records]).sum() if records \
             else torch.zeros((), dtype=torch.long, device=device)
@@ -567,8 +570,8 @@ class DistillationTrainer(Trainer):
     def _check_finite_before_save(self, what: str, include_trainer_state: bool) -> None:
         """Raise ``NonFiniteError`` (on every process) when the model - and, for a checkpoint, the trainer state -
         holds a NaN or infinite tensor, before anything is written."""
-        named = [(f"model.{name}", value) for name, value in self.accelerator.unwrap_model(self.model)
-                 .state_dict().items()]
+        model = self.accelerator.unwrap_model(self.model)  # the process's parameters and buffers (shards, no gather)
+        named = [(f"model.{name}", value) for name, value in (*model.named_parameters(), *model.named_buffers())]
         if include_trainer_state:
             named += list(self._checkpoint_tensors())
         tensors = [local_tensor(value) for _, value in named if value.is_floating_point()]
