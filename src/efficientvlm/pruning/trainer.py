@@ -13,6 +13,13 @@ The gates are set on the student's own layers (their gate buffers), so they reac
 wrapped; ``prune()`` gathers the full parameters of a sharded student first (FSDP, DeepSpeed ZeRO-3) and prunes an
 unwrapped copy.
 
+Mixed precision and non-finite values: before each optimizer step the gates' and multipliers' gradients are averaged
+over processes and, under fp16, unscaled by the GradScaler (``scaler.unscale_(l0_optimizer)``, so their overflow
+also lowers the scale); they are checked with the model's (``DistillationTrainer``'s numerics check). Their step is
+skipped whenever the model's was (the GradScaler found an overflow, or ``skip_nonfinite_batches`` dropped the step)
+and whenever their own unscaled gradients are not finite, so an overflow never reaches ``log_alpha`` or the
+multipliers.
+
 The exported structure is *budget-exact*: ``prune()`` spreads the target over the three encoders in the proportions
 the gates learned and removes, in each, the units with the lowest keep probabilities until the model has exactly the
 asked size (``ModalAdaptiveL0Module.budget_gates``), whatever the run length; evaluation during training uses that
@@ -28,6 +35,7 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
+from ..distillation.numerics import all_finite
 from ..distillation.trainer import DistillationTrainer
 from .config import PruningConfig
 from .distributed import full_model
@@ -45,8 +53,9 @@ logger = logging.getLogger(__name__)
 
 
 class _GateOptimizerStep(TrainerCallback):
-    """Steps the gates' optimizer at every optimizer step of the model, then clamps ``log_alpha``; sets the
-    Lagrangian warm-up from ``lagrangian_warmup_steps`` or, by default, ``lagrangian_warmup_ratio`` of the run."""
+    """Steps the gates' optimizer after every optimizer step of the model (``step_gates``: skipped with the model's);
+    sets the Lagrangian warm-up from ``lagrangian_warmup_steps`` or, by default, ``lagrangian_warmup_ratio`` of the
+    run."""
 
     def __init__(self, trainer: ModalAdaptivePruningTrainer):
         self.trainer = trainer
@@ -93,6 +102,7 @@ class ModalAdaptivePruningTrainer(DistillationTrainer):
             missing="it was not written by ModalAdaptivePruningTrainer, so the pruning gates cannot be restored. "
                     "Resume from one of this trainer's checkpoints.")
         self.checkpointed_state.register(L0_OPTIMIZER_NAME, self.l0_optimizer)
+        self._scale_before_step: float | None = None  # the GradScaler's scale before this optimizer step
         self._final_gates_cache = None
         self.add_callback(_GateOptimizerStep(self))
 
@@ -129,15 +139,58 @@ class ModalAdaptivePruningTrainer(DistillationTrainer):
             return {}
         return {"lagrangian": self.l0_module.lagrangian(self.l0_module.target_at(self.state.global_step))}
 
+    def _prepare_auxiliary_gradients(self) -> None:
+        """Before the numerics check and the model's optimizer step: average the gates' and multipliers' gradients
+        over processes (so every rank keeps identical gates) and, under fp16 loss scaling, unscale them with the
+        GradScaler, which also records their overflow for its next scale update."""
+        if self.gates_frozen:
+            return
+        if self.accelerator.num_processes > 1:
+            for parameter in self.l0_module.parameters():
+                if parameter.grad is not None:
+                    torch.distributed.all_reduce(parameter.grad, op=torch.distributed.ReduceOp.SUM)
+                    parameter.grad /= self.accelerator.num_processes
+        scaler = self._loss_scaler()
+        self._scale_before_step = scaler.get_scale() if scaler is not None else None
+        if scaler is not None:
+            scaler.unscale_(self.l0_optimizer)
+
+    def _step_gradients(self):
+        """The model's and projections' gradients, and the gates' and multipliers'."""
+        yield from super()._step_gradients()
+        for name, parameter in self.l0_module.named_parameters():
+            yield f"l0_module.{name}", parameter.grad
+
+    def gate_step_overflowed(self) -> bool:
+        """After the model's ``optimizer.step()``, under fp16 loss scaling: whether this step overflowed, in the
+        model's gradients or in the gates' own.
+
+        Accelerate's ``optimizer_step_was_skipped`` alone misses it with fused optimizers (transformers' default
+        ``adamw_torch_fused``): the GradScaler lets them skip the update inside their own ``step()``, which
+        Accelerate then counts as taken. So the scale is compared too: ``GradScaler.update()`` lowers it exactly
+        when an overflow was found in any optimizer it unscaled (the model's, and the gates' in
+        ``_prepare_auxiliary_gradients``). The gates' unscaled gradients are also checked directly."""
+        scaler = self._loss_scaler()
+        if scaler is None:
+            return False  # no loss scaling: the numerics check before the step has covered every gradient
+        if self.accelerator.optimizer_step_was_skipped:
+            return True
+        if self._scale_before_step is not None and scaler.get_scale() < self._scale_before_step:
+            return True
+        return not bool(all_finite(p.grad for p in self.l0_module.parameters()))
+
+    def _discard_step_gradients(self) -> None:
+        super()._discard_step_gradients()
+        self.l0_optimizer.zero_grad(set_to_none=True)
+
     def step_gates(self) -> None:
-        """Update ``log_alpha`` (descent) and the multipliers (ascent) from the accumulated gradients, clamp
-        ``log_alpha``. Gradients are averaged over processes first, so every rank keeps identical gates."""
-        if not self.gates_frozen:
-            if self.accelerator.num_processes > 1:
-                for parameter in self.l0_module.parameters():
-                    if parameter.grad is not None:
-                        torch.distributed.all_reduce(parameter.grad, op=torch.distributed.ReduceOp.SUM)
-                        parameter.grad /= self.accelerator.num_processes
+        """After the model's optimizer step: update ``log_alpha`` (descent) and the multipliers (ascent) from the
+        accumulated gradients (averaged over processes and unscaled before the step), clamp ``log_alpha``.
+
+        Skipped - gates and multipliers unchanged - when the gates are frozen, when ``skip_nonfinite_batches``
+        dropped the step, and under fp16 when the GradScaler found an overflow (``gate_step_overflowed``)."""
+        skip = self.gates_frozen or self._step_discarded or self.gate_step_overflowed()
+        if not skip:
             self.l0_optimizer.step()
             self.l0_module.clamp_()
         self.l0_optimizer.zero_grad(set_to_none=True)
@@ -253,6 +306,16 @@ class ModalAdaptivePruningTrainer(DistillationTrainer):
             if gates:
                 stats[f"{unit}_kept"] = float(torch.cat([g.reshape(-1) for g in gates]).ne(0).float().mean())
         return stats
+
+    def _checkpoint_tensors(self):
+        """The distillation trainer's, plus the gates, multipliers and their optimizer state."""
+        yield from super()._checkpoint_tensors()
+        for name, value in self.l0_module.state_dict().items():
+            yield f"l0_module.{name}", value
+        for index, state in self.l0_optimizer.state_dict()["state"].items():
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor):
+                    yield f"l0_optimizer.state.{index}.{key}", value
 
 
 def _detached(zs: Gates) -> Gates:
