@@ -286,7 +286,7 @@ def check_fp16_nan_batch(args: argparse.Namespace) -> dict:
                                             "skipped_step": counter.last_skipped_step}}
 
 
-# ---- distributed: accelerate launch with the example configs ----------------------------------------------------------
+# ---- distributed: accelerate launch with the example configs --------------------------------------------------
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -41,9 +41,11 @@ def prune_run(output_dir: Path, callbacks=(), resume=None):
     trainer = ModalAdaptivePruningTrainer(model=student, args=args, teacher_model=teacher,
                                           train_dataset=BatchDataset(HEAD, size=8), callbacks=list(callbacks))
     trainer.train(resume_from_checkpoint=resume)
-    state = {f"student.{k}": v.detach().float().cpu().clone() for k, v in full_state_dict(trainer.model_wrapped).items()}
+    student_state = full_state_dict(trainer.model_wrapped)
+    state = {f"student.{k}": v.detach().float().cpu().clone() for k, v in student_state.items()}
     state |= {f"gates.{k}": v.detach().cpu().clone() for k, v in trainer.l0_module.state_dict().items()}
-    state |= {f"gates_optimizer.{i}": v["exp_avg"].clone() for i, v in trainer.l0_optimizer.state_dict()["state"].items()}
+    optimizer_state = trainer.l0_optimizer.state_dict()["state"]
+    state |= {f"gates_optimizer.{i}": v["exp_avg"].detach().cpu().clone() for i, v in optimizer_state.items()}
     return trainer, state
 
 
