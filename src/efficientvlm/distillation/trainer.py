@@ -16,24 +16,28 @@ gradient stops the run with ``NonFiniteError`` naming the step, the terms, the i
 The training loop is the stock one. The trainer overrides only ``compute_loss`` (the loss), ``training_step`` /
 ``prediction_step`` (drop id columns, record each micro-batch's loss for the check), ``log`` (the extra terms),
 ``create_optimizer`` (adds the projections), ``_clip_grad_norm`` (clips the projections together with the student),
-``save_model`` / ``_save_checkpoint`` (the finiteness check; the projections' weights) and
-``_load_from_checkpoint`` (the projections' weights), and adds callbacks that clear the projections' gradients after
-each optimizer step, check each step before ``optimizer.step()`` and count skipped steps.
+``save_model`` / ``_save_checkpoint`` (the finiteness check) and ``train`` (restores the trainer's own state on
+resume, see below), and adds callbacks that clear the projections' gradients after each optimizer step, check each
+step before ``optimizer.step()``, count skipped steps and save the trainer's own state.
+
+State outside the model - here the projections' weights, in the pruning trainer also the gates, multipliers and
+their optimizer - is registered with ``checkpointed_state`` (``checkpointing.CheckpointedState``): saved into every
+checkpoint by a callback's ``on_save`` and restored by ``train(resume_from_checkpoint=...)`` before the stock loop
+starts, so resuming works the same under one process, DDP, FSDP and DeepSpeed (where transformers never calls
+``_load_from_checkpoint``).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from ..models.modeling_efficientvlm import (
     EfficientVLMForCaptioning,
@@ -43,6 +47,7 @@ from ..models.modeling_efficientvlm import (
     EfficientVLMForVisualQuestionAnswering,
     EfficientVLMPreTrainedModel,
 )
+from .checkpointing import CheckpointedState
 from .config import MODALITIES, DistillationConfig, LayerPairs, resolve_layer_map
 from .losses import attention_map_mse, hidden_state_mse, logits_kd_loss, multilabel_logits_kd_loss
 from .numerics import (
@@ -228,6 +233,8 @@ class DistillationTrainer(Trainer):
         layer_pairs: per modality, the resolved student/teacher ``LayerPairs``.
         term_weights: the weight of every loss term, by logged name.
         kd_projections: the ``HiddenStateProjections`` (empty when the widths agree).
+        checkpointed_state: the ``CheckpointedState`` that saves and restores state outside the model (the
+            projections; subclasses register more).
 
     Logged per term (prefixed ``eval_`` in evaluation): ``task_loss``; ``kd_logits`` (pre-training:
     ``kd_logits_itm``, ``kd_logits_mlm``); ``kd_hidden_<stream>`` and ``kd_attn_<stream>`` for the streams vision,
@@ -278,8 +285,15 @@ class DistillationTrainer(Trainer):
                 widths[modality] = (student_width, teacher_width)
         self.kd_projections = HiddenStateProjections(widths).to(self.args.device)
         self._projections_for_training: nn.Module | None = None  # DDP-wrapped when distributed
+        self.checkpointed_state = CheckpointedState(self)
+        self.add_callback(self.checkpointed_state)
         if widths:
+            self._check_projections_supported(widths)
             self.add_callback(_ClearProjectionGradients(self.kd_projections))
+            self.checkpointed_state.register(
+                PROJECTIONS_NAME, self.kd_projections,
+                missing=f"this teacher/student pair needs hidden-state projections ({', '.join(widths)}): resume "
+                        "from a checkpoint that DistillationTrainer wrote for the same pair.")
 
         self._term_sums: dict[str, dict[str, torch.Tensor]] = {"train": {}, "eval": {}}
         self._term_counts: dict[str, dict[str, torch.Tensor]] = {"train": {}, "eval": {}}
@@ -623,36 +637,41 @@ class DistillationTrainer(Trainer):
         return self.accelerator.clip_grad_norm_(parameters, self.args.max_grad_norm)
 
     def _save_checkpoint(self, model: nn.Module, trial) -> None:
-        """The Trainer's checkpoint, plus the trainer's own state beside it (``_save_extra_state``); refused
-        (``NonFiniteError``, nothing written) when any of it holds a NaN or infinite tensor."""
+        """The Trainer's checkpoint, refused (``NonFiniteError``, nothing written) when the model or the trainer's
+        own state holds a NaN or infinite tensor. The trainer's own state is added to the folder by
+        ``checkpointed_state.on_save`` right after."""
         checkpoint = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         self._check_finite_before_save(checkpoint, include_trainer_state=True)
-        if self.args.should_save:
-            folder = os.path.join(self._get_output_dir(trial=trial), checkpoint)
-            os.makedirs(folder, exist_ok=True)
-            self._save_extra_state(folder)
         super()._save_checkpoint(model, trial)
 
-    def _save_extra_state(self, folder: str) -> None:
-        """Write what a checkpoint holds besides the Trainer's files: the projections' weights
-        (``PROJECTIONS_NAME``)."""
-        if len(self.kd_projections):
-            state = {key: value.detach().cpu().contiguous() for key, value in self.kd_projections.state_dict().items()}
-            save_file(state, os.path.join(folder, PROJECTIONS_NAME))
-
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        """The Trainer's resume, plus the projections' weights."""
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
-        if not len(self.kd_projections):
-            return
-        path = os.path.join(resume_from_checkpoint, PROJECTIONS_NAME)
-        if not os.path.isfile(path):
+    def _check_projections_supported(self, widths: dict) -> None:
+        """The projections train beside the student as extra parameter groups of its optimizer, their gradients
+        averaged by DDP. FSDP shards the optimizer over the model's parameters only, and DeepSpeed's ZeRO optimizers
+        (every stage) map each parameter to a name in the engine's model (a projection raises ``KeyError`` in
+        ``_create_param_mapping``): refuse both early, with the fix."""
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            backend = "FSDP" if self.is_fsdp_enabled else "DeepSpeed"
+            sizes = ", ".join(f"{modality} {student} vs {teacher}" for modality, (student, teacher) in widths.items())
             raise ValueError(
-                f"{resume_from_checkpoint} has no {PROJECTIONS_NAME}, but this teacher/student pair needs hidden-state "
-                f"projections ({', '.join(self.kd_projections)}): resume from a checkpoint that DistillationTrainer "
-                "wrote for the same pair."
+                f"The student's hidden sizes differ from the teacher's ({sizes}), so distillation trains hidden-state "
+                f"projections outside the student, which {backend} cannot optimise (it only takes the model's own "
+                "parameters). Launch with DDP (examples/accelerate_configs/ddp.yaml), or create the student with the "
+                "teacher's widths (efficientvlm.create_student), or set the hidden-state KD weights to 0."
             )
-        self.kd_projections.load_state_dict(load_file(path, device=str(self.args.device)))
+
+    # ---- resume ------------------------------------------------------------------------------------------------
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None,
+              **kwargs):
+        """``Trainer.train``; when resuming, the state registered with ``checkpointed_state`` is restored from the
+        checkpoint first (under every backend, DeepSpeed included)."""
+        folder = resume_from_checkpoint
+        if folder is True:
+            folder = get_last_checkpoint(self.args.output_dir)  # None: Trainer.train raises its own error
+        if isinstance(folder, str):
+            self.checkpointed_state.load(folder)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
+                             ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
 
 
 __all__ = ["DistillationTrainer", "HiddenStateProjections", "PROJECTIONS_NAME", "check_teacher_fits", "task_of"]
