@@ -6,6 +6,7 @@ import torch
 
 from efficientvlm import (
     EfficientVLMConfig,
+    EfficientVLMGenerativeVQAConfig,
     EfficientVLMForCaptioning,
     EfficientVLMForImageTextRetrieval,
     EfficientVLMForNLVR2,
@@ -84,3 +85,51 @@ def tiny_inputs(model_class, config: EfficientVLMConfig, batch: int = 3, seq: in
 
 def main_output(model_class, outputs) -> torch.Tensor:
     return outputs.last_hidden_state if model_class is EfficientVLMModel else outputs.logits
+
+
+#: the tiny answer list of generative VQA and its token ids (tokens of ``VOCAB_SIZE``, no special tokens)
+GENERATIVE_ANSWERS = {"yes": [10], "no": [11], "red": [12], "blue": [13], "red circle": [12, 20],
+                      "blue square": [13, 21, 22]}
+
+
+def tiny_generative_config(heterogeneous: bool = False, **overrides) -> EfficientVLMGenerativeVQAConfig:
+    """``tiny_config`` plus a 2-layer answer decoder (width 24 like the text), ranking ``GENERATIVE_ANSWERS``.
+
+    ``heterogeneous=True`` also gives the decoder layers of different sizes, with a layer without cross-attention
+    and FFN.
+    """
+    decoder = dict(hidden_size=24, num_hidden_layers=2, num_attention_heads=2, num_cross_attention_heads=2,
+                   head_dim=12, intermediate_size=40)
+    if heterogeneous:
+        decoder.update(num_attention_heads=[2, 1], num_cross_attention_heads=[1, 0], intermediate_size=[16, 0])
+    decoder.update(overrides.pop("decoder_config", {}))
+    base = tiny_config(heterogeneous, **{k: overrides.pop(k) for k in ("vision_config", "text_config",
+                                                                       "fusion_config") if k in overrides})
+    overrides.setdefault("id2label", dict(enumerate(GENERATIVE_ANSWERS)))
+    overrides.setdefault("answer_token_ids", list(GENERATIVE_ANSWERS.values()))
+    return EfficientVLMGenerativeVQAConfig(
+        vision_config=base.vision_config.to_dict(), text_config=base.text_config.to_dict(),
+        fusion_config=base.fusion_config.to_dict(), decoder_config=decoder, projection_dim=16, **overrides)
+
+
+def tiny_generative_inputs(config: EfficientVLMGenerativeVQAConfig, batch: int = 3, seq: int = 7,
+                           seed: int = 0) -> dict:
+    """Question + image inputs (the last question padded) and 1-3 weighted answers per question, as
+    ``GenerativeVQACollator`` builds them: ``(batch, answers, len)`` ids ``[CLS] answer [SEP]``, padding answers with
+    an all-zero mask and weight 0."""
+    inputs = tiny_inputs(EfficientVLMModel, config, batch=batch, seq=seq, seed=seed)
+    tc = config.text_config
+    chosen = [["red circle", "red"], ["yes"], ["blue square", "blue", "no"]][:batch]
+    weights = [[0.7, 0.3], [1.0], [0.5, 0.3, 0.2]][:batch]
+    answers, length = max(len(c) for c in chosen), 2 + max(len(GENERATIVE_ANSWERS[a]) for c in chosen for a in c)
+    ids = torch.full((batch, answers, length), tc.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    answer_weights = torch.zeros(batch, answers)
+    for i, (row, row_weights) in enumerate(zip(chosen, weights)):
+        for j, (answer, weight) in enumerate(zip(row, row_weights)):
+            tokens = [tc.bos_token_id, *GENERATIVE_ANSWERS[answer], tc.eos_token_id]
+            ids[i, j, :len(tokens)] = torch.tensor(tokens)
+            mask[i, j, :len(tokens)] = 1
+            answer_weights[i, j] = weight
+    inputs.update(answer_input_ids=ids, answer_attention_mask=mask, answer_weights=answer_weights)
+    return inputs

@@ -1,7 +1,8 @@
 """efficientvlm: EfficientVLM (distillation + modal-adaptive pruning) as native Hugging Face classes.
 
 Importing the package registers the model family with the Auto classes (``AutoConfig``, ``AutoModel``,
-``AutoModelForVisualQuestionAnswering``, ``AutoModelForPreTraining``, ``AutoImageProcessor``, ``AutoProcessor``) and
+``AutoModelForVisualQuestionAnswering`` - the classifier or, for ``EfficientVLMGenerativeVQAConfig`` checkpoints, the
+generative answer decoder -, ``AutoModelForPreTraining``, ``AutoImageProcessor``, ``AutoProcessor``) and
 the ``visual-question-answering`` pipeline, which transformers 5 no longer ships.
 """
 
@@ -17,12 +18,15 @@ from transformers import pipelines as _pipelines
 
 from .models import (
     EfficientVLMConfig,
+    EfficientVLMDecoderConfig,
     EfficientVLMForCaptioning,
+    EfficientVLMForGenerativeVQA,
     EfficientVLMForImageTextRetrieval,
     EfficientVLMForNLVR2,
     EfficientVLMForPreTraining,
     EfficientVLMForVisualQuestionAnswering,
     EfficientVLMFusionConfig,
+    EfficientVLMGenerativeVQAConfig,
     EfficientVLMImageProcessor,
     EfficientVLMModel,
     EfficientVLMPreTrainedModel,
@@ -49,6 +53,18 @@ def _register() -> None:
         EfficientVLMConfig, image_processor_classes={"pil": EfficientVLMImageProcessor}, exist_ok=True
     )
     AutoProcessor.register(EfficientVLMConfig, EfficientVLMProcessor, exist_ok=True)
+    # Generative VQA has its own config class, so that AutoModelForVisualQuestionAnswering picks the head from the
+    # checkpoint's model_type (classifier: "efficientvlm", answer decoder: "efficientvlm_generative_vqa").
+    generative = EfficientVLMGenerativeVQAConfig
+    AutoConfig.register(generative.model_type, generative, exist_ok=True)
+    AutoModelForVisualQuestionAnswering.register(generative, EfficientVLMForGenerativeVQA, exist_ok=True)
+    # AutoModel gives the bare encoders, as for every other head. AutoModel.register insists that the model's
+    # config_class is the registered config, which EfficientVLMModel's (the parent class) is not: map it directly.
+    AutoModel._model_mapping.register(generative, EfficientVLMModel, exist_ok=True)
+    AutoImageProcessor.register(
+        generative, image_processor_classes={"pil": EfficientVLMImageProcessor}, exist_ok=True
+    )
+    AutoProcessor.register(generative, EfficientVLMProcessor, exist_ok=True)
     # transformers 5 lists "visual-question-answering" as a removed task and refuses it before consulting the
     # pipeline registry; give the name back to this library's pipeline.
     getattr(_pipelines, "REMOVED_TASKS", {}).pop(VQA_TASK, None)
@@ -65,6 +81,8 @@ __all__ = [
     "EfficientVLMVisionConfig",
     "EfficientVLMTextConfig",
     "EfficientVLMFusionConfig",
+    "EfficientVLMDecoderConfig",
+    "EfficientVLMGenerativeVQAConfig",
     "EfficientVLMPreTrainedModel",
     "EfficientVLMModel",
     "EfficientVLMForPreTraining",
@@ -72,6 +90,7 @@ __all__ = [
     "EfficientVLMForImageTextRetrieval",
     "EfficientVLMForNLVR2",
     "EfficientVLMForCaptioning",
+    "EfficientVLMForGenerativeVQA",
     "EfficientVLMImageProcessor",
     "EfficientVLMProcessor",
     "EfficientVLMVQAPipeline",

@@ -2,13 +2,16 @@
 
 from .configuration_efficientvlm import (
     EfficientVLMConfig,
+    EfficientVLMDecoderConfig,
     EfficientVLMFusionConfig,
+    EfficientVLMGenerativeVQAConfig,
     EfficientVLMTextConfig,
     EfficientVLMVisionConfig,
 )
 from .image_processing_efficientvlm import EfficientVLMImageProcessor
 from .modeling_efficientvlm import (
     EfficientVLMForCaptioning,
+    EfficientVLMForGenerativeVQA,
     EfficientVLMForImageTextRetrieval,
     EfficientVLMForNLVR2,
     EfficientVLMForPreTraining,

@@ -322,4 +322,120 @@ class EfficientVLMConfig(PreTrainedConfig):
         }
 
 
-__all__ = ["EfficientVLMConfig", "EfficientVLMVisionConfig", "EfficientVLMTextConfig", "EfficientVLMFusionConfig"]
+class EfficientVLMDecoderConfig(EfficientVLMFusionConfig):
+    r"""Answer decoder of generative VQA (``EfficientVLMGenerativeVQAConfig``): post-LayerNorm BERT layers with
+    *causal* self-attention over the answer tokens, cross-attention from the answer to the fused question states and
+    an FFN - the fusion layer's sub-blocks, so it is pruned and sized like the fusion encoder (int or per-layer list,
+    0 = sub-block absent). ``encoder_hidden_size`` is the width of the question states it cross-attends to (the
+    fusion encoder's, filled in by ``EfficientVLMGenerativeVQAConfig``); ``hidden_size`` equals the text encoder's,
+    since the decoder reads the text embeddings' vocabulary and its layers start as copies of the fusion layers.
+
+    The paper: 6 decoder layers in the teacher, 3 in the student.
+    """
+
+    model_type = "efficientvlm_decoder"
+    base_config_key = "decoder_config"
+
+    num_hidden_layers: int = 6
+
+
+class EfficientVLMGenerativeVQAConfig(EfficientVLMConfig):
+    r"""Configuration of ``EfficientVLMForGenerativeVQA``: an ``EfficientVLMConfig`` plus the answer decoder and the
+    answer list the model ranks.
+
+    Args:
+        decoder_config: dict or ``EfficientVLMDecoderConfig`` (per-layer sizes of the answer decoder).
+        id2label: the answer list, ``{index: answer}`` (as for the classifier head, so the pipeline and the
+            evaluation read answers the same way); ``answer_token_ids`` holds the same answers tokenised.
+        answer_token_ids: per answer of ``id2label``, its token ids without special tokens (the model adds
+            ``text_config.bos_token_id`` before and ``eos_token_id`` after). Written by
+            ``EfficientVLMForGenerativeVQA.set_answer_list(answers, tokenizer)``; needed to rank answers.
+        rank_k: answers re-scored per question at inference: the ``k`` answers whose first token is most likely
+            (the paper: 128); the answer list's size re-scores every answer.
+        max_answer_length: most tokens of an answer sequence including ``[CLS]`` and ``[SEP]`` (answer-list
+            tokenisation, training answers in ``GenerativeVQACollator`` and the default length of ``generate()``).
+        other fields: as ``EfficientVLMConfig``.
+
+    Example:
+
+    ```python
+    >>> from efficientvlm import EfficientVLMGenerativeVQAConfig
+    >>> teacher = EfficientVLMGenerativeVQAConfig()            # 12/6/6 encoders, 6 decoder layers
+    >>> student = EfficientVLMGenerativeVQAConfig.student()    # 6/3/3 encoders, 3 decoder layers
+    ```
+    """
+
+    model_type = "efficientvlm_generative_vqa"
+    sub_configs_defaults = {**_SUB_CONFIGS, "decoder_config": EfficientVLMDecoderConfig}
+
+    decoder_config: dict | EfficientVLMDecoderConfig | None = None
+    answer_token_ids: list[list[int]] | None = None
+    rank_k: int = 128
+    max_answer_length: int = 10
+
+    def __post_init__(self, **kwargs):
+        value = self.decoder_config
+        if value is None:
+            value = EfficientVLMDecoderConfig()
+        elif isinstance(value, dict):
+            value = EfficientVLMDecoderConfig(**value)
+        elif not isinstance(value, EfficientVLMDecoderConfig):
+            raise ValueError(f"EfficientVLMGenerativeVQAConfig.decoder_config must be a dict or "
+                             f"EfficientVLMDecoderConfig, got {type(value)}.")
+        self.decoder_config = value
+        super().__post_init__(**kwargs)
+        text_width, fusion_width = self.text_config.hidden_size, self.fusion_config.hidden_size
+        if value.hidden_size != text_width:
+            raise ValueError(
+                f"decoder_config.hidden_size={value.hidden_size} differs from text_config.hidden_size={text_width}: "
+                "the answer decoder embeds answers with the text vocabulary and starts from the fusion layers."
+            )
+        if value.encoder_hidden_size is None:
+            value.encoder_hidden_size = fusion_width
+        elif value.encoder_hidden_size != fusion_width:
+            raise ValueError(
+                f"decoder_config.encoder_hidden_size={value.encoder_hidden_size} does not match "
+                f"fusion_config.hidden_size={fusion_width}: the decoder cross-attends to the fused question states."
+            )
+        if not isinstance(self.rank_k, int) or isinstance(self.rank_k, bool) or self.rank_k < 1:
+            raise ValueError(f"EfficientVLMGenerativeVQAConfig.rank_k must be an int >= 1, got {self.rank_k!r}.")
+        if not isinstance(self.max_answer_length, int) or self.max_answer_length < 3:
+            raise ValueError(f"EfficientVLMGenerativeVQAConfig.max_answer_length must be an int >= 3 ([CLS], one "
+                             f"token, [SEP]), got {self.max_answer_length!r}.")
+        if self.answer_token_ids is not None:
+            self.answer_token_ids = [[int(t) for t in ids] for ids in self.answer_token_ids]
+            answers = len(self.id2label or {})
+            if len(self.answer_token_ids) != answers:
+                raise ValueError(
+                    f"answer_token_ids has {len(self.answer_token_ids)} entries but id2label {answers} answers: "
+                    "set both with EfficientVLMForGenerativeVQA.set_answer_list(answers, tokenizer)."
+                )
+            empty = [i for i, ids in enumerate(self.answer_token_ids) if not ids]
+            if empty:
+                raise ValueError(f"answer_token_ids[{empty[0]}] (answer {self.id2label[empty[0]]!r}) is empty: "
+                                 "every answer needs at least one token.")
+
+    @classmethod
+    def student(cls, vision_layers: int = 6, text_layers: int = 3, fusion_layers: int = 3, decoder_layers: int = 3,
+                **kwargs: Any):
+        """The paper's student: 6 vision, 3 text, 3 fusion and 3 decoder layers with the teacher's widths."""
+        decoder = kwargs.pop("decoder_config", None) or {}
+        if isinstance(decoder, PreTrainedConfig):
+            decoder = decoder.to_dict()
+        return super().student(vision_layers, text_layers, fusion_layers,
+                               decoder_config={**decoder, "num_hidden_layers": decoder_layers}, **kwargs)
+
+    @property
+    def answer_list(self) -> list[str]:
+        """The answers in index order (``id2label``)."""
+        return [self.id2label[i] for i in range(len(self.id2label or {}))]
+
+    def layer_sizes(self) -> dict[str, dict[str, list[int]]]:
+        sizes = super().layer_sizes()
+        sizes["decoder"] = {field: self.decoder_config.per_layer(field)
+                            for field in self.decoder_config.per_layer_fields}
+        return sizes
+
+
+__all__ = ["EfficientVLMConfig", "EfficientVLMVisionConfig", "EfficientVLMTextConfig", "EfficientVLMFusionConfig",
+           "EfficientVLMDecoderConfig", "EfficientVLMGenerativeVQAConfig"]

@@ -47,7 +47,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import ModelOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from .configuration_efficientvlm import EfficientVLMConfig, EfficientVLMFusionConfig
+from .configuration_efficientvlm import EfficientVLMConfig, EfficientVLMFusionConfig, EfficientVLMGenerativeVQAConfig
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -733,7 +733,8 @@ _FIELD_OF_MODULE = {
     "cross_attn_layer_norm": "num_cross_attention_heads", "mlp": "intermediate_size", "layer_norm2": "intermediate_size",
     "final_layer_norm": "intermediate_size",
 }
-_STACK_OF_MODULE = {"vision_model": "vision", "text_model": "text", "fusion_model": "fusion"}
+_STACK_OF_MODULE = {"vision_model": "vision", "text_model": "text", "fusion_model": "fusion",
+                    "answer_decoder": "decoder"}
 
 
 def _layer_keys(info: dict) -> list[tuple[str, str, str]]:
@@ -969,6 +970,396 @@ def _model_fields(outputs: EfficientVLMModelOutput) -> dict:
     keys = ("vision_hidden_states", "vision_attentions", "text_hidden_states", "text_attentions",
             "fusion_hidden_states", "fusion_attentions", "fusion_cross_attentions")
     return {k: getattr(outputs, k) for k in keys}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Generative VQA: an answer decoder over the fused question states (the paper's VQA model)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EfficientVLMGenerativeVQAOutput(EfficientVLMHeadOutput):
+    """Output of ``EfficientVLMForGenerativeVQA``.
+
+    Args:
+        loss: with ``answer_weights``: the weighted answer likelihood loss
+            ``-sum_{question, answer} weight * log P(answer | question, image) / batch``.
+        logits: when ranking (no ``answer_input_ids``): ``(batch, num_answers)`` scores over ``config.id2label``,
+            the log-likelihood ``log P(answer | question, image)`` of each of the ``k`` re-scored answers and
+            ``-inf`` for the others (``softmax`` of a row gives the paper's answer probabilities). When decoding
+            (``decoder_input_ids``, as ``generate()`` does): next-token logits ``(batch, seq, vocab)``.
+        answer_logits: with ``answer_input_ids``: next-token logits of the decoder on every given answer
+            ``(batch, answers, answer_len, vocab)`` (position ``t`` predicts token ``t + 1``).
+        answer_log_likelihood: with ``answer_input_ids``: ``log P(answer | question, image)`` of every given
+            answer ``(batch, answers)`` (0 for padding answers).
+        ranked_answer_ids: when ranking: indices into ``config.id2label`` of the ``k`` re-scored answers, best first
+            ``(batch, k)``.
+        decoder_hidden_states, decoder_attentions, decoder_cross_attentions: per-layer states of the answer decoder
+            over the ``batch * answers`` answer sequences (answers of one question consecutive), when requested.
+    """
+
+    answer_logits: torch.FloatTensor | None = None
+    answer_log_likelihood: torch.FloatTensor | None = None
+    ranked_answer_ids: torch.LongTensor | None = None
+    decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    decoder_attentions: tuple[torch.FloatTensor | None, ...] | None = None
+    decoder_cross_attentions: tuple[torch.FloatTensor | None, ...] | None = None
+
+
+class EfficientVLMDecoderLayer(GradientCheckpointingLayer):
+    """Post-LayerNorm BERT decoder layer: causal self-attention over the answer, cross-attention from the answer to
+    the question states (masking the question's padding), FFN.
+
+    Its sub-blocks, their names and their pruning gates are the fusion layer's (``EfficientVLMTextLayer``), so the
+    decoder is gated, materialised and reloaded like the fusion encoder; a gated sub-block computes
+    ``x + g * (ln(x + branch(x)) - x)``.
+    """
+
+    def __init__(self, config: EfficientVLMConfig, layer_idx: int):
+        super().__init__()
+        dc = config.decoder_config
+        hidden = dc.hidden_size
+        heads = dc.per_layer("num_attention_heads")[layer_idx]
+        cross_heads = dc.per_layer("num_cross_attention_heads")[layer_idx]
+        ffn = dc.per_layer("intermediate_size")[layer_idx]
+        dropout = dc.attention_probs_dropout_prob
+
+        def layer_norm():
+            return nn.LayerNorm(hidden, eps=dc.layer_norm_eps)
+
+        self.self_attn = EfficientVLMAttention(config, hidden, heads, dc.head_dim, dropout) if heads else None
+        self.self_attn_layer_norm = layer_norm() if heads else None
+        self.cross_attn = (
+            EfficientVLMAttention(config, hidden, cross_heads, dc.head_dim, dropout,
+                                  kv_input_size=dc.encoder_hidden_size)
+            if cross_heads else None
+        )
+        self.cross_attn_layer_norm = layer_norm() if cross_heads else None
+        self.mlp = EfficientVLMMLP(hidden, ffn, dc.hidden_act) if ffn else None
+        self.final_layer_norm = layer_norm() if ffn else None
+        self.dropout = nn.Dropout(dc.hidden_dropout_prob)
+        register_pruning_gates(self, "attention_gate", "cross_attention_gate", "ffn_gate")  # scalars
+
+    _residual = EfficientVLMTextLayer._residual
+
+    def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
+                output_attentions=False):
+        attn_weights = cross_weights = None
+        if self.self_attn is not None:
+            branch, attn_weights = self.self_attn(hidden_states, attention_mask, output_attentions=output_attentions)
+            gate = _combine_gates(self.attention_gate, self.self_attn.head_gate)
+            hidden_states = self._residual(hidden_states, branch, self.self_attn_layer_norm, gate)
+        if self.cross_attn is not None:
+            branch, cross_weights = self.cross_attn(hidden_states, encoder_attention_mask, encoder_hidden_states,
+                                                    output_attentions=output_attentions)
+            gate = _combine_gates(self.cross_attention_gate, self.cross_attn.head_gate)
+            hidden_states = self._residual(hidden_states, branch, self.cross_attn_layer_norm, gate)
+        if self.mlp is not None:
+            branch = self.mlp(hidden_states)
+            gate = _combine_gates(self.ffn_gate, self.mlp.neuron_gate)
+            hidden_states = self._residual(hidden_states, branch, self.final_layer_norm, gate)
+        return hidden_states, attn_weights, cross_weights
+
+
+class EfficientVLMDecoderStack(EfficientVLMEncoder):
+    """The decoder's layer stack: like ``EfficientVLMEncoder``, with the cross-attention's padding mask."""
+
+    def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
+                output_attentions=False, output_hidden_states=False) -> EfficientVLMEncoderOutput:
+        all_hidden = (hidden_states,) if output_hidden_states else None
+        all_attn = () if output_attentions else None
+        all_cross = () if output_attentions else None
+        for layer in self.layers:
+            # positional arguments, as gradient checkpointing requires
+            hidden_states, attn, cross = layer(hidden_states, attention_mask, encoder_hidden_states,
+                                               encoder_attention_mask, output_attentions)
+            if output_hidden_states:
+                all_hidden += (hidden_states,)
+            if output_attentions:
+                all_attn += (attn,)
+                all_cross += (cross,)
+        return EfficientVLMEncoderOutput(
+            last_hidden_state=hidden_states, hidden_states=all_hidden, attentions=all_attn, cross_attentions=all_cross
+        )
+
+
+class EfficientVLMAnswerDecoder(nn.Module):
+    """BERT answer decoder: its own text embeddings (the text encoder's vocabulary and sizes) and the decoder layers
+    (``config.decoder_config``), causal over the answer and cross-attending to the fused question states."""
+
+    def __init__(self, config: EfficientVLMConfig):
+        super().__init__()
+        self.embeddings = EfficientVLMTextEmbeddings(config)
+        self.encoder = EfficientVLMDecoderStack(
+            [EfficientVLMDecoderLayer(config, i) for i in range(config.decoder_config.num_hidden_layers)]
+        )
+
+    def forward(self, input_ids, attention_mask, question_embeds, question_attention_mask=None,
+                output_attentions=False, output_hidden_states=False) -> EfficientVLMEncoderOutput:
+        hidden_states = self.embeddings(input_ids)
+        dtype, device = hidden_states.dtype, hidden_states.device
+        mask = build_attention_mask(attention_mask, input_ids.shape[1], dtype, device, causal=True)
+        cross_mask = build_attention_mask(question_attention_mask, input_ids.shape[1], dtype, device)
+        return self.encoder(hidden_states, mask, question_embeds.to(dtype), cross_mask, output_attentions,
+                            output_hidden_states)
+
+
+class EfficientVLMForGenerativeVQA(EfficientVLMPreTrainedModel, GenerationMixin):
+    """VQA as in the paper: an answer decoder generates the answer from the fused question + image states.
+
+    The vision, text and fusion encoders fuse the question with the image as in every head; a BERT-style causal
+    decoder (``config.decoder_config``: 6 layers in the teacher, 3 in the student; ``init_decoder_from_fusion()``
+    copies the fusion layers into it, as the official code initialises it) cross-attends to the fused question
+    states and predicts the answer tokens ``[CLS] answer [SEP]``.
+
+    * **Training** (``answer_input_ids`` ``(batch, answers, len)``, ``answer_attention_mask``, ``answer_weights``
+      ``(batch, answers)``, from ``GenerativeVQACollator``): the weighted answer likelihood of the official code,
+      ``loss = -sum_{q, a} w_{q,a} * log P(a | q, image) / batch``, with ``log P`` the sum of the answer tokens'
+      log-probabilities (``[SEP]`` included), no label smoothing (the official VQA decoder has none; its captioning
+      decoder uses 0.1). The official weights of a question's distinct answers are their shares of the annotators'
+      answers (VG-QA answers: 0.5); the collator can also use VQA scores.
+    * **Inference** (no ``answer_input_ids``): rank the answer list ``config.id2label`` (tokenised in
+      ``config.answer_token_ids``): the ``k`` answers (``config.rank_k``, the paper 128) whose first token is most
+      likely after ``[CLS]`` are re-scored with their full-sequence log-likelihood; ``logits`` holds those scores
+      over the answer list (``-inf`` for answers not re-scored), so ``logits.argmax(-1)`` is the answer, as for the
+      classifier head, and ``softmax(logits)`` the paper's answer probabilities. With ``k`` = the list's size every
+      answer is scored exactly. (The official re-scoring adds the first token's log-probability once more to the
+      full-sequence log-likelihood; here each answer is scored by its log-likelihood alone.)
+    * **Free-form answers**: ``generate(pixel_values, input_ids, attention_mask)`` decodes from ``[CLS]`` with any
+      of transformers' strategies (greedy by default, ``config.max_answer_length`` tokens; no key/value cache).
+    """
+
+    config_class = EfficientVLMGenerativeVQAConfig
+    config: EfficientVLMGenerativeVQAConfig
+    main_input_name = "input_ids"
+    _no_split_modules = ["EfficientVLMVisionLayer", "EfficientVLMTextLayer", "EfficientVLMDecoderLayer"]
+    _tied_weights_keys = {"lm_head.decoder.weight": "answer_decoder.embeddings.word_embeddings.weight"}
+    #: the VQA pipeline ranks answers with ``forward`` (softmax scores) instead of calling ``generate``
+    ranks_answers = True
+
+    def __init__(self, config: EfficientVLMGenerativeVQAConfig):
+        super().__init__(config)
+        self.efficientvlm = EfficientVLMModel(config)
+        self.answer_decoder = EfficientVLMAnswerDecoder(config)
+        self.lm_head = EfficientVLMLMHead(config)
+        self.post_init()
+        tc = config.text_config
+        self.generation_config = GenerationConfig(
+            bos_token_id=tc.bos_token_id, eos_token_id=tc.eos_token_id, pad_token_id=tc.pad_token_id,
+            max_length=config.max_answer_length, num_beams=1,
+        )
+
+    def get_output_embeddings(self):
+        return self.lm_head.decoder
+
+    def set_output_embeddings(self, value):
+        self.lm_head.decoder = value
+
+    # ---- answers ----------------------------------------------------------------------------------------------
+
+    def set_answer_list(self, answers, tokenizer) -> None:
+        """Make ``answers`` the answer list ranked at inference: ``config.id2label`` and ``config.answer_token_ids``
+        (each answer tokenised without special tokens, truncated to ``config.max_answer_length - 2`` tokens)."""
+        answers = [str(a) for a in answers]
+        if not answers or len(set(answers)) != len(answers):
+            raise ValueError("set_answer_list needs a non-empty list of distinct answers.")
+        limit = self.config.max_answer_length - 2
+        ids = [tokenizer(answer, add_special_tokens=False)["input_ids"][:limit] for answer in answers]
+        empty = [a for a, i in zip(answers, ids) if not i]
+        if empty:
+            raise ValueError(f"The tokenizer gives no tokens for the answer {empty[0]!r}.")
+        self.config.id2label = dict(enumerate(answers))
+        self.config.label2id = {a: i for i, a in enumerate(answers)}
+        self.config.answer_token_ids = ids
+
+    def answer_candidates(self, device=None) -> tuple[torch.LongTensor, torch.LongTensor]:
+        """The answer list as decoder inputs ``[CLS] answer [SEP]``, padded: ``(input_ids, attention_mask)`` of shape
+        ``(num_answers, longest)``."""
+        token_ids = self.config.answer_token_ids
+        if not token_ids:
+            raise ValueError("This model has no tokenised answer list (config.answer_token_ids) to rank: call "
+                             "model.set_answer_list(answers, tokenizer), or pass answer_input_ids.")
+        key = (id(token_ids), len(token_ids), device)
+        cached = getattr(self, "_candidates_cache", None)
+        if cached is None or cached[0] != key:
+            tc = self.config.text_config
+            rows = [[tc.bos_token_id, *ids, tc.eos_token_id] for ids in token_ids]
+            longest = max(len(r) for r in rows)
+            input_ids = torch.full((len(rows), longest), tc.pad_token_id or 0, dtype=torch.long)
+            mask = torch.zeros((len(rows), longest), dtype=torch.long)
+            for i, row in enumerate(rows):
+                input_ids[i, :len(row)] = torch.tensor(row)
+                mask[i, :len(row)] = 1
+            device = device if device is not None else self.device
+            self._candidates_cache = (key, input_ids.to(device), mask.to(device))
+            cached = self._candidates_cache
+        return cached[1], cached[2]
+
+    # ---- decoder ----------------------------------------------------------------------------------------------
+
+    def decode(self, answer_input_ids, answer_attention_mask, question_embeds, question_attention_mask=None,
+               output_attentions=False, output_hidden_states=False):
+        """Run the answer decoder on ``(n, len)`` answer ids against ``(n, question_len, hidden)`` question states;
+        returns ``(next-token logits (n, len, vocab), decoder output)``."""
+        decoder = self.answer_decoder(answer_input_ids, answer_attention_mask, question_embeds,
+                                      question_attention_mask, output_attentions, output_hidden_states)
+        return self.lm_head(decoder.last_hidden_state), decoder
+
+    @staticmethod
+    def sequence_log_likelihood(logits, input_ids, attention_mask=None) -> torch.Tensor:
+        """``log P(sequence)``: the sum over positions ``t >= 1`` of ``log softmax(logits[t - 1])[input_ids[t]]`` where
+        ``attention_mask[t]`` is 1 (float32) - the likelihood of everything after ``[CLS]``."""
+        log_probs = F.log_softmax(logits[:, :-1].float(), dim=-1)
+        token = log_probs.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+        if attention_mask is not None:
+            token = token * attention_mask[:, 1:].to(token.dtype)
+        return token.sum(-1)
+
+    def _answer_log_likelihood(self, question_embeds, question_attention_mask, answer_ids, answer_mask,
+                               chunk_size: int) -> torch.Tensor:
+        """Log-likelihood of answer ``i`` given question state ``i`` (``(n,)``), ``chunk_size`` sequences at a time."""
+        scores = []
+        for start in range(0, answer_ids.shape[0], chunk_size):
+            part = slice(start, start + chunk_size)
+            mask = None if question_attention_mask is None else question_attention_mask[part]
+            logits, _ = self.decode(answer_ids[part], answer_mask[part], question_embeds[part], mask)
+            scores.append(self.sequence_log_likelihood(logits, answer_ids[part], answer_mask[part]))
+        return torch.cat(scores)
+
+    @torch.no_grad()
+    def rank_answers(self, question_embeds, question_attention_mask=None, k: int | None = None,
+                     chunk_size: int = 512) -> tuple[torch.Tensor, torch.LongTensor]:
+        """Rank the answer list for already fused questions (``(batch, question_len, hidden)``).
+
+        The ``k`` answers (default ``config.rank_k``, at most the list's size) with the most likely first token
+        after ``[CLS]`` are re-scored with their full-sequence log-likelihood (``chunk_size`` sequences per decoder
+        pass). Returns ``(scores (batch, num_answers), ranked (batch, k))``: the log-likelihoods of the re-scored
+        answers (``-inf`` elsewhere) and their indices, best first.
+        """
+        candidates, candidate_mask = self.answer_candidates(question_embeds.device)
+        batch, num_answers = question_embeds.shape[0], candidates.shape[0]
+        k = min(self.config.rank_k if k is None else int(k), num_answers)
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}.")
+        start = candidates[:1, :1].expand(batch, 1)  # [CLS]
+        first_logits, _ = self.decode(start, None, question_embeds, question_attention_mask)
+        first_scores = F.log_softmax(first_logits[:, 0].float(), dim=-1)[:, candidates[:, 1]]  # (batch, answers)
+        top = first_scores.topk(k, dim=1).indices  # (batch, k)
+        flat = top.reshape(-1)
+        question_mask = None if question_attention_mask is None else question_attention_mask.repeat_interleave(k, 0)
+        log_likelihood = self._answer_log_likelihood(
+            question_embeds.repeat_interleave(k, 0), question_mask, candidates[flat], candidate_mask[flat], chunk_size
+        ).view(batch, k)
+        scores = torch.full((batch, num_answers), float("-inf"), device=question_embeds.device)
+        scores.scatter_(1, top, log_likelihood)
+        ranked = top.gather(1, log_likelihood.argsort(dim=1, descending=True, stable=True))
+        return scores, ranked
+
+    def init_decoder_from_fusion(self) -> None:
+        """Initialise the answer decoder as the official code does: decoder layer ``i`` copies fusion layer ``i``
+        (for every decoder layer that has one; the cross-attention keys and values only when the question states
+        are as wide as the image tokens the fusion layer read), and the decoder's embeddings copy the text
+        encoder's. Sub-blocks whose sizes differ are left as they are."""
+        base = self.efficientvlm
+        with torch.no_grad():
+            self.answer_decoder.embeddings.load_state_dict(base.text_model.embeddings.state_dict())
+            fusion_layers = base.fusion_model.encoder.layers
+            for decoder_layer, fusion_layer in zip(self.answer_decoder.encoder.layers, fusion_layers):
+                target = decoder_layer.state_dict()
+                for key, value in fusion_layer.state_dict().items():
+                    if key in target and target[key].shape == value.shape:
+                        target[key].copy_(value)
+
+    # ---- forward ----------------------------------------------------------------------------------------------
+
+    def forward(self, pixel_values=None, input_ids=None, attention_mask=None, token_type_ids=None,
+                answer_input_ids=None, answer_attention_mask=None, answer_weights=None, k=None,
+                decoder_input_ids=None, decoder_attention_mask=None, question_embeds=None,
+                question_attention_mask=None, output_attentions=None, output_hidden_states=None, return_dict=None,
+                **kwargs) -> EfficientVLMGenerativeVQAOutput:
+        """Args:
+            pixel_values, input_ids, attention_mask, token_type_ids: image and question, as for every head.
+            answer_input_ids, answer_attention_mask: ``(batch, answers, len)`` (or ``(batch, len)``: one answer
+                each) answers ``[CLS] answer [SEP]``; padding answers have an all-zero mask.
+            answer_weights: ``(batch, answers)``: with it, ``loss`` is the weighted answer likelihood loss.
+            k: answers re-scored when ranking (default ``config.rank_k``).
+            decoder_input_ids, decoder_attention_mask, question_embeds, question_attention_mask: one decoder step
+                over already fused questions (``generate()``); ``logits`` are then next-token logits.
+        """
+        output_attentions, output_hidden_states = bool(output_attentions), bool(output_hidden_states)
+        if decoder_input_ids is not None:
+            if question_embeds is None:
+                raise ValueError("decoder_input_ids needs question_embeds (the fused question states).")
+            logits, decoder = self.decode(decoder_input_ids, decoder_attention_mask, question_embeds,
+                                          question_attention_mask, output_attentions, output_hidden_states)
+            return EfficientVLMGenerativeVQAOutput(logits=logits, **_encoder_fields("decoder", decoder))
+
+        outputs = self.efficientvlm(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask,
+                                    token_type_ids=token_type_ids, output_attentions=output_attentions,
+                                    output_hidden_states=output_hidden_states)
+        question, fields = outputs.last_hidden_state, _model_fields(outputs)
+        if answer_input_ids is None:
+            scores, ranked = self.rank_answers(question, attention_mask, k)
+            return EfficientVLMGenerativeVQAOutput(logits=scores, ranked_answer_ids=ranked, **fields)
+
+        if answer_input_ids.dim() == 2:
+            answer_input_ids = answer_input_ids[:, None]
+            answer_attention_mask = None if answer_attention_mask is None else answer_attention_mask[:, None]
+            answer_weights = None if answer_weights is None else answer_weights.reshape(-1, 1)
+        batch, answers, length = answer_input_ids.shape
+        if batch != question.shape[0]:
+            raise ValueError(f"answer_input_ids has answers for {batch} questions but the batch has "
+                             f"{question.shape[0]}: give (batch, answers, length) ids.")
+        if answer_attention_mask is None:
+            answer_attention_mask = (answer_input_ids != self.config.text_config.pad_token_id).long()
+        ids, mask = answer_input_ids.reshape(-1, length), answer_attention_mask.reshape(-1, length)
+        question_mask = None if attention_mask is None else attention_mask.repeat_interleave(answers, 0)
+        logits, decoder = self.decode(ids, mask, question.repeat_interleave(answers, 0), question_mask,
+                                      output_attentions, output_hidden_states)
+        log_likelihood = self.sequence_log_likelihood(logits, ids, mask).view(batch, answers)
+        loss = None
+        if answer_weights is not None:
+            if answer_weights.shape != (batch, answers):
+                raise ValueError(f"answer_weights must have shape (batch, answers)={(batch, answers)}, got "
+                                 f"{tuple(answer_weights.shape)}.")
+            loss = -(answer_weights.float() * log_likelihood).sum() / batch
+        return EfficientVLMGenerativeVQAOutput(
+            loss=loss, answer_logits=logits.view(batch, answers, length, -1), answer_log_likelihood=log_likelihood,
+            **fields, **_encoder_fields("decoder", decoder),
+        )
+
+    # ---- generation -------------------------------------------------------------------------------------------
+
+    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, question_embeds=None,
+                                      question_attention_mask=None, **kwargs):
+        return {"decoder_input_ids": input_ids, "decoder_attention_mask": attention_mask,
+                "question_embeds": question_embeds, "question_attention_mask": question_attention_mask}
+
+    def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False, **kwargs):
+        mask = model_kwargs.get("attention_mask")
+        if mask is not None:
+            model_kwargs["attention_mask"] = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
+        return model_kwargs
+
+    @torch.no_grad()
+    def generate(self, pixel_values=None, input_ids=None, attention_mask=None, token_type_ids=None,
+                 **generate_kwargs):
+        """Free-form answers: fuse the question with the image once, then decode from ``[CLS]`` (greedy unless
+        told otherwise, at most ``config.max_answer_length`` tokens). Returns token ids ``(batch, len)`` starting
+        with ``[CLS]``; decode them with the tokenizer (``skip_special_tokens=True``)."""
+        if pixel_values is None or input_ids is None:
+            raise ValueError("generate() needs pixel_values and the question's input_ids.")
+        question = self.efficientvlm(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask,
+                                     token_type_ids=token_type_ids).last_hidden_state
+        tc = self.config.text_config
+        start = torch.full((question.shape[0], 1), tc.bos_token_id, dtype=torch.long, device=question.device)
+        if attention_mask is None:
+            attention_mask = torch.ones(input_ids.shape, dtype=torch.long, device=question.device)
+        generate_kwargs.setdefault("eos_token_id", tc.eos_token_id)
+        generate_kwargs.setdefault("pad_token_id", tc.pad_token_id)
+        generate_kwargs.setdefault("use_cache", False)
+        return super().generate(input_ids=start, attention_mask=torch.ones_like(start), question_embeds=question,
+                                question_attention_mask=attention_mask, **generate_kwargs)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1431,9 +1822,11 @@ __all__ = [
     "EfficientVLMForImageTextRetrieval",
     "EfficientVLMForNLVR2",
     "EfficientVLMForCaptioning",
+    "EfficientVLMForGenerativeVQA",
     "EfficientVLMModelOutput",
     "EfficientVLMEncoderOutput",
     "EfficientVLMHeadOutput",
     "EfficientVLMRetrievalOutput",
     "EfficientVLMPreTrainingOutput",
+    "EfficientVLMGenerativeVQAOutput",
 ]
