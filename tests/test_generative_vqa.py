@@ -203,3 +203,213 @@ def test_init_decoder_from_fusion_copies_the_fusion_layers():
                 torch.testing.assert_close(decoder_layer.state_dict()[name], value, rtol=0, atol=0)
     torch.testing.assert_close(model.answer_decoder.embeddings.word_embeddings.weight,
                                model.efficientvlm.text_model.embeddings.word_embeddings.weight, rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------------------------------------- save / load
+
+
+@pytest.mark.parametrize("heterogeneous", [False, True], ids=["uniform", "heterogeneous"])
+def test_save_and_strict_reload_give_identical_outputs(heterogeneous, tmp_path):
+    from transformers import AutoConfig, AutoModel, AutoModelForVisualQuestionAnswering
+
+    from efficientvlm import EfficientVLMModel
+
+    model = make_model(heterogeneous)
+    inputs = tiny_generative_inputs(model.config)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists() and (tmp_path / "generation_config.json").exists()
+    reloaded, info = EfficientVLMForGenerativeVQA.from_pretrained(tmp_path, output_loading_info=True)
+    assert not any(info[key] for key in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    auto = AutoModelForVisualQuestionAnswering.from_pretrained(tmp_path)
+    assert type(auto) is EfficientVLMForGenerativeVQA and type(AutoConfig.from_pretrained(tmp_path)) is \
+        EfficientVLMGenerativeVQAConfig
+    assert type(AutoModel.from_pretrained(tmp_path)) is EfficientVLMModel  # the bare encoders, as for every head
+    assert reloaded.config.layer_sizes() == model.config.layer_sizes()
+    assert reloaded.config.answer_token_ids == model.config.answer_token_ids
+    assert reloaded.lm_head.decoder.weight.data_ptr() == reloaded.answer_decoder.embeddings.word_embeddings.weight \
+        .data_ptr()  # tied
+    with torch.no_grad():
+        for other in (reloaded.eval(), auto.eval()):
+            torch.testing.assert_close(other(**inputs).answer_logits, model(**inputs).answer_logits, rtol=0, atol=1e-6)
+            torch.testing.assert_close(other(**question_inputs(inputs)).logits,
+                                       model(**question_inputs(inputs)).logits, rtol=0, atol=1e-6)
+
+
+def test_a_decoder_config_that_does_not_match_the_weights_is_refused(tmp_path):
+    import json
+
+    make_model().save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["decoder_config"]["intermediate_size"] = [40, 8]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"decoder layer 1, decoder_config.intermediate_size\[1\] = 8"):
+        EfficientVLMForGenerativeVQA.from_pretrained(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------------- data, pipeline
+
+
+@pytest.fixture(scope="module")
+def shapes_checkpoint(tmp_path_factory):
+    """A tiny generative model on the shapes vocabulary, its processor, the answer list, and a saved folder."""
+    from efficientvlm import EfficientVLMImageProcessor, EfficientVLMProcessor
+    from efficientvlm.data import ShapesConfig, answer_vocabulary, build_tokenizer
+
+    root = tmp_path_factory.mktemp("generative")
+    shapes = ShapesConfig(image_size=32)
+    tokenizer = build_tokenizer(root / "tok", shapes)
+    special = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
+               "bos_token_id": tokenizer.cls_token_id, "eos_token_id": tokenizer.sep_token_id,
+               "mask_token_id": tokenizer.mask_token_id}
+    model = make_model(text_config=special, answer_token_ids=None, id2label=None)
+    answers = answer_vocabulary(shapes)
+    model.set_answer_list(answers, tokenizer)
+    processor = EfficientVLMProcessor(EfficientVLMImageProcessor(size={"height": 32, "width": 32}), tokenizer)
+    model.save_pretrained(root / "model")
+    processor.save_pretrained(root / "model")
+    return root / "model", model, processor, shapes
+
+
+def test_the_collator_builds_weighted_answers_from_the_classifier_s_annotations(shapes_checkpoint):
+    from PIL import Image
+
+    from efficientvlm.data import GenerativeVQACollator, VQACollator
+
+    _, model, processor, _ = shapes_checkpoint
+    image = Image.new("RGB", (32, 32), "red")
+    rows = [{"image": image, "question": "what color is the circle?", "answers": ["red"] * 7 + ["Blue", "blue", "2"]},
+            {"image": image, "question": "is there a square?", "answers": ["yes"] * 10},
+            {"image": image, "question": "how many circles?", "answers": []}]
+    batch = GenerativeVQACollator(processor)(rows)
+    tokenizer = processor.tokenizer
+    torch.testing.assert_close(batch["answer_weights"], torch.tensor([[0.7, 0.2, 0.1], [1.0, 0, 0], [0, 0, 0]]))
+    first = [tokenizer.decode(ids[mask.bool()]) for ids, mask in zip(batch["answer_input_ids"][0],
+                                                                     batch["answer_attention_mask"][0])]
+    assert first == ["[CLS] red [SEP]", "[CLS] blue [SEP]", "[CLS] 2 [SEP]"]
+    assert batch["answer_attention_mask"][2].sum() == 0
+    classifier_batch = VQACollator(processor, {"red": 0})(rows)
+    for key in ("input_ids", "attention_mask", "pixel_values"):  # the same question and image tensors
+        torch.testing.assert_close(batch[key], classifier_batch[key])
+    scores = GenerativeVQACollator(processor, weight_rule="official")(rows)["answer_weights"]
+    assert scores[0].tolist() == pytest.approx([1.0, 0.6, 0.3])
+    assert "answer_weights" not in GenerativeVQACollator(processor)(rows[2:])
+    with torch.no_grad():
+        assert torch.isfinite(model(**batch).loss)
+
+
+def test_the_pipeline_answers_with_the_ranking_scores(shapes_checkpoint):
+    from PIL import Image
+    from transformers import pipeline
+
+    from efficientvlm import EfficientVLMVQAPipeline
+
+    folder, model, processor, _ = shapes_checkpoint
+    vqa = pipeline("visual-question-answering", model=str(folder))
+    assert isinstance(vqa, EfficientVLMVQAPipeline) and isinstance(vqa.model, EfficientVLMForGenerativeVQA)
+    image = Image.new("RGB", (32, 32), "blue")
+    answers = vqa(image, "what color is the circle?", top_k=3)
+    with torch.no_grad():
+        logits = model(**processor(images=image, text="what color is the circle?", return_tensors="pt")).logits[0]
+    probabilities = logits.softmax(-1)
+    expected = probabilities.argsort(descending=True)[:3]
+    assert [a["answer"] for a in answers] == [model.config.id2label[int(i)] for i in expected]
+    assert [a["score"] for a in answers] == pytest.approx(probabilities[expected].tolist(), abs=1e-5)
+    everything = vqa(image, "what color is the circle?", top_k=1000)  # at most the rank_k re-scored answers
+    assert len(everything) == min(model.config.rank_k, len(model.config.id2label))
+    assert sum(a["score"] for a in everything) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_evaluate_vqa_reads_the_ranked_answers(shapes_checkpoint):
+    from efficientvlm.data import make_vqa_dataset
+    from efficientvlm.evaluation import evaluate_vqa, predict_vqa
+
+    _, model, processor, shapes = shapes_checkpoint
+    data = make_vqa_dataset(6, split_seed="test", config=shapes)
+    predictions = predict_vqa(model, processor, data, batch_size=4)
+    with torch.no_grad():
+        batch = processor(images=[data[i]["image"] for i in range(6)], text=[data[i]["question"] for i in range(6)],
+                          padding="longest", return_tensors="pt")
+        expected = [model.config.id2label[int(i)] for i in model(**batch).ranked_answer_ids[:, 0]]
+    assert predictions == expected
+    assert 0.0 <= evaluate_vqa(model, processor, data)["vqa_accuracy"] <= 1.0
+
+
+REMOTE_CODE_SCRIPT = r'''
+import json, sys
+
+
+class BlockEfficientVLM:
+    """Make efficientvlm unimportable, even though it is installed in site-packages."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "efficientvlm" or name.startswith("efficientvlm."):
+            raise ImportError("efficientvlm is blocked in this process")
+
+
+sys.meta_path.insert(0, BlockEfficientVLM())
+import torch
+from PIL import Image
+from transformers import AutoConfig, AutoModelForVisualQuestionAnswering, AutoProcessor, pipeline
+
+folder, question = sys.argv[1], sys.argv[2]
+image = Image.new("RGB", (32, 32), "blue")
+model = AutoModelForVisualQuestionAnswering.from_pretrained(folder, trust_remote_code=True).eval()
+processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+with torch.no_grad():
+    inputs = processor(images=image, text=question, return_tensors="pt")
+    logits = model(**inputs).logits[0]
+    generated = model.generate(**inputs, max_length=4)
+answers = pipeline("visual-question-answering", model=folder, trust_remote_code=True)(image, question, top_k=2)
+print(json.dumps({"model": f"{type(model).__module__}.{type(model).__name__}",
+                  "config": type(AutoConfig.from_pretrained(folder, trust_remote_code=True)).__name__,
+                  "logits": logits.tolist(), "generated": generated.tolist(), "answers": answers,
+                  "efficientvlm_imported": any(name.split(".")[0] == "efficientvlm" for name in sys.modules)}))
+'''
+
+
+def test_a_published_folder_answers_with_remote_code_without_the_library(shapes_checkpoint, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from efficientvlm.hub import push_to_hub
+
+    _, model, processor, _ = shapes_checkpoint
+    folder = tmp_path / "repo"
+    result = push_to_hub(model, processor, "org/generative-vqa", dry_run_dir=folder, example_question="what color "
+                         "is the circle?")
+    config = json.loads((folder / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForVisualQuestionAnswering"] == \
+        "modeling_efficientvlm.EfficientVLMForGenerativeVQA"
+    assert config["auto_map"]["AutoConfig"] == "configuration_efficientvlm.EfficientVLMGenerativeVQAConfig"
+    assert "visual-question-answering" in config["custom_pipelines"]
+    card = (folder / "README.md").read_text()
+    assert "generative answer decoder" in card and "logits.softmax(-1)" in card and "decoder" in card
+    assert "generation_config.json" in result.files
+
+    question = "what color is the circle?"
+    (tmp_path / "check.py").write_text(REMOTE_CODE_SCRIPT)
+    environment = {key: value for key, value in os.environ.items() if not key.startswith(("PYTHON", "HF_"))}
+    environment.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), TOKENIZERS_PARALLELISM="false",
+                       OMP_NUM_THREADS="1")
+    completed = subprocess.run([sys.executable, "-I", str(tmp_path / "check.py"), str(folder), question],
+                               cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-5000:]
+    remote = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert remote["efficientvlm_imported"] is False
+    assert remote["model"].startswith("transformers_modules.")
+    assert remote["model"].endswith("modeling_efficientvlm.EfficientVLMForGenerativeVQA")
+    assert remote["config"] == "EfficientVLMGenerativeVQAConfig"
+    image = Image.new("RGB", (32, 32), "blue")
+    with torch.no_grad():
+        inputs = processor(images=image, text=question, return_tensors="pt")
+        logits = model(**inputs).logits[0]
+        generated = model.generate(**inputs, max_length=4)
+    torch.testing.assert_close(torch.tensor(remote["logits"]), logits, rtol=1e-4, atol=1e-5)
+    assert remote["generated"] == generated.tolist()
+    best = logits.softmax(-1).argsort(descending=True)[:2]
+    assert [a["answer"] for a in remote["answers"]] == [model.config.id2label[int(i)] for i in best]
+

@@ -1,6 +1,14 @@
 """Data for EfficientVLM: the synthetic ``shapes`` benchmark, loaders for the real annotation formats, collators."""
 
-from .collators import CaptioningCollator, NLVR2Collator, RetrievalCollator, VQACollator, vqa_soft_labels
+from .collators import (
+    CaptioningCollator,
+    GenerativeVQACollator,
+    NLVR2Collator,
+    RetrievalCollator,
+    VQACollator,
+    answer_weights,
+    vqa_soft_labels,
+)
 from .loaders import (
     AnnotationError,
     LazyImageDecoder,
@@ -29,6 +37,7 @@ from .shapes import (
 __all__ = [
     "AnnotationError",
     "CaptioningCollator",
+    "GenerativeVQACollator",
     "LazyImageDecoder",
     "MissingImageError",
     "NLVR2Collator",
@@ -36,6 +45,7 @@ __all__ = [
     "ShapesConfig",
     "VQACollator",
     "answer_vocabulary",
+    "answer_weights",
     "build_answer_vocabulary",
     "build_tokenizer",
     "coco_image_filename",

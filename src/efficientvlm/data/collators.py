@@ -13,6 +13,9 @@ Labels:
 
 * :class:`VQACollator` -> ``labels``: float ``(B, num_labels)`` VQA soft scores (see
   :func:`efficientvlm.metrics.answer_soft_scores`); answers outside ``label2id`` are dropped;
+* :class:`GenerativeVQACollator` -> ``answer_input_ids`` / ``answer_attention_mask``: long ``(B, A, L)``, each
+  question's distinct (normalised) answers as ``[CLS] answer [SEP]``, and ``answer_weights``: float ``(B, A)``, their
+  weights (the official code's answer frequencies, or VQA soft scores); from the same ``answers`` as the classifier;
 * :class:`NLVR2Collator` -> ``labels``: long ``(B,)``, 1 = true;
 * :class:`CaptioningCollator` -> ``labels``: ``input_ids`` with padding (and optional prompt) positions set
   to -100; the model shifts them internally;
@@ -24,15 +27,16 @@ Labels:
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
 from ..metrics.nlvr2 import to_binary_label
-from ..metrics.vqa import answer_soft_scores
+from ..metrics.vqa import answer_soft_scores, normalize_answer
 
-__all__ = ["VQACollator", "NLVR2Collator", "CaptioningCollator", "RetrievalCollator", "vqa_soft_labels"]
+__all__ = ["VQACollator", "GenerativeVQACollator", "NLVR2Collator", "CaptioningCollator", "RetrievalCollator", "vqa_soft_labels"]
 
 
 def vqa_soft_labels(
@@ -110,6 +114,79 @@ class VQACollator(_ProcessorCollator):
         answers = [f.get(self.answers_column) or [] for f in features]
         if any(answers):
             batch["labels"] = vqa_soft_labels(answers, self.label2id, self.score_rule)
+        return batch
+
+
+def answer_weights(answers: Sequence[str], rule: str = "frequency") -> dict[str, float]:
+    """``{normalised answer: weight}`` of one question's annotator answers, for generative VQA training.
+
+    ``rule``: ``"frequency"`` (the official EfficientVLM / X-VLM code: each distinct answer's share of the answers,
+    so a question's weights sum to 1), or a VQA soft-score rule of :func:`efficientvlm.metrics.answer_soft_scores`
+    (``"official"``: 0.3 / 0.6 / 0.9 / 1 for 1 / 2 / 3 / 4+ of 10 annotators; ``"min3"``).
+    """
+    if rule == "frequency":
+        normalised = [normalize_answer(a) for a in answers]
+        return {answer: count / len(normalised) for answer, count in Counter(normalised).items()}
+    return answer_soft_scores(answers, rule=rule)
+
+
+class GenerativeVQACollator(_ProcessorCollator):
+    """Question + image batches with the weighted answers ``EfficientVLMForGenerativeVQA`` is trained on.
+
+    The answers come from the rows' ``answers`` (the annotators' answers, as for :class:`VQACollator`); each question
+    gets its distinct normalised answers with weights (:func:`answer_weights`), tokenised as ``[CLS] answer [SEP]``
+    (at most ``max_answer_length`` tokens) and padded to ``(batch, most answers, longest answer)``; padding answers
+    have an all-zero mask and weight 0. Unlike the classifier's labels, answers outside any answer list are kept:
+    the decoder learns to generate them.
+
+    Args:
+        processor: see the module docstring; its ``tokenizer`` tokenises the answers.
+        max_answer_length: most tokens of an answer sequence (``config.max_answer_length``).
+        weight_rule: ``"frequency"`` (default: the official code's), ``"official"`` or ``"min3"`` (VQA scores).
+        image_column, question_column, answers_column: row keys. Rows without answers get none (weights 0); if no
+            row has answers, the answer tensors are omitted (inference batches).
+    """
+
+    def __init__(
+        self,
+        processor: Any,
+        max_length: int = 40,
+        padding: bool | str = "longest",
+        max_answer_length: int = 10,
+        weight_rule: str = "frequency",
+        image_column: str = "image",
+        question_column: str = "question",
+        answers_column: str = "answers",
+    ):
+        super().__init__(processor, max_length, padding)
+        if weight_rule not in ("frequency", "official", "min3"):
+            raise ValueError(f"weight_rule must be 'frequency', 'official' or 'min3', got {weight_rule!r}.")
+        self.max_answer_length = max_answer_length
+        self.weight_rule = weight_rule
+        self.image_column = image_column
+        self.question_column = question_column
+        self.answers_column = answers_column
+
+    def __call__(self, features: list[dict[str, Any]]):
+        batch = self._process([f[self.image_column] for f in features], [f[self.question_column] for f in features])
+        weighted = [answer_weights(f.get(self.answers_column) or [], self.weight_rule) if f.get(self.answers_column)
+                    else {} for f in features]
+        texts = [answer for answers in weighted for answer in answers]
+        if not texts:
+            return batch
+        tokens = self.processor.tokenizer(texts, padding="longest", truncation=True,
+                                          max_length=self.max_answer_length, return_tensors="pt")
+        most = max(len(answers) for answers in weighted)
+        length = tokens["input_ids"].shape[1]
+        ids = torch.full((len(features), most, length), self.processor.tokenizer.pad_token_id or 0, dtype=torch.long)
+        mask = torch.zeros((len(features), most, length), dtype=torch.long)
+        weights = torch.zeros((len(features), most), dtype=torch.float32)
+        row = 0
+        for i, answers in enumerate(weighted):
+            for j, weight in enumerate(answers.values()):
+                ids[i, j], mask[i, j], weights[i, j] = tokens["input_ids"][row], tokens["attention_mask"][row], weight
+                row += 1
+        batch["answer_input_ids"], batch["answer_attention_mask"], batch["answer_weights"] = ids, mask, weights
         return batch
 
 

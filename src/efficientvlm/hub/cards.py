@@ -9,7 +9,8 @@ the repository is a link to that folder, so there is one copy). Each template is
 * ``num_parameters``, ``image_size``, ``architecture_table`` (per-layer sizes read from the config);
 * ``eval_table`` (Markdown table of the evaluation results, also in the ``model-index`` metadata);
 * ``pruning_section`` (Markdown rendered from a pruning report, see [`render_pruning_section`]);
-* ``citation_bibtex``; task specifics: ``num_answers`` (VQA), ``has_pretraining_heads`` (pre-training);
+* ``citation_bibtex``; task specifics: ``num_answers`` and ``generative_vqa`` (VQA: the answer decoder head),
+  ``has_pretraining_heads`` (pre-training);
 * what is true of this particular model, from optional ``render_model_card`` keyword arguments (without them the card
   is the generic one):
 
@@ -359,7 +360,7 @@ def render_architecture_table(config: Any) -> str:
         rows.append([
             modality, str(sub.num_hidden_layers), str(sub.hidden_size),
             _format_value(fields["num_attention_heads"]),
-            _format_value(fields.get("num_cross_attention_heads", "")) if modality == "fusion" else "",
+            _format_value(fields["num_cross_attention_heads"]) if "num_cross_attention_heads" in fields else "",
             _format_value(fields["intermediate_size"]),
         ])
     header = ["Encoder", "Layers", "Width", "Attention heads per layer", "Cross-attention heads per layer",
@@ -519,6 +520,7 @@ def render_model_card(
         "image_size": config.vision_config.image_size if config is not None else "",
         "num_answers": getattr(config, "num_labels", "") if config is not None else "",
         "has_pretraining_heads": architecture != "EfficientVLMModel",
+        "generative_vqa": getattr(config, "decoder_config", None) is not None,
         "eval_table": render_eval_table(results),
         "pruning_section": render_pruning_section(pruning_report, pruning_figure),
         "citation_bibtex": CITATION_BIBTEX,

@@ -5,7 +5,7 @@ The repository holds exactly:
 * ``config.json`` with an ``auto_map`` entry for every Auto class that can load the checkpoint (``AutoConfig``,
   ``AutoModel``, and the head's own class: ``AutoModelForVisualQuestionAnswering``, ``AutoModelForPreTraining`` or
   ``AutoModelForImageTextToText``) and, for VQA heads, a ``custom_pipelines`` entry for ``visual-question-answering``;
-  ``model.safetensors`` (and ``generation_config.json`` for captioning);
+  ``model.safetensors`` (and ``generation_config.json`` for the generative heads: captioning, generative VQA);
 * the processor files (``processor_config.json`` with ``auto_map`` for ``AutoProcessor`` / ``AutoImageProcessor``,
   ``tokenizer.json``, ``tokenizer_config.json``);
 * the remote-code modules the ``auto_map`` and ``custom_pipelines`` entries point to, and the sibling modules they
@@ -58,6 +58,7 @@ HEAD_AUTO_CLASSES: dict[str, tuple[str, ...]] = {
     "EfficientVLMForImageTextRetrieval": (),
     "EfficientVLMForNLVR2": (),
     "EfficientVLMForCaptioning": ("AutoModelForImageTextToText",),
+    "EfficientVLMForGenerativeVQA": ("AutoModelForVisualQuestionAnswering",),
 }
 
 #: Model-card kind of each head.
@@ -68,6 +69,7 @@ CARD_TASK_OF_HEAD: dict[str, str] = {
     "EfficientVLMForImageTextRetrieval": "retrieval",
     "EfficientVLMForNLVR2": "nlvr2",
     "EfficientVLMForCaptioning": "captioning",
+    "EfficientVLMForGenerativeVQA": "vqa",
 }
 
 #: Files a push owns: at the next push, those no longer produced (e.g. a dropped pruning figure) are deleted from the

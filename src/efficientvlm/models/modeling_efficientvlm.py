@@ -618,8 +618,8 @@ class EfficientVLMPreTrainedModel(PreTrainedModel):
                 raise ValueError(_pickled_weights_message(pretrained_model_name_or_path)) from error
         finally:
             fusion_mapping.register_fusion_patches = original
-        if _layer_keys(info):
-            raise ValueError(_layer_mismatch_message(pretrained_model_name_or_path, model.config, info))
+        if _layer_keys(info, model):
+            raise ValueError(_layer_mismatch_message(pretrained_model_name_or_path, model.config, info, model))
         return (model, info) if want_info else model
 
     @torch.no_grad()
@@ -737,23 +737,29 @@ _STACK_OF_MODULE = {"vision_model": "vision", "text_model": "text", "fusion_mode
                     "answer_decoder": "decoder"}
 
 
-def _layer_keys(info: dict) -> list[tuple[str, str, str]]:
-    """(status, key, detail) of every encoder-layer weight that is missing, unexpected or of the wrong shape."""
+def _layer_keys(info: dict, model=None) -> list[tuple[str, str, str]]:
+    """(status, key, detail) of every encoder-layer weight that is missing, unexpected or of the wrong shape.
+
+    A head checkpoint's answer-decoder weights are not unexpected in a ``model`` without a decoder (``AutoModel``
+    loading the bare encoders of a generative VQA checkpoint)."""
     found = []
     for status in ("mismatched_keys", "missing_keys", "unexpected_keys"):
         for entry in info.get(status) or ():
             key, detail = entry, ""
             if isinstance(entry, tuple):  # (key, checkpoint shape, model shape)
                 key, detail = entry[0], f" {list(entry[1])} in the checkpoint, {list(entry[2])} from the config"
-            if ".encoder.layers." in key and key.split(".encoder.layers.")[0].split(".")[-1] in _STACK_OF_MODULE:
+            stack = key.split(".encoder.layers.")[0].split(".")[-1] if ".encoder.layers." in key else None
+            if stack == "answer_decoder" and model is not None and not hasattr(model, stack):
+                continue
+            if stack in _STACK_OF_MODULE:
                 found.append((status.split("_")[0], key, detail))
     return sorted(found)
 
 
-def _layer_mismatch_message(path, config: EfficientVLMConfig, info: dict) -> str:
+def _layer_mismatch_message(path, config: EfficientVLMConfig, info: dict, model=None) -> str:
     """Explain, per layer and config field, why a checkpoint's tensors do not fit its config."""
     groups: dict[tuple[str, int, str], list[str]] = {}
-    for status, key, detail in _layer_keys(info):
+    for status, key, detail in _layer_keys(info, model):
         stack, rest = key.split(".encoder.layers.")
         modality = _STACK_OF_MODULE[stack.split(".")[-1]]
         index, module = rest.split(".")[:2]

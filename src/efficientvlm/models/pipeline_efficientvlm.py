@@ -1,8 +1,10 @@
 """The ``visual-question-answering`` pipeline for transformers 5.x.
 
 transformers 5 removed its stock VQA pipeline. This is a pipeline for classifier VQA heads (``logits`` of shape
-``(batch, num_labels)`` and a complete ``config.id2label``, as ``EfficientVLMForVisualQuestionAnswering`` has) and for
-generative heads (``model.can_generate()``), with the call forms of the 4.x pipeline:
+``(batch, num_labels)`` and a complete ``config.id2label``, as ``EfficientVLMForVisualQuestionAnswering`` has), for
+answer-ranking heads (``model.ranks_answers``: ``EfficientVLMForGenerativeVQA``, whose ``logits`` are its answer
+log-likelihoods over ``config.id2label``) and for other generative heads (``model.can_generate()``), with the call
+forms of the 4.x pipeline:
 
 ```python
 vqa(image, "what color is the circle?")                 # one image, one question
@@ -12,7 +14,8 @@ vqa({"image": image, "question": "..."})                # dict, or a list of dic
 ```
 
 Images may be PIL images or file paths. Each input returns ``[{"answer": str, "score": float}, ...]`` (``top_k``
-answers, sorted by score; classifier heads score answers with a sigmoid, as they are trained on soft scores).
+answers, sorted by score; classifier heads score answers with a sigmoid, as they are trained on soft scores;
+answer-ranking heads with the softmax over the answers they re-scored, the paper's answer probabilities).
 
 This file is shipped to the Hub as remote code: it imports only PIL, torch, transformers and its siblings.
 """
@@ -79,6 +82,8 @@ class EfficientVLMVQAPipeline(Pipeline):
         return model_inputs
 
     def _forward(self, model_inputs, **generate_kwargs):
+        if getattr(self.model, "ranks_answers", False):  # generative VQA: rank the answer list
+            return self.model(**model_inputs)
         if self.model.can_generate():
             return {"generated_ids": self.model.generate(**model_inputs, **generate_kwargs)}
         return self.model(**model_inputs)
@@ -88,7 +93,12 @@ class EfficientVLMVQAPipeline(Pipeline):
             texts = self.tokenizer.batch_decode(model_outputs["generated_ids"], skip_special_tokens=True)
             return [{"answer": text.strip()} for text in texts]
         id2label = self.model.config.id2label
-        probs = model_outputs["logits"].float().sigmoid()[0]
+        logits = model_outputs["logits"].float()[0]
+        if getattr(self.model, "ranks_answers", False):
+            probs = logits.softmax(-1)  # -inf (answers not re-scored) -> 0
+            top_k = min(top_k, int(probs.gt(0).sum()))
+        else:
+            probs = logits.sigmoid()
         scores, ids = probs.topk(min(top_k, probs.shape[-1]))
         return [{"score": float(score), "answer": id2label[int(i)]} for score, i in zip(scores, ids)]
 
