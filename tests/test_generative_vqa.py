@@ -413,3 +413,94 @@ def test_a_published_folder_answers_with_remote_code_without_the_library(shapes_
     best = logits.softmax(-1).argsort(descending=True)[:2]
     assert [a["answer"] for a in remote["answers"]] == [model.config.id2label[int(i)] for i in best]
 
+
+# ---------------------------------------------------------------------------------------------------- pruning
+
+
+def decoder_pattern(l0) -> dict:
+    """Random partial gates everywhere, plus the special cases in the decoder: heads all 0, an FFN removed by its
+    block gate, an empty cross-attention and a decoder layer with nothing left."""
+    from tests.test_pruning_core import random_pattern
+
+    pattern = random_pattern(l0, seed=3)
+    decoder = pattern["decoder"]
+    decoder[0]["heads"] = torch.zeros(2)                          # self-attention vanishes through its heads
+    decoder[0]["ffn_block"] = torch.zeros(1)                      # FFN removed by its block gate
+    decoder[0]["cross_heads"] = torch.tensor([1.0, 0.0])
+    decoder[1] = {key: torch.zeros_like(bits) for key, bits in decoder[1].items()}
+    decoder[1]["attention_block"] = torch.ones(1)                 # heads all 0 under an open block gate
+    pattern["fusion"][1]["cross_heads"] = torch.zeros(2)          # the question states change too
+    return pattern
+
+
+def test_decoder_gates_masked_equals_materialized_equals_reloaded(tmp_path):
+    from efficientvlm.pruning import ModalAdaptiveL0Module, gates_applied, materialize, prunable_parameter_count
+    from efficientvlm.pruning.budget import sparsity_of
+    from tests.test_pruning_core import assert_same_outputs, set_pattern
+
+    model = make_model()
+    l0 = ModalAdaptiveL0Module(model.config, 0.5, prune=("heads", "ffn", "blocks"))
+    assert tuple(l0.gates) == ("vision", "text", "fusion", "decoder")  # the decoder is gated by default
+    set_pattern(l0, decoder_pattern(l0))
+    zs = l0.eval().deterministic()
+    inputs = tiny_generative_inputs(model.config)
+    ranking = {**question_inputs(inputs), "k": len(GENERATIVE_ANSWERS)}
+
+    with torch.no_grad():
+        dense, dense_ranking = model(**inputs), model(**ranking)
+        with gates_applied(model, zs):
+            masked, masked_ranking = model(**inputs), model(**ranking)
+        pruned = materialize(model, zs)
+        materialized, materialized_ranking = pruned(**inputs), pruned(**ranking)
+    assert (masked.answer_logits - dense.answer_logits).abs().max() > 1e-3
+    assert (masked_ranking.logits - dense_ranking.logits).abs().max() > 1e-3
+    assert_same_outputs(masked, materialized)
+    assert_same_outputs(masked_ranking, materialized_ranking)
+
+    sizes = pruned.config.decoder_config
+    assert (sizes.num_attention_heads, sizes.num_cross_attention_heads, sizes.intermediate_size)[0][0] == 0
+    assert sizes.intermediate_size[0] == 0 and sizes.num_cross_attention_heads[0] == 1
+    assert sizes.num_attention_heads[1] == sizes.num_cross_attention_heads[1] == sizes.intermediate_size[1] == 0
+    empty = pruned.answer_decoder.encoder.layers[1]
+    assert empty.self_attn is empty.cross_attn is empty.mlp is None
+    # the exact size the gates give is what was materialised, and the decoder is counted in it
+    counted = prunable_parameter_count(pruned)
+    assert set(counted) == {"vision", "text", "fusion", "decoder"}
+    assert float(l0.expected_size(zs=zs)["overall"]) == sum(counted.values())
+    assert pruned.config.pruning_info["per_modality"]["decoder"]["params_after"] == counted["decoder"]
+    assert sparsity_of(zs, model.config)["decoder"] == pytest.approx(
+        1 - counted["decoder"] / prunable_parameter_count(model)["decoder"])
+
+    pruned.save_pretrained(tmp_path)
+    reloaded, info = EfficientVLMForGenerativeVQA.from_pretrained(tmp_path, output_loading_info=True)
+    assert not any(info[key] for key in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    with torch.no_grad():
+        assert_same_outputs(masked, reloaded.eval()(**inputs))
+        assert_same_outputs(masked_ranking, reloaded(**ranking))
+    assert reloaded.config.layer_sizes() == pruned.config.layer_sizes()
+
+
+def test_the_budget_counts_the_decoder_and_the_split_is_learned_over_four_modalities():
+    from efficientvlm.pruning import ModalAdaptiveL0Module, layer_sizes
+    from efficientvlm.pruning.budget import sparsity_of
+    from efficientvlm.pruning.structure import sub_block_costs
+
+    config = tiny_generative_config()
+    assert set(layer_sizes(config)) == {"vision", "text", "fusion", "decoder"}
+    params = sub_block_costs(config, "params")["decoder"]
+    d, h = 24, 12  # the decoder's cross-attention reads the fused question (width 24), not the image (32)
+    assert params["cross_attention"].unit == 2 * d * h + 2 * d * h + 3 * h
+    flops = sub_block_costs(config, "flops", text_length=9, answer_length=4)["decoder"]
+    assert flops["attention"].unit == h * (4 * 4 * d + 2 * 4 * 4)
+    assert flops["cross_attention"].unit == h * (2 * 4 * d + 2 * 9 * d + 2 * 4 * 9)
+    assert flops["ffn"].unit == 2 * 4 * d
+    l0 = ModalAdaptiveL0Module(config, 0.4)
+    split = l0.learned_split(0.4)
+    assert set(split) == {"vision", "text", "fusion", "decoder"}
+    zs = l0.budget_gates()
+    assert sparsity_of(zs, config)["overall"] == pytest.approx(0.4, abs=0.02)
+    from efficientvlm import EfficientVLMConfig
+
+    with pytest.raises(ValueError, match="this model has no decoder"):
+        ModalAdaptiveL0Module(EfficientVLMConfig(), 0.3, modalities=("decoder",))
+

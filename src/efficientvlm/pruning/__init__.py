@@ -34,7 +34,7 @@ from .gates import HardConcreteGate, deterministic_gates, keep_probability, samp
 from .l0 import PRUNABLE_STRUCTURES, ModalAdaptiveL0Module, apply_gates, clear_gates, gates_applied
 from .materialize import keep_lists_from_gates, materialize, prune_model
 from .report import plot_report, pruning_report, save_report
-from .structure import MODALITIES, layer_sizes, prunable_parameter_count
+from .structure import ALL_MODALITIES, MODALITIES, layer_sizes, model_modalities, prunable_parameter_count
 from .config import PruningConfig  # noqa: E402  (imports the distillation package, which imports the models)
 from .trainer import L0_OPTIMIZER_NAME, L0_STATE_NAME, ModalAdaptivePruningTrainer  # noqa: E402
 from .importance import importance_scores, one_shot_prune, per_unit_of_cost  # noqa: E402
@@ -42,6 +42,7 @@ from .importance import importance_scores, one_shot_prune, per_unit_of_cost  # n
 __all__ = [
     "L0_OPTIMIZER_NAME",
     "L0_STATE_NAME",
+    "ALL_MODALITIES",
     "MODALITIES",
     "ModalAdaptivePruningTrainer",
     "PruningConfig",
@@ -57,6 +58,7 @@ __all__ = [
     "keep_probability",
     "layer_sizes",
     "materialize",
+    "model_modalities",
     "one_shot_prune",
     "per_unit_of_cost",
     "plot_report",

@@ -1,5 +1,6 @@
 """Budget-exact structure selection: which heads, FFN neurons and sub-blocks to keep so that the pruned model has
-the asked size, chosen from per-unit scores, globally across the three encoders.
+the asked size, chosen from per-unit scores, globally across the three encoders (and the answer decoder of
+generative VQA).
 
 The L0 gates learn *which* units matter and, through the Lagrangian, roughly *how many* go. How many is only
 reached when the gates have converged, which short runs and small data sets do not guarantee (CoFi's users report
@@ -34,7 +35,6 @@ import torch
 
 from ..models.configuration_efficientvlm import EfficientVLMConfig
 from .structure import (
-    MODALITIES,
     SUB_BLOCKS,
     SubBlockCost,
     check_budget,
@@ -84,7 +84,7 @@ def sparsity_of(zs: Gates, config: EfficientVLMConfig, budget: str = "params", t
     costs = sub_block_costs(config, budget, text_length, image_size)
     before = sizes_cost(layer_sizes(config), costs)
     after = sizes_cost(kept_sizes(layer_sizes(config), keep_lists_from_gates(zs)), costs)
-    sizes = {m: (sum(before[m]), sum(after[m])) for m in MODALITIES}
+    sizes = {m: (sum(before[m]), sum(after[m])) for m in before}
     sizes["overall"] = (sum(b for b, _ in sizes.values()), sum(a for _, a in sizes.values()))
     return {key: (1 - a / b) if b else 0.0 for key, (b, a) in sizes.items()}
 
@@ -122,8 +122,8 @@ def select_structures(scores: Gates, config: EfficientVLMConfig, targets: Sequen
     costs = sub_block_costs(config, budget, text_length, image_size)
     blocks = _sub_blocks(scores, config, costs)
     full_costs = sizes_cost(layer_sizes(config), costs)
-    full = {m: float(sum(full_costs[m])) for m in MODALITIES}
-    full["overall"] = sum(full[m] for m in MODALITIES)
+    full = {m: float(sum(full_costs[m])) for m in full_costs}
+    full["overall"] = sum(full.values())
 
     # The removal order of each constraint's scope: its scored units and blocks, lowest score first.
     orders = {key: _removal_order(scores, blocks, None if key == "overall" else key) for key in keys}

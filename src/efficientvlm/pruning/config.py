@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from ..distillation.config import DistillationConfig
 from .l0 import PRUNABLE_STRUCTURES
-from .structure import BUDGETS, MODALITIES
+from .structure import ALL_MODALITIES, BUDGETS, model_modalities
 
 #: default warm-up of the sparsity target, as a fraction of the run's optimizer steps
 LAGRANGIAN_WARMUP_RATIO = 0.3
@@ -82,8 +82,10 @@ class PruningConfig(DistillationConfig):
                           "undershoot the target."},
     )
     prune_modalities: str = field(
-        default="vision,text,fusion",
-        metadata={"help": "Encoders that are pruned (comma-separated); the others stay whole."},
+        default="vision,text,fusion,decoder",
+        metadata={"help": "Encoders that are pruned (comma-separated): vision, text, fusion, and decoder (the answer "
+                          "decoder of generative VQA); the others stay whole. Modalities the model does not have (the "
+                          "decoder, for every head but generative VQA) are skipped."},
     )
     budget: str = field(
         default="params",
@@ -137,8 +139,16 @@ class PruningConfig(DistillationConfig):
     def pruned_structures(self) -> tuple[str, ...]:
         return _names(self.prune_structures, PRUNABLE_STRUCTURES, "prune_structures")
 
-    def pruned_modalities(self) -> tuple[str, ...]:
-        return _names(self.prune_modalities, MODALITIES, "prune_modalities")
+    def pruned_modalities(self, config=None) -> tuple[str, ...]:
+        """The modalities named by ``prune_modalities``; with the model's ``config``, those the model has."""
+        names = _names(self.prune_modalities, ALL_MODALITIES, "prune_modalities")
+        if config is None:
+            return names
+        present = tuple(name for name in names if name in model_modalities(config))
+        if not present:
+            raise ValueError(f"prune_modalities={self.prune_modalities!r}: the model has none of them (its modalities: "
+                             f"{', '.join(model_modalities(config))}).")
+        return present
 
     def target(self) -> float | dict[str, float]:
         """The pruning target: one shared float, or the fixed per-modality dict."""

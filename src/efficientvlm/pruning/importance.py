@@ -28,15 +28,16 @@ from torch import nn
 from .budget import Gates, Target, select_structures, sparsity_of
 from .l0 import PRUNABLE_STRUCTURES, SUB_BLOCKS_BY_UNITS, _unit_structure, gates_applied
 from .materialize import materialize
-from .structure import MODALITIES, SUB_BLOCKS, check_budget, check_modality, layer_sizes, sub_block_costs
+from .structure import SUB_BLOCKS, check_budget, check_modality, layer_sizes, model_modalities, sub_block_costs
 
 ONE_SHOT_METHOD = "one-shot modal-adaptive pruning (first-order Taylor importance per unit of cost)"
 
 
-def _unit_gates(config, structures: Sequence[str], modalities: Sequence[str], device) -> Gates:
-    """All-ones unit gates that require grad, for every present sub-block of the scored modalities."""
+def _unit_gates(config, structures: Sequence[str], modalities: Sequence[str] | None, device) -> Gates:
+    """All-ones unit gates that require grad, for every present sub-block of the scored modalities (default: all of
+    the model's)."""
     gates: Gates = {}
-    for modality in modalities:
+    for modality in model_modalities(config) if modalities is None else modalities:
         gates[modality] = []
         for units_of in layer_sizes(config)[modality]:
             layer = {}
@@ -47,33 +48,39 @@ def _unit_gates(config, structures: Sequence[str], modalities: Sequence[str], de
     return gates
 
 
-def _check(structures: Sequence[str], modalities: Sequence[str]) -> None:
+def _check(structures: Sequence[str], modalities: Sequence[str] | None, config=None) -> None:
     unknown = [s for s in structures if s not in PRUNABLE_STRUCTURES or s == "blocks"]
     if unknown or not structures:
         raise ValueError(f"structures={tuple(structures)!r}: one-shot pruning scores 'heads' and/or 'ffn' (a "
                          f"sub-block vanishes when its last unit goes).")
+    if modalities is None:
+        return
     if not modalities:
-        raise ValueError("modalities is empty: name one or more of vision, text, fusion.")
+        raise ValueError("modalities is empty: name one or more of vision, text, fusion (decoder).")
     for modality in modalities:
         check_modality(modality)
+        if config is not None and modality not in model_modalities(config):
+            raise ValueError(f"modalities={tuple(modalities)}: this model has no {modality} (its modalities: "
+                             f"{model_modalities(config)}).")
 
 
 def importance_scores(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]], *,
-                      structures: Sequence[str] = ("heads", "ffn"), modalities: Sequence[str] = MODALITIES) -> Gates:
+                      structures: Sequence[str] = ("heads", "ffn"), modalities: Sequence[str] | None = None
+                      ) -> Gates:
     """First-order Taylor importance ``sum_b |dL_b/dz|`` of every head and FFN neuron, in the nested gate layout.
 
     Args:
         model: any EfficientVLM task model; ``model(**batch).loss`` must exist (the batches carry labels).
         batches: calibration batches, e.g. a ``DataLoader`` with the task collator.
         structures: ``"heads"`` (self- and cross-attention) and/or ``"ffn"``.
-        modalities: encoders to score.
+        modalities: encoders (and ``"decoder"``) to score; default: every modality of the model.
 
     The model's weights and their gradients are left untouched; it is run in eval mode (no dropout).
 
     Raises:
         ValueError: no batches, or a batch for which the model returns no loss.
     """
-    _check(structures, modalities)
+    _check(structures, modalities, model.config)
     if hasattr(batches, "__len__") and len(batches) == 0:
         raise ValueError("The calibration set has zero batches: give at least one batch of task data with labels.")
     device = next(model.parameters()).device
@@ -121,7 +128,7 @@ def per_unit_of_cost(scores: Gates, config, budget: str = "params", text_length:
 def one_shot_prune(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]],
                    target_sparsity: Target | Sequence[Target], *, budget: str = "params", text_length: int = 40,
                    image_size: int | None = None, structures: Sequence[str] = ("heads", "ffn"),
-                   modalities: Sequence[str] = MODALITIES) -> nn.Module | list[nn.Module]:
+                   modalities: Sequence[str] | None = None) -> nn.Module | list[nn.Module]:
     """Score (``importance_scores``), rank per unit of cost across modalities, remove units until the exact size
     meets ``target_sparsity``, and materialise. A list of increasing targets gives a nested family of models.
 
@@ -130,7 +137,8 @@ def one_shot_prune(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor
     afterwards with ``DistillationTrainer`` (the teacher, or the unpruned model, as teacher).
     """
     check_budget(budget)
-    _check(structures, modalities)
+    _check(structures, modalities, model.config)
+    modalities = model_modalities(model.config) if modalities is None else modalities
     family = isinstance(target_sparsity, Sequence) and not isinstance(target_sparsity, str)
     targets = list(target_sparsity) if family else [target_sparsity]
     # validate the targets against the scored structure before the (costly) scoring

@@ -1,6 +1,8 @@
-"""Modal-adaptive L0 pruning: hard-concrete gates on the three encoders under one sparsity budget.
+"""Modal-adaptive L0 pruning: hard-concrete gates on the three encoders (and the answer decoder of generative VQA)
+under one sparsity budget.
 
-``ModalAdaptiveL0Module`` holds, for each pruned modality (vision, text, fusion) and layer, a ``HardConcreteGate``
+``ModalAdaptiveL0Module`` holds, for each pruned modality (vision, text, fusion; decoder) and layer, a
+``HardConcreteGate``
 group per gated structure:
 
 * ``"heads"`` / ``"cross_heads"``: one gate per self-attention / cross-attention head (structure ``"heads"``);
@@ -18,7 +20,7 @@ Gate values travel as a nested dict, the same shape as ``prune_model``'s keep-li
 
 Modal adaptivity (the paper): all gates feed ONE expected sparsity ``s`` of the prunable part of the whole model
 under ONE Lagrangian ``lambda_1 (s - t) + lambda_2 (s - t)^2``, so how the budget is split between vision, text
-and fusion is learned. Passing a dict of per-modality targets instead gives one term (and one pair of lambdas) per
+and fusion (and the decoder: the paper's VQA model prunes its answer decoder under the same budget) is learned. Passing a dict of per-modality targets instead gives one term (and one pair of lambdas) per
 modality: a fixed split, for comparison.
 """
 
@@ -36,7 +38,6 @@ from .budget import select_structures
 from .gates import LOG_ALPHA_MIN, HardConcreteGate, keep_probability
 from .structure import (
     BUDGETS,
-    MODALITIES,
     SUB_BLOCKS,
     SubBlockCost,
     SubBlockSpec,
@@ -45,6 +46,7 @@ from .structure import (
     declared_gates,
     encoder_layers,
     layer_sizes,
+    model_modalities,
     sub_block_costs,
     unwrap,
 )
@@ -136,7 +138,8 @@ def gates_applied(model: nn.Module, zs: Gates) -> Iterator[nn.Module]:
 
 
 class ModalAdaptiveL0Module(nn.Module):
-    """L0 gates for the vision, text and fusion encoders of an EfficientVLM model, and their Lagrangian.
+    """L0 gates for the vision, text and fusion encoders (and the answer decoder) of an EfficientVLM model, and their
+    Lagrangian.
 
     Args:
         config: the config of the model to prune (its per-layer sizes decide which gates exist).
@@ -145,7 +148,8 @@ class ModalAdaptiveL0Module(nn.Module):
             (a fixed split, for comparison).
         prune: gated structures, any of ``"heads"`` (self- and cross-attention heads), ``"ffn"`` (FFN neurons)
             and ``"blocks"`` (whole attention / cross-attention / FFN sub-blocks). The paper: heads and FFN.
-        modalities: encoders that get gates. The others stay whole but still count in the prunable size.
+        modalities: encoders (and ``"decoder"``) that get gates; default: every modality of the model
+            (``model_modalities(config)``). The others stay whole but still count in the prunable size.
         budget: what the sparsity measures: ``"params"`` (the paper) or ``"flops"`` (multiply-accumulates per
             image-text pair, where the many vision tokens make vision layers expensive).
         warmup_steps: ``target_at(step)`` ramps linearly from 0 to the target over this many steps (the official
@@ -180,7 +184,7 @@ class ModalAdaptiveL0Module(nn.Module):
     """
 
     def __init__(self, config: EfficientVLMConfig, target_sparsity: Target, *,
-                 prune: Sequence[str] = ("heads", "ffn"), modalities: Sequence[str] = MODALITIES,
+                 prune: Sequence[str] = ("heads", "ffn"), modalities: Sequence[str] | None = None,
                  budget: str = "params", warmup_steps: int = 0, text_length: int = 40,
                  image_size: int | None = None, droprate_init: float | Mapping[str, float] = 0.01,
                  init_std: float = 0.01):
@@ -189,9 +193,13 @@ class ModalAdaptiveL0Module(nn.Module):
         unknown = [p for p in self.prune if p not in PRUNABLE_STRUCTURES]
         if unknown or not self.prune:
             raise ValueError(f"prune={tuple(prune)!r}: choose one or more of {PRUNABLE_STRUCTURES}.")
-        self.modalities = tuple(dict.fromkeys(modalities))
+        self.all_modalities = model_modalities(config)
+        self.modalities = tuple(dict.fromkeys(self.all_modalities if modalities is None else modalities))
         for modality in self.modalities:
             check_modality(modality)
+            if modality not in self.all_modalities:
+                raise ValueError(f"modalities={self.modalities}: this model has no {modality} (its modalities: "
+                                 f"{self.all_modalities}).")
         check_budget(budget)
         if warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}.")
@@ -402,14 +410,14 @@ class ModalAdaptiveL0Module(nn.Module):
         check_budget(budget)
         probabilities = self.keep_probabilities() if zs is None else zs
         zero = self.lambda_1.new_zeros((), dtype=torch.float64)
-        sizes = {modality: zero.clone() for modality in MODALITIES}
+        sizes = {modality: zero.clone() for modality in self.all_modalities}
         for block in self.sub_blocks:
             cost = self.costs[budget][block.modality][block.spec.name]
             gates = probabilities[block.modality][block.layer] if block.modality in probabilities else {}
             unit_p = gates.get(block.unit_gate) if block.unit_gate else None
             block_p = gates.get(block.block_gate) if block.block_gate else None
             sizes[block.modality] = sizes[block.modality] + _sub_block_size(cost, block.units, unit_p, block_p)
-        sizes["overall"] = sum(sizes[m] for m in MODALITIES)
+        sizes["overall"] = sum(sizes[m] for m in self.all_modalities)
         return sizes
 
     def expected_sparsity(self, budget: str | None = None, zs: Gates | None = None) -> dict[str, torch.Tensor]:
@@ -454,7 +462,7 @@ class ModalAdaptiveL0Module(nn.Module):
 
     def _size_floats(self, budget: str, log_alpha: float | None) -> dict[str, float]:
         """Sizes as Python floats: the full model (``log_alpha=None``), or every gate at ``log_alpha``."""
-        sizes = dict.fromkeys((*MODALITIES, "overall"), 0.0)
+        sizes = dict.fromkeys((*self.all_modalities, "overall"), 0.0)
         for block in self.sub_blocks:
             cost = self.costs[budget][block.modality][block.spec.name]
             unit_p = block_p = None

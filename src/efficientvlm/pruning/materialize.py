@@ -11,6 +11,7 @@ Keep-lists name, per modality and layer, the units to keep::
         "vision": [{"heads": [0, 2], "ffn": [0, 5, 7, ...]}, ...],           # one dict per vision layer
         "text":   [{"heads": [...], "ffn": [...]}, ...],
         "fusion": [{"heads": [...], "cross_heads": [...], "ffn": [...]}, ...],
+        "decoder": [{"heads": [...], "cross_heads": [...], "ffn": [...]}, ...],   # generative VQA only
     }
 
 A missing modality or key keeps that part whole; an empty list removes the sub-block (its projections, bias and
@@ -29,7 +30,6 @@ from .distributed import full_model
 from .l0 import Gates
 from .structure import (
     LAYER_NORMS,
-    MODALITIES,
     SUB_BLOCKS,
     check_modality,
     declared_gates,
@@ -162,6 +162,9 @@ def _normalise_keep(keep, sizes) -> dict[str, list[dict[str, list[int]]]]:
     out: dict[str, list[dict[str, list[int]]]] = {}
     for modality, layers in keep.items():
         check_modality(modality)
+        if modality not in sizes:
+            raise ValueError(f"keep has {modality!r} entries, but the model has no {modality} (its modalities: "
+                             f"{tuple(sizes)}).")
         model_layers = sizes[modality]
         if len(layers) != len(model_layers):
             raise ValueError(f"keep[{modality!r}] has {len(layers)} entries; the model has {len(model_layers)} "
@@ -188,7 +191,7 @@ def _normalise_keep(keep, sizes) -> dict[str, list[dict[str, list[int]]]]:
 def _resolve_all(kept, sizes) -> dict[str, list[dict[str, list[int]]]]:
     """Complete keep-lists: every modality, layer and sub-block, with the missing ones kept whole."""
     resolved = {}
-    for modality in MODALITIES:
+    for modality in sizes:
         layers = kept.get(modality) or [{} for _ in sizes[modality]]
         resolved[modality] = [{key: layer_keep.get(key, list(range(n))) for key, n in units_of.items()}
                               for layer_keep, units_of in zip(layers, sizes[modality])]
@@ -251,7 +254,7 @@ def _size_summary(config, before, after) -> dict:
         return {"params_before": b, "params_after": a, "sparsity": round(1 - a / b, 6) if b else 0.0}
 
     total = entry(sum(size_before.values()), sum(size_after.values()))
-    return {"prunable": total, "per_modality": {m: entry(size_before[m], size_after[m]) for m in MODALITIES}}
+    return {"prunable": total, "per_modality": {m: entry(size_before[m], size_after[m]) for m in size_before}}
 
 
 def _check_matches_config(model: nn.Module) -> None:

@@ -21,7 +21,6 @@ from .l0 import ModalAdaptiveL0Module
 from .materialize import keep_lists_from_gates
 from .structure import (
     BUDGETS,
-    MODALITIES,
     SUB_BLOCKS,
     check_budget,
     image_tokens,
@@ -68,7 +67,10 @@ def pruning_report(before: EfficientVLMConfig | nn.Module,
     budget = budget or "params"
     check_budget(budget)
     text_length = text_length or 40
-    for modality in MODALITIES:
+    if set(sizes_before) != set(sizes_after):
+        raise ValueError(f"before has the modalities {tuple(sizes_before)}, after {tuple(sizes_after)}: they are not "
+                         "the same model.")
+    for modality in sizes_before:
         if len(sizes_before[modality]) != len(sizes_after[modality]):
             raise ValueError(f"before has {len(sizes_before[modality])} {modality} layers, after has "
                              f"{len(sizes_after[modality])}: they are not the same model.")
@@ -78,7 +80,7 @@ def pruning_report(before: EfficientVLMConfig | nn.Module,
                  for b in BUDGETS for when, sizes in (("before", sizes_before), ("after", sizes_after))}
 
     modalities = {}
-    for modality in MODALITIES:
+    for modality in sizes_before:
         layers = []
         for i, (units_before, units_after) in enumerate(zip(sizes_before[modality], sizes_after[modality])):
             row = {"layer": i}
@@ -152,10 +154,11 @@ def _overall(achieved) -> float:
 def plot_report(report: dict) -> Figure:
     """A figure with one column per modality: kept attention heads (top) and FFN neurons (bottom) per layer, the
     unpruned size in grey behind. Built without pyplot, so it never changes the global matplotlib backend."""
-    figure = Figure(figsize=(4.2 * len(MODALITIES), 6.4), layout="constrained")
-    axes = figure.subplots(2, len(MODALITIES), squeeze=False)
+    names = list(report["modalities"])
+    figure = Figure(figsize=(4.2 * len(names), 6.4), layout="constrained")
+    axes = figure.subplots(2, len(names), squeeze=False)
     colors = {"heads": "tab:blue", "cross_heads": "tab:orange", "ffn": "tab:green"}
-    for column, modality in enumerate(MODALITIES):
+    for column, modality in enumerate(names):
         entry = report["modalities"][modality]
         layers = entry["layers"]
         x = list(range(len(layers)))

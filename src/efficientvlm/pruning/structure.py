@@ -1,6 +1,9 @@
 """What can be pruned in an EfficientVLM model, where it lives, and what it costs.
 
-Every encoder layer is made of *sub-blocks* - self-attention, cross-attention (fusion layers only) and FFN - and
+The prunable *modalities* are the three encoders (``MODALITIES``: vision, text, fusion) and, in generative VQA
+models (``EfficientVLMForGenerativeVQA``), the answer decoder (``"decoder"``); ``model_modalities(config)`` lists
+those a model has. Every encoder (and decoder) layer is made of *sub-blocks* - self-attention, cross-attention
+(fusion and decoder layers only) and FFN - and
 each sub-block of *units* - attention heads or FFN neurons. This module holds the one table that names them
 (``SUB_BLOCKS``: the config field giving the number of units, the module attribute, the pruning-hook attributes,
 the keys used in gate dicts and keep-lists) and the cost model that prices them in parameters or FLOPs.
@@ -22,8 +25,11 @@ number of parameters ``from_pretrained`` allocates for it.
 
 FLOPs are multiply-accumulates of the matrix products for one image-text pair: ``image_tokens`` vision tokens
 (``num_patches + 1``) and ``text_length`` text tokens; the cross-attention queries are text tokens and its keys and
-values are image tokens. Bias additions, LayerNorms, softmax and activations are not counted (they are linear in
-the sequence length and small), so a sub-block has no per-block FLOP cost.
+values are image tokens. The decoder's FLOPs are those of one answer of ``answer_length`` tokens (default 5:
+``[CLS]``, three word pieces, ``[SEP]``) whose cross-attention reads the ``text_length`` question tokens; ranking runs
+the decoder on ``k`` answers per question, so its share of the compute at inference is ``k`` times that. Bias
+additions, LayerNorms, softmax and activations are not counted (they are linear in the sequence length and small),
+so a sub-block has no per-block FLOP cost.
 """
 
 from __future__ import annotations
@@ -35,7 +41,14 @@ from torch import nn
 
 from ..models.configuration_efficientvlm import EfficientVLMConfig
 
+#: the three encoders, which every EfficientVLM model has
 MODALITIES: tuple[str, ...] = ("vision", "text", "fusion")
+#: the answer decoder of generative VQA
+DECODER = "decoder"
+#: every prunable modality (a model has the encoders, and the decoder when it is a generative VQA model)
+ALL_MODALITIES: tuple[str, ...] = (*MODALITIES, DECODER)
+#: tokens of one answer, for the decoder's FLOPs: [CLS], about three word pieces, [SEP]
+DEFAULT_ANSWER_LENGTH = 5
 BUDGETS: tuple[str, ...] = ("params", "flops")
 
 
@@ -75,6 +88,7 @@ SUB_BLOCKS: dict[str, tuple[SubBlockSpec, ...]] = {
     "vision": (ATTENTION, FFN),
     "text": (ATTENTION, FFN),
     "fusion": (ATTENTION, CROSS_ATTENTION, FFN),
+    "decoder": (ATTENTION, CROSS_ATTENTION, FFN),
 }
 
 #: the LayerNorm that belongs to each sub-block (removed with it)
@@ -83,10 +97,13 @@ LAYER_NORMS: dict[str, dict[str, str]] = {
     "text": {"attention": "self_attn_layer_norm", "ffn": "final_layer_norm"},
     "fusion": {"attention": "self_attn_layer_norm", "cross_attention": "cross_attn_layer_norm",
                "ffn": "final_layer_norm"},
+    "decoder": {"attention": "self_attn_layer_norm", "cross_attention": "cross_attn_layer_norm",
+                "ffn": "final_layer_norm"},
 }
 
-_SUB_CONFIG = {"vision": "vision_config", "text": "text_config", "fusion": "fusion_config"}
-_ENCODER = {"vision": "vision_model", "text": "text_model", "fusion": "fusion_model"}
+_SUB_CONFIG = {"vision": "vision_config", "text": "text_config", "fusion": "fusion_config",
+               "decoder": "decoder_config"}
+_ENCODER = {"vision": "vision_model", "text": "text_model", "fusion": "fusion_model", "decoder": "answer_decoder"}
 
 #: ``{modality: [{units_key: number_of_units} per layer]}``
 LayerSizes = dict[str, list[dict[str, int]]]
@@ -104,14 +121,23 @@ class SubBlockCost:
 
 
 def sub_config(config: EfficientVLMConfig, modality: str):
-    """The vision / text / fusion sub-config."""
+    """The vision / text / fusion / decoder sub-config."""
     check_modality(modality)
-    return getattr(config, _SUB_CONFIG[modality])
+    sub = getattr(config, _SUB_CONFIG[modality], None)
+    if sub is None:
+        raise ValueError(f"This model has no {modality} ({_SUB_CONFIG[modality]} is missing from its config): only "
+                         f"generative VQA models (EfficientVLMForGenerativeVQA) have an answer decoder.")
+    return sub
+
+
+def model_modalities(config: EfficientVLMConfig) -> tuple[str, ...]:
+    """The prunable modalities of a model with this config: the three encoders, and the decoder if it has one."""
+    return tuple(m for m in ALL_MODALITIES if getattr(config, _SUB_CONFIG[m], None) is not None)
 
 
 def check_modality(modality: str) -> None:
-    if modality not in MODALITIES:
-        raise ValueError(f"Unknown modality {modality!r}; expected one of {MODALITIES}.")
+    if modality not in ALL_MODALITIES:
+        raise ValueError(f"Unknown modality {modality!r}; expected one of {ALL_MODALITIES}.")
 
 
 def check_budget(budget: str) -> None:
@@ -149,10 +175,11 @@ def encoder_layers(model: nn.Module, modality: str) -> nn.ModuleList:
     """
     check_modality(modality)
     model = unwrap(model)
-    base = getattr(model, "base_model", model)
+    base = model if modality == DECODER else getattr(model, "base_model", model)  # the decoder belongs to the head
     encoder = getattr(base, _ENCODER[modality], None)
     if encoder is None:
-        raise TypeError(f"{type(model).__name__} is not an EfficientVLM model: it has no {_ENCODER[modality]}.")
+        what = "a generative VQA model" if modality == DECODER else "an EfficientVLM model"
+        raise TypeError(f"{type(model).__name__} is not {what}: it has no {_ENCODER[modality]}.")
     layers = encoder.encoder.layers
     inner = [unwrap(layer) for layer in layers]
     return layers if all(a is b for a, b in zip(inner, layers)) else nn.ModuleList(inner)
@@ -162,7 +189,7 @@ def layer_sizes(config: EfficientVLMConfig) -> LayerSizes:
     """Units per sub-block and layer, read from the config: ``{"fusion": [{"heads": 12, "cross_heads": 12,
     "ffn": 3072}, ...], ...}`` (0 = sub-block absent)."""
     sizes: LayerSizes = {}
-    for modality in MODALITIES:
+    for modality in model_modalities(config):
         sub = sub_config(config, modality)
         per_field = {spec.units: sub.per_layer(spec.config_field) for spec in SUB_BLOCKS[modality]}
         sizes[modality] = [{key: values[i] for key, values in per_field.items()}
@@ -180,36 +207,42 @@ def image_tokens(config: EfficientVLMConfig, image_size: int | None = None) -> i
 
 
 def sub_block_costs(config: EfficientVLMConfig, budget: str = "params", text_length: int = 40,
-                    image_size: int | None = None) -> dict[str, dict[str, SubBlockCost]]:
-    """``{modality: {sub-block name: SubBlockCost}}`` in parameters or FLOPs (see the module docstring).
+                    image_size: int | None = None, *, answer_length: int = DEFAULT_ANSWER_LENGTH
+                    ) -> dict[str, dict[str, SubBlockCost]]:
+    """``{modality: {sub-block name: SubBlockCost}}`` in parameters or FLOPs (see the module docstring), for every
+    modality of the model.
 
     Args:
         config: the model config (hidden sizes, ``head_dim``).
         budget: ``"params"`` or ``"flops"``.
         text_length: text tokens per example (FLOPs only; the paper's maximum is 40).
         image_size: image resolution (FLOPs only; default ``config.vision_config.image_size``).
+        answer_length: answer tokens of the decoder (FLOPs only).
     """
     check_budget(budget)
     if text_length <= 0:
         raise ValueError(f"text_length must be a positive number of tokens, got {text_length}.")
+    if answer_length <= 0:
+        raise ValueError(f"answer_length must be a positive number of tokens, got {answer_length}.")
     n_img, n_txt = image_tokens(config, image_size), text_length
     costs: dict[str, dict[str, SubBlockCost]] = {}
-    for modality in MODALITIES:
+    for modality in model_modalities(config):
         sub = sub_config(config, modality)
         d, h = sub.hidden_size, sub.head_dim
-        n = n_img if modality == "vision" else n_txt
-        d_img = config.vision_config.hidden_size
+        n = {"vision": n_img, DECODER: answer_length}.get(modality, n_txt)
+        # cross-attention keys and values: the image tokens (fusion) or the fused question tokens (decoder)
+        d_kv, m = (sub.encoder_hidden_size, n_txt) if modality == DECODER else (config.vision_config.hidden_size,
+                                                                                n_img)
         if budget == "params":
             costs[modality] = {
                 "attention": SubBlockCost(unit=4 * d * h + 3 * h, block=3 * d),
-                "cross_attention": SubBlockCost(unit=2 * d * h + 2 * d_img * h + 3 * h, block=3 * d),
+                "cross_attention": SubBlockCost(unit=2 * d * h + 2 * d_kv * h + 3 * h, block=3 * d),
                 "ffn": SubBlockCost(unit=2 * d + 1, block=3 * d),
             }
         else:  # q and out projections of n queries, k/v projections of m keys, scores and context (n*m each)
             costs[modality] = {
                 "attention": SubBlockCost(unit=h * (4 * n * d + 2 * n * n), block=0),
-                "cross_attention": SubBlockCost(unit=h * (2 * n_txt * d + 2 * n_img * d_img + 2 * n_txt * n_img),
-                                                block=0),
+                "cross_attention": SubBlockCost(unit=h * (2 * n * d + 2 * m * d_kv + 2 * n * m), block=0),
                 "ffn": SubBlockCost(unit=2 * n * d, block=0),
             }
         costs[modality] = {spec.name: costs[modality][spec.name] for spec in SUB_BLOCKS[modality]}
@@ -237,6 +270,7 @@ def kept_sizes(sizes: LayerSizes, keep: Mapping) -> LayerSizes:
 
 def prunable_parameter_count(model: nn.Module) -> dict[str, int]:
     """Parameters actually allocated in each encoder's layers (the prunable part), counted from the tensors."""
+    config = unwrap(model).config
     return {modality: sum(p.numel() for p in encoder_layers(model, modality).parameters())
-            for modality in MODALITIES}
+            for modality in model_modalities(config)}
 

@@ -42,7 +42,7 @@ from .distributed import full_model
 from .l0 import Gates, ModalAdaptiveL0Module, gates_applied
 from .materialize import materialize
 from .report import pruning_report
-from .structure import MODALITIES
+from .structure import ALL_MODALITIES
 
 L0_STATE_NAME = "pruning_gates.safetensors"
 L0_OPTIMIZER_NAME = "pruning_gates_optimizer.pt"
@@ -92,7 +92,7 @@ class ModalAdaptivePruningTrainer(DistillationTrainer):
             raise TypeError(f"ModalAdaptivePruningTrainer needs args=PruningConfig(...), got {type(args).__name__}.")
         super().__init__(model=model, args=args, teacher_model=teacher_model, **kwargs)
         self.l0_module = ModalAdaptiveL0Module(
-            model.config, args.target(), prune=args.pruned_structures(), modalities=args.pruned_modalities(),
+            model.config, args.target(), prune=args.pruned_structures(), modalities=args.pruned_modalities(model.config),
             budget=args.budget, warmup_steps=args.lagrangian_warmup_steps or 0, text_length=args.budget_text_length,
             droprate_init=args.droprate_init,
         ).to(self.args.device)
@@ -228,7 +228,7 @@ class ModalAdaptivePruningTrainer(DistillationTrainer):
                 "trained_target_sparsity": self.args.target(),
                 "budget": self.args.budget,
                 "pruned_structures": list(self.args.pruned_structures()),
-                "pruned_modalities": list(self.args.pruned_modalities()),
+                "pruned_modalities": list(l0.modalities),
                 "achieved_sparsity": rounded(l0.expected_sparsity(zs=zs)),
                 "learned_expected_sparsity": rounded(l0.expected_sparsity()),
                 "deterministic_rule_sparsity": rounded(l0.expected_sparsity(zs=_detached(l0.deterministic()))),
@@ -302,7 +302,7 @@ class ModalAdaptivePruningTrainer(DistillationTrainer):
         stats["lambda_1"] = float(l0.lambda_1.sum())
         stats["lambda_2"] = float(l0.lambda_2.sum())
         for unit in ("heads", "cross_heads", "ffn"):
-            gates = [layer[unit] for modality in MODALITIES for layer in final.get(modality, []) if unit in layer]
+            gates = [layer[unit] for modality in ALL_MODALITIES for layer in final.get(modality, []) if unit in layer]
             if gates:
                 stats[f"{unit}_kept"] = float(torch.cat([g.reshape(-1) for g in gates]).ne(0).float().mean())
         return stats
