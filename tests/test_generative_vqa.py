@@ -504,3 +504,161 @@ def test_the_budget_counts_the_decoder_and_the_split_is_learned_over_four_modali
     with pytest.raises(ValueError, match="this model has no decoder"):
         ModalAdaptiveL0Module(EfficientVLMConfig(), 0.3, modalities=("decoder",))
 
+
+# ---------------------------------------------------------------------------------------------------- distillation
+
+
+def distillation_args(tmp_path, **overrides):
+    from efficientvlm.distillation import DistillationConfig
+
+    defaults = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=1, learning_rate=1e-3,
+                    report_to=[], save_strategy="no", disable_tqdm=True, use_cpu=True, seed=0)
+    return DistillationConfig(**{**defaults, **overrides})
+
+
+def logged_terms(trainer, inputs) -> tuple[torch.Tensor, dict]:
+    """One ``compute_loss`` of the student in eval mode (no dropout) and the terms it logs (as in evaluation)."""
+    trainer.model.eval()
+    loss = trainer.compute_loss(trainer.model, inputs)
+    trainer.log({"eval_loss": loss.item(), "eval_runtime": 0.0})
+    return loss, {k.removeprefix("eval_"): v for k, v in trainer.state.log_history[-1].items()
+                  if k.startswith(("eval_kd_", "eval_task_"))}
+
+
+def teacher_and_student():
+    """A teacher with 3 vision, 2 text, 2 fusion and 2 decoder layers and a half-depth student copied from it."""
+    from efficientvlm.student import create_student
+
+    teacher = make_model(seed=0)
+    torch.manual_seed(1)
+    student = create_student(teacher, 2, 1, 1, decoder_layers=1)
+    with torch.no_grad():  # move the student away from the copied weights
+        for parameter in student.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    return teacher, student
+
+
+def test_create_student_copies_every_other_decoder_layer():
+    from efficientvlm.student import create_student
+
+    teacher = make_model()
+    student = create_student(teacher, 2, 1, 1, decoder_layers=1)
+    assert student.config.decoder_config.num_hidden_layers == 1 and student.config.student_of["layers"]["decoder"] == [1]
+    torch.testing.assert_close(student.answer_decoder.encoder.layers[0].mlp.fc1.weight,
+                               teacher.answer_decoder.encoder.layers[1].mlp.fc1.weight, rtol=0, atol=0)
+
+
+def test_the_decoder_kd_terms_and_their_default_weights(tmp_path):
+    from efficientvlm.distillation import DistillationTrainer, attention_map_mse, hidden_state_mse, logits_kd_loss
+
+    teacher, student = teacher_and_student()
+    trainer = DistillationTrainer(model=student, args=distillation_args(tmp_path, temperature=2.0),
+                                  teacher_model=teacher)
+    assert trainer.task == "vqa"
+    weights = trainer.term_weights  # 0.6 L_ans + 0.4 [KL(decoder logits) + ... + dec(self-A + H + cross-A)]
+    assert weights["task_loss"] == 0.6 and weights["kd_logits"] == 0.4
+    assert weights["kd_hidden_decoder"] == weights["kd_attn_decoder"] == weights["kd_attn_decoder_cross"] == 0.4
+    assert weights["kd_hidden_fusion"] == weights["kd_attn_fusion_cross"] == pytest.approx(0.2)
+    inputs = tiny_generative_inputs(student.config)
+    loss, terms = logged_terms(trainer, inputs)
+    assert set(terms) == set(weights) | {"kd_loss"}
+    assert all(terms[name] > 0 for name in weights)
+
+    flags = {"output_hidden_states": True, "output_attentions": True}
+    with torch.no_grad():
+        s, t = student(**inputs, **flags), teacher(**inputs, **flags)
+    answer_mask = inputs["answer_attention_mask"]
+    rows = answer_mask.flatten(0, 1)  # (batch * answers, length): padding answers have no rows
+    logits = logits_kd_loss(s.answer_logits, t.answer_logits, answer_mask, temperature=2.0)
+    # teacher 2 -> student 1 decoder layer: hidden states 0 <-> 0, 1 <-> 2; attention maps 0 <-> 1
+    hidden = sum(hidden_state_mse(s.decoder_hidden_states[i], t.decoder_hidden_states[j], rows)
+                 for i, j in ((0, 0), (1, 2)))
+    attention = attention_map_mse(s.decoder_attentions[0], t.decoder_attentions[1], rows, rows)
+    cross = attention_map_mse(s.decoder_cross_attentions[0], t.decoder_cross_attentions[1], rows)
+    assert terms["kd_logits"] == pytest.approx(logits.item(), rel=1e-5)
+    assert terms["kd_hidden_decoder"] == pytest.approx(hidden.item(), rel=1e-5)
+    assert terms["kd_attn_decoder"] == pytest.approx(attention.item(), rel=1e-5)
+    assert terms["kd_attn_decoder_cross"] == pytest.approx(cross.item(), rel=1e-5)
+    assert terms["task_loss"] == pytest.approx(s.loss.item(), rel=1e-5)
+    assert loss.item() == pytest.approx(sum(weights[name] * terms[name] for name in weights), rel=1e-5)
+
+
+def test_decoder_kd_is_zero_for_an_exact_copy_and_ignores_answer_padding(tmp_path):
+    from efficientvlm.distillation import DistillationTrainer
+    from efficientvlm.student import create_student
+
+    teacher = make_model()
+    copy = create_student(teacher, 3, 2, 2, decoder_layers=2)
+    trainer = DistillationTrainer(model=copy, args=distillation_args(tmp_path), teacher_model=teacher)
+    inputs = tiny_generative_inputs(teacher.config)
+    _, terms = logged_terms(trainer, inputs)
+    assert {"kd_logits", "kd_hidden_decoder", "kd_attn_decoder", "kd_attn_decoder_cross"} <= set(terms)
+    assert all(value == pytest.approx(0.0, abs=1e-9) for name, value in terms.items() if name.startswith("kd_"))
+
+    _, student = teacher_and_student()
+    trainer = DistillationTrainer(model=student, args=distillation_args(tmp_path), teacher_model=teacher)
+    changed = {key: value.clone() for key, value in inputs.items()}
+    padding = inputs["answer_attention_mask"] == 0
+    changed["answer_input_ids"][padding] = 30  # tokens under the answers' padding, and in the padding answers
+    _, before = logged_terms(trainer, inputs)
+    _, after = logged_terms(trainer, changed)
+    assert after == pytest.approx(before, rel=1e-5)
+
+
+def test_a_classifier_teacher_cannot_teach_a_generative_student(tmp_path):
+    from efficientvlm import EfficientVLMForVisualQuestionAnswering
+    from efficientvlm.distillation import DistillationTrainer
+    from tests.tiny_models import tiny_config
+
+    with pytest.raises(ValueError, match="the same task head on both"):
+        DistillationTrainer(model=make_model(), args=distillation_args(tmp_path),
+                            teacher_model=EfficientVLMForVisualQuestionAnswering(tiny_config()))
+
+
+class _Batches(torch.utils.data.Dataset):
+    """Each item is a whole generative VQA batch (use with batch size 1 and ``collate``)."""
+
+    def __init__(self, config, size: int = 4):
+        self.batches = [tiny_generative_inputs(config, seed=i) for i in range(size)]
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __getitem__(self, index):
+        return self.batches[index]
+
+
+def collate(items):
+    return items[0]
+
+
+def test_the_pruning_trainer_learns_decoder_gates_under_one_budget(tmp_path):
+    from efficientvlm.pruning import ModalAdaptivePruningTrainer, PruningConfig, gates_applied
+    from tests.test_pruning_core import assert_same_outputs
+
+    teacher, student = teacher_and_student()
+    args = PruningConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=1, max_steps=4,
+                         learning_rate=1e-3, reg_learning_rate=0.5, target_sparsity=0.4, report_to=[],
+                         save_strategy="no", disable_tqdm=True, use_cpu=True, seed=0, logging_steps=2)
+    trainer = ModalAdaptivePruningTrainer(model=student, args=args, teacher_model=teacher,
+                                          train_dataset=_Batches(student.config), data_collator=collate)
+    assert tuple(trainer.l0_module.gates) == ("vision", "text", "fusion", "decoder")
+    before = [gate.log_alpha.clone() for gate in trainer.l0_module.gates["decoder"][0].values()]
+    trainer.train()
+    after = list(trainer.l0_module.gates["decoder"][0].values())
+    assert any(not torch.equal(b, a.log_alpha) for b, a in zip(before, after))  # the decoder's gates learned
+    assert "expected_sparsity_decoder" in trainer.state.log_history[0]
+
+    pruned = trainer.prune()
+    info = pruned.config.pruning_info
+    assert info["pruned_modalities"] == ["vision", "text", "fusion", "decoder"]
+    assert info["achieved_sparsity"]["overall"] == pytest.approx(0.4, abs=0.02)
+    assert "decoder" in info["achieved_sparsity"] and "decoder" in info["per_modality"]
+    inputs = tiny_generative_inputs(student.config, seed=7)
+    student.eval()
+    with torch.no_grad(), gates_applied(student, trainer.final_gates()):
+        masked = student(**inputs)
+    with torch.no_grad():
+        assert_same_outputs(masked, pruned.eval()(**inputs))
+    report = trainer.pruning_report(pruned)
+    assert set(report["modalities"]) == {"vision", "text", "fusion", "decoder"}

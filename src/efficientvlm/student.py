@@ -14,6 +14,7 @@ _STACKS = {  # modality -> (sub-config attribute, module path of the layer list 
     "vision": ("vision_config", "vision_model.encoder.layers"),
     "text": ("text_config", "text_model.encoder.layers"),
     "fusion": ("fusion_config", "fusion_model.encoder.layers"),
+    "decoder": ("decoder_config", "answer_decoder.encoder.layers"),  # generative VQA; in the head, not the base
 }
 
 
@@ -40,13 +41,16 @@ def _resolve_choice(modality: str, teacher_layers: int, choice: int | Sequence[i
 
 
 def create_student(teacher: EfficientVLMPreTrainedModel, vision_layers: int | Sequence[int] = 6,
-                   text_layers: int | Sequence[int] = 3, fusion_layers: int | Sequence[int] = 3):
+                   text_layers: int | Sequence[int] = 3, fusion_layers: int | Sequence[int] = 3,
+                   decoder_layers: int | Sequence[int] = 3):
     """A smaller model of the teacher's class whose layers are copies of chosen teacher layers.
 
     Args:
         teacher: any EfficientVLM model (base model or task head).
         vision_layers, text_layers, fusion_layers: a number of layers (taken uniformly: every other layer for a
             half-depth student, as in the paper) or an explicit list of teacher layer indices.
+        decoder_layers: the same for the answer decoder of a generative VQA teacher (the paper: 6 -> 3); ignored
+            for other heads.
 
     Returns:
         A model of ``type(teacher)`` in the teacher's train/eval mode; embeddings, LayerNorms outside the layers, projections and task
@@ -54,9 +58,12 @@ def create_student(teacher: EfficientVLMPreTrainedModel, vision_layers: int | Se
     """
     config: EfficientVLMConfig = copy.deepcopy(teacher.config)
     choices = {}
-    for modality, choice in (("vision", vision_layers), ("text", text_layers), ("fusion", fusion_layers)):
+    for modality, choice in (("vision", vision_layers), ("text", text_layers), ("fusion", fusion_layers),
+                             ("decoder", decoder_layers)):
         attr, _ = _STACKS[modality]
-        sub = getattr(config, attr)
+        sub = getattr(config, attr, None)
+        if sub is None:  # no answer decoder
+            continue
         chosen = _resolve_choice(modality, sub.num_hidden_layers, choice)
         choices[modality] = chosen
         for field in sub.per_layer_fields:
@@ -71,7 +78,8 @@ def create_student(teacher: EfficientVLMPreTrainedModel, vision_layers: int | Se
     teacher_state = teacher.state_dict()
     student_state = {}
     base_prefix = f"{teacher.base_model_prefix}." if teacher.base_model is not teacher else ""
-    layer_prefixes = {modality: base_prefix + path + "." for modality, (_, path) in _STACKS.items()}
+    layer_prefixes = {modality: (base_prefix if modality != "decoder" else "") + path + "."
+                      for modality, (_, path) in _STACKS.items() if modality in choices}
     for key, value in teacher_state.items():
         for modality, prefix in layer_prefixes.items():
             if key.startswith(prefix):

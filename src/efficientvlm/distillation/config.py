@@ -7,8 +7,10 @@ The distillation loss of one step is
          + kd_hidden_weight    * sum_m <m>_hidden_weight    * (hidden-state KD of modality m)
          + kd_attention_weight * sum_m <m>_attention_weight * (attention-map KD of modality m)
          + kd_attention_weight * fusion_cross_attention_weight * (fusion cross-attention-map KD)
+         + kd_attention_weight * decoder_cross_attention_weight * (decoder cross-attention-map KD)
 
-with the modalities ``m`` in vision, text, fusion. Every weight left at ``None`` takes the default of the task,
+with the modalities ``m`` in vision, text, fusion and, for generative VQA (``EfficientVLMForGenerativeVQA``), the
+answer decoder; its logits KD is on the decoder's next-token distributions over the answer tokens. Every weight left at ``None`` takes the default of the task,
 read off the official EfficientVLM code (``GeneralDistill.py`` for pre-training, ``Eff_*.py`` for the tasks;
 see ``TASK_DEFAULT_WEIGHTS``).
 
@@ -33,7 +35,11 @@ from ..student import uniform_layer_choice
 
 TASKS = ("pretraining", "vqa", "retrieval", "nlvr2", "captioning")
 MODALITIES = ("vision", "text", "fusion")
-#: Kinds of per-layer maps: hidden states, self-attention maps, cross-attention maps (fusion only).
+#: The encoders and the answer decoder of generative VQA: the modalities a layer map or a KD weight can name.
+LAYER_MODALITIES = (*MODALITIES, "decoder")
+#: Modalities with cross-attention.
+CROSS_ATTENTION_MODALITIES = ("fusion", "decoder")
+#: Kinds of per-layer maps: hidden states, self-attention maps, cross-attention maps (fusion and decoder only).
 MAP_KINDS = ("hidden", "attention", "cross_attention")
 
 
@@ -52,13 +58,17 @@ class LossWeights:
     fusion_hidden: float
     fusion_attention: float
     fusion_cross_attention: float
+    decoder_hidden: float = 0.0
+    decoder_attention: float = 0.0
+    decoder_cross_attention: float = 0.0
 
     def layer_term(self, kind: str, modality: str) -> float:
-        """Total weight of one per-layer term: ``kind`` in ``MAP_KINDS``, ``modality`` in ``MODALITIES``."""
+        """Total weight of one per-layer term: ``kind`` in ``MAP_KINDS``, ``modality`` in ``LAYER_MODALITIES``."""
         if kind == "cross_attention":
-            if modality != "fusion":
-                raise ValueError(f"Only the fusion encoder has cross-attention, not {modality!r}.")
-            return self.attention * self.fusion_cross_attention
+            if modality not in CROSS_ATTENTION_MODALITIES:
+                raise ValueError(f"Only the fusion encoder and the answer decoder have cross-attention, not "
+                                 f"{modality!r}.")
+            return self.attention * getattr(self, f"{modality}_cross_attention")
         overall = {"hidden": self.hidden, "attention": self.attention}[kind]
         return overall * getattr(self, f"{modality}_{kind}")
 
@@ -67,9 +77,10 @@ class LossWeights:
 #:
 #: * pretraining: ``0.6 L_small + 0.4 [KL_itm + KL_mlm + text(A+H) + img(A + 0.1H) + fusion(A+H) of the ITM
 #:   positives and negatives + text/fusion(A+H) of the MLM pass]``; cross-attention is not distilled.
-#: * vqa: ``0.6 L_ans + 0.4 [KL + text(A+H) + img(A + 0.2H) + 0.5 (fusion H + self-A + cross-A) + dec(...)]``.
-#:   The paper answers with a generative decoder; our VQA head is a classifier, so the decoder's logits KD is
-#:   the classifier-logits KD and the decoder's per-layer terms have no counterpart.
+#: * vqa: ``0.6 L_ans + 0.4 [KL + text(A+H) + img(A + 0.2H) + 0.5 (fusion H + self-A + cross-A)
+#:   + dec(self-A + H + cross-A)]``. With the generative head (``EfficientVLMForGenerativeVQA``, the paper's) ``KL``
+#:   is on the answer decoder's token distributions and ``dec`` its per-layer terms; with the classifier head ``KL``
+#:   is on the classifier's logits and the decoder terms have no counterpart.
 #: * retrieval: ``0.5 {L_itc + L_itm + KL_itm + 0.33 [text + img(A + 0.2H) + 0.5 fusion(H, A, cross-A)]}``.
 #: * nlvr2: ``0.8 L_ce + 0.2 {KL + text + 0.33 [img(A + 0.1H) + 0.5 fusion(H, A, cross-A)]}``.
 #: * captioning: ``0.7 L_lm + 0.3 [KL + img(A + 0.1H) + dec(A + H + cross-A)]``; the decoder is our text + fusion
@@ -80,7 +91,8 @@ TASK_DEFAULT_WEIGHTS: dict[str, LossWeights] = {
                                fusion_attention=1.0, fusion_cross_attention=0.0),
     "vqa": LossWeights(task=0.6, logits=0.4, hidden=0.4, attention=0.4, vision_hidden=0.2, vision_attention=1.0,
                        text_hidden=1.0, text_attention=1.0, fusion_hidden=0.5, fusion_attention=0.5,
-                       fusion_cross_attention=0.5),
+                       fusion_cross_attention=0.5, decoder_hidden=1.0, decoder_attention=1.0,
+                       decoder_cross_attention=1.0),
     "retrieval": LossWeights(task=0.5, logits=0.5, hidden=0.165, attention=0.165, vision_hidden=0.2,
                              vision_attention=1.0, text_hidden=1.0, text_attention=1.0, fusion_hidden=0.5,
                              fusion_attention=0.5, fusion_cross_attention=0.5),
@@ -99,6 +111,8 @@ _WEIGHT_FIELDS = {
     "vision_attention_weight": "vision_attention", "text_hidden_weight": "text_hidden",
     "text_attention_weight": "text_attention", "fusion_hidden_weight": "fusion_hidden",
     "fusion_attention_weight": "fusion_attention", "fusion_cross_attention_weight": "fusion_cross_attention",
+    "decoder_hidden_weight": "decoder_hidden", "decoder_attention_weight": "decoder_attention",
+    "decoder_cross_attention_weight": "decoder_cross_attention",
 }
 
 
@@ -123,8 +137,8 @@ class DistillationConfig(TrainingArguments):
         default=None,
         metadata={
             "help": "Which task is distilled; it selects the default loss weights. Default (None): inferred from the "
-                    "student's class (EfficientVLMForPreTraining -> pretraining, ...ForVisualQuestionAnswering -> "
-                    "vqa, ...ForImageTextRetrieval -> retrieval, ...ForNLVR2 -> nlvr2, ...ForCaptioning -> "
+                    "student's class (EfficientVLMForPreTraining -> pretraining, ...ForVisualQuestionAnswering and "
+                    "...ForGenerativeVQA -> vqa, ...ForImageTextRetrieval -> retrieval, ...ForNLVR2 -> nlvr2, ...ForCaptioning -> "
                     "captioning).",
             "choices": list(TASKS),
         },
@@ -148,6 +162,12 @@ class DistillationConfig(TrainingArguments):
         "Per-modality factor of the fusion self-attention-map KD.")
     fusion_cross_attention_weight: float | None = _weight_field(
         "Per-modality factor of the fusion cross-attention-map KD (text queries over image keys).")
+    decoder_hidden_weight: float | None = _weight_field(
+        "Per-modality factor of the answer decoder's hidden-state KD (generative VQA).")
+    decoder_attention_weight: float | None = _weight_field(
+        "Per-modality factor of the answer decoder's self-attention-map KD (generative VQA).")
+    decoder_cross_attention_weight: float | None = _weight_field(
+        "Per-modality factor of the answer decoder's cross-attention-map KD (answer queries over question keys).")
     distill_logits: bool = field(default=True, metadata={"help": "Distil logits. False sets their weight to 0."})
     distill_hidden_states: bool = field(
         default=True,
@@ -163,8 +183,9 @@ class DistillationConfig(TrainingArguments):
         default=None,
         metadata={"help": "Explicit student<->teacher layer pairs, as a dict, a JSON string or a path to a JSON file: "
                           '{"vision": {"hidden": {"0": 0, "1": 4}, "attention": [[0, 3]]}, "fusion": '
-                          '{"cross_attention": {"0": 1}}}. Per modality (vision, text, fusion) and kind (hidden = '
-                          "hidden-state indices, 0 = embedding output; attention / cross_attention = layer indices), "
+                          '{"cross_attention": {"0": 1}}}. Per modality (vision, text, fusion, and decoder: the '
+                          "answer decoder of generative VQA) and kind (hidden = hidden-state indices, 0 = embedding "
+                          "output; attention / cross_attention = layer indices), "
                           "a {student: teacher} dict or a list of [student, teacher] pairs; what is left out keeps "
                           "the uniform default. An empty dict or list turns that term off."},
     )
@@ -249,10 +270,15 @@ def resolve_layer_map(layer_map: Mapping | None, teacher_config: EfficientVLMCon
         ValueError: an index outside the student's or the teacher's layers.
     """
     resolved = {}
-    for modality in MODALITIES:
-        n_teacher = getattr(teacher_config, f"{modality}_config").num_hidden_layers
-        n_student = getattr(student_config, f"{modality}_config").num_hidden_layers
-        pairs = default_layer_pairs(n_teacher, n_student, cross_attention=modality == "fusion")
+    for modality in LAYER_MODALITIES:
+        teacher_sub = getattr(teacher_config, f"{modality}_config", None)
+        student_sub = getattr(student_config, f"{modality}_config", None)
+        if teacher_sub is None or student_sub is None:  # no answer decoder
+            if (layer_map or {}).get(modality):
+                raise ValueError(f"layer_map names the {modality}, but the teacher or the student has none.")
+            continue
+        n_teacher, n_student = teacher_sub.num_hidden_layers, student_sub.num_hidden_layers
+        pairs = default_layer_pairs(n_teacher, n_student, cross_attention=modality in CROSS_ATTENTION_MODALITIES)
         given = (layer_map or {}).get(modality, {})
         updates = {}
         for kind, value in given.items():
@@ -276,15 +302,16 @@ def resolve_layer_map(layer_map: Mapping | None, teacher_config: EfficientVLMCon
 def _check_layer_map_shape(layer_map: Any) -> None:
     """Reject a malformed ``layer_map`` early, with the path of the offending entry."""
     if not isinstance(layer_map, Mapping):
-        raise ValueError(f"layer_map must be a dict keyed by modality {MODALITIES}, got {type(layer_map).__name__}.")
+        raise ValueError(f"layer_map must be a dict keyed by modality {LAYER_MODALITIES}, got "
+                         f"{type(layer_map).__name__}.")
     for modality, kinds in layer_map.items():
-        if modality not in MODALITIES:
-            raise ValueError(f"layer_map has unknown modality {modality!r}; use {MODALITIES}.")
+        if modality not in LAYER_MODALITIES:
+            raise ValueError(f"layer_map has unknown modality {modality!r}; use {LAYER_MODALITIES}.")
         if not isinstance(kinds, Mapping):
             raise ValueError(f"layer_map[{modality!r}] must be a dict keyed by {MAP_KINDS}.")
         for kind, value in kinds.items():
-            if kind not in MAP_KINDS or (kind == "cross_attention" and modality != "fusion"):
-                allowed = MAP_KINDS if modality == "fusion" else MAP_KINDS[:2]
+            if kind not in MAP_KINDS or (kind == "cross_attention" and modality not in CROSS_ATTENTION_MODALITIES):
+                allowed = MAP_KINDS if modality in CROSS_ATTENTION_MODALITIES else MAP_KINDS[:2]
                 raise ValueError(f"layer_map[{modality!r}] has unknown kind {kind!r}; use {allowed}.")
             items = value.items() if isinstance(value, Mapping) else value
             try:

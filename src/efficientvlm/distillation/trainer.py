@@ -41,6 +41,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 from ..models.modeling_efficientvlm import (
     EfficientVLMForCaptioning,
+    EfficientVLMForGenerativeVQA,
     EfficientVLMForImageTextRetrieval,
     EfficientVLMForNLVR2,
     EfficientVLMForPreTraining,
@@ -48,7 +49,7 @@ from ..models.modeling_efficientvlm import (
     EfficientVLMPreTrainedModel,
 )
 from .checkpointing import CheckpointedState
-from .config import MODALITIES, DistillationConfig, LayerPairs, resolve_layer_map
+from .config import CROSS_ATTENTION_MODALITIES, DistillationConfig, LayerPairs, resolve_layer_map
 from .losses import attention_map_mse, hidden_state_mse, logits_kd_loss, multilabel_logits_kd_loss
 from .numerics import (
     ID_COLUMNS,
@@ -73,6 +74,7 @@ PROJECTIONS_NAME = "distillation_projections.safetensors"
 _TASK_OF_CLASS: tuple[tuple[type, str], ...] = (
     (EfficientVLMForPreTraining, "pretraining"),
     (EfficientVLMForVisualQuestionAnswering, "vqa"),
+    (EfficientVLMForGenerativeVQA, "vqa"),
     (EfficientVLMForImageTextRetrieval, "retrieval"),
     (EfficientVLMForNLVR2, "nlvr2"),
     (EfficientVLMForCaptioning, "captioning"),
@@ -86,8 +88,9 @@ class _Stream:
     ``name`` prefixes the output fields (``{name}_hidden_states``, ``{name}_attentions``,
     ``{name}_cross_attentions``); ``modality`` selects the layer map, the weights and the projection; ``rows`` says
     which padding mask the rows follow: ``"image"`` (no padding), ``"text"`` (the batch's texts), ``"itm_pairs"``
-    (the ITM pairs: positives, then negatives, each group averaged on its own as in the paper) or
-    ``"image_pairs"`` (NLVR2: every text twice, once per image).
+    (the ITM pairs: positives, then negatives, each group averaged on its own as in the paper),
+    ``"image_pairs"`` (NLVR2: every text twice, once per image) or ``"answers"`` (generative VQA's decoder: every
+    answer sequence, ``batch * answers`` rows masked by ``answer_attention_mask``).
     """
 
     name: str
@@ -103,17 +106,21 @@ _STREAMS: dict[str, tuple[_Stream, ...]] = {
     "vqa": (_VISION, _TEXT, _Stream("fusion", "fusion", "text")),
     "nlvr2": (_VISION, _TEXT, _Stream("fusion", "fusion", "image_pairs")),
     "captioning": (_VISION, _TEXT, _Stream("fusion", "fusion", "text")),
+    # generative VQA (the paper's VQA model): the question streams and the answer decoder
+    "vqa_generative": (_VISION, _TEXT, _Stream("fusion", "fusion", "text"), _Stream("decoder", "decoder", "answers")),
 }
 
 #: Logits KD per task: (term name, output field, multi-label (sigmoid) head?, rows). Rows: ``"all"`` (one per
-#: example or pair), ``"text"`` (every non-padding token) or ``"masked_tokens"`` (MLM: the masked tokens only, where
-#: X-VLM's MLM head predicts - it computes its logits at the masked positions alone).
+#: example or pair), ``"text"`` (every non-padding token), ``"masked_tokens"`` (MLM: the masked tokens only, where
+#: X-VLM's MLM head predicts - it computes its logits at the masked positions alone) or ``"answers"`` (generative
+#: VQA: every token of every given answer, the decoder's next-token distributions).
 _LOGITS: dict[str, tuple[tuple[str, str, bool, str], ...]] = {
     "pretraining": (("kd_logits_itm", "logits", False, "all"), ("kd_logits_mlm", "mlm_logits", False, "masked_tokens")),
     "retrieval": (("kd_logits", "logits", False, "all"),),
     "vqa": (("kd_logits", "logits", True, "all"),),
     "nlvr2": (("kd_logits", "logits", False, "all"),),
     "captioning": (("kd_logits", "logits", False, "text"),),
+    "vqa_generative": (("kd_logits", "answer_logits", False, "answers"),),
 }
 
 
@@ -134,6 +141,8 @@ def _logit_rows(rows: str, inputs: dict[str, torch.Tensor], student_logits: torc
     """
     if rows == "all":
         return student_logits, teacher_logits, None
+    if rows == "answers":
+        return student_logits, teacher_logits, inputs.get("answer_attention_mask")
     mask = inputs.get("attention_mask")
     if rows == "masked_tokens" and "mlm_labels" in inputs:
         labels = inputs["mlm_labels"]
@@ -144,6 +153,11 @@ def _logit_rows(rows: str, inputs: dict[str, torch.Tensor], student_logits: torc
             labels = labels.gather(1, positions)
         mask = labels != -100
     return student_logits, teacher_logits, mask
+
+
+def _streams_key(model: nn.Module) -> str:
+    """Key of ``_STREAMS`` / ``_LOGITS``: the task, or ``"vqa_generative"`` for the answer-decoder VQA head."""
+    return "vqa_generative" if isinstance(model, EfficientVLMForGenerativeVQA) else task_of(model)
 
 
 def task_of(model: nn.Module) -> str:
@@ -162,7 +176,7 @@ def check_teacher_fits(teacher: EfficientVLMPreTrainedModel, student: EfficientV
     tokens), cut images into the same patch grid (vision states and attention maps are compared token by token)
     and, for VQA, have the same answer set.
     """
-    if task_of(teacher) != task_of(student):
+    if _streams_key(teacher) != _streams_key(student):
         raise ValueError(f"The teacher is a {type(teacher).__name__} but the student a {type(student).__name__}: "
                          "distillation needs the same task head on both.")
     t_text, s_text = teacher.config.text_config, student.config.text_config
@@ -182,7 +196,7 @@ def check_teacher_fits(teacher: EfficientVLMPreTrainedModel, student: EfficientV
             "attention maps are compared patch by patch. Use a teacher with the student's patch size and bring both "
             "to one resolution with model.resize_position_embeddings(image_size)."
         )
-    if task_of(student) == "vqa" and teacher.config.id2label != student.config.id2label:
+    if _streams_key(student) == "vqa" and teacher.config.id2label != student.config.id2label:
         raise ValueError(
             f"The teacher answers over {teacher.config.num_labels} labels and the student over "
             f"{student.config.num_labels} (or in another order): VQA logits KD needs the same config.id2label."
@@ -237,8 +251,9 @@ class DistillationTrainer(Trainer):
             projections; subclasses register more).
 
     Logged per term (prefixed ``eval_`` in evaluation): ``task_loss``; ``kd_logits`` (pre-training:
-    ``kd_logits_itm``, ``kd_logits_mlm``); ``kd_hidden_<stream>`` and ``kd_attn_<stream>`` for the streams vision,
-    text, fusion (and mlm_text, mlm_fusion in pre-training); ``kd_attn_<stream>_cross`` for fusion cross-attention;
+    ``kd_logits_itm``, ``kd_logits_mlm``; generative VQA: on the answer decoder's token distributions);
+    ``kd_hidden_<stream>`` and ``kd_attn_<stream>`` for the streams vision, text, fusion (and mlm_text, mlm_fusion in
+    pre-training, decoder in generative VQA); ``kd_attn_<stream>_cross`` for fusion and decoder cross-attention;
     and ``kd_loss``, the weighted sum of the KD terms. Values are unweighted, averaged over the micro-batches since
     the last log and over processes (non-finite values left out when ``logging_nan_inf_filter`` is on, as the
     Trainer does for ``loss``). With ``skip_nonfinite_batches``: ``nonfinite_skipped_steps`` and
@@ -263,13 +278,14 @@ class DistillationTrainer(Trainer):
 
         self.loss_weights = args.loss_weights(self.task)
         self.layer_pairs: dict[str, LayerPairs] = resolve_layer_map(args.layer_map, teacher_model.config, model.config)
-        self._streams = _STREAMS[self.task]
+        self._streams_key = _streams_key(model)
+        self._streams = _STREAMS[self._streams_key]
         self.term_weights = self._term_weights()
         self._output_flags = {
             "output_hidden_states": any(name.startswith("kd_hidden_") for name in self.term_weights),
             "output_attentions": any(name.startswith("kd_attn_") for name in self.term_weights),
         }
-        self._label_keys = {"labels", "mlm_labels", *self.label_names}
+        self._label_keys = {"labels", "mlm_labels", "answer_weights", *self.label_names}
         if not self.label_names:
             # Retrieval has no label input but always returns a loss: let evaluation call compute_loss.
             self.can_return_loss = True
@@ -278,7 +294,7 @@ class DistillationTrainer(Trainer):
         self.teacher_model = teacher_model.eval().requires_grad_(False).to(device=self.args.device, dtype=dtype)
 
         widths = {}
-        for modality in MODALITIES:
+        for modality in self.layer_pairs:
             student_width = getattr(model.config, f"{modality}_config").hidden_size
             teacher_width = getattr(teacher_model.config, f"{modality}_config").hidden_size
             if student_width != teacher_width and f"kd_hidden_{modality}" in self.term_weights:
@@ -311,11 +327,11 @@ class DistillationTrainer(Trainer):
         """Name -> weight of the task loss and of every KD term with a non-zero weight."""
         weights = {"task_loss": self.loss_weights.task}
         if self.loss_weights.logits > 0:
-            weights.update((name, self.loss_weights.logits) for name, _, _, _ in _LOGITS[self.task])
+            weights.update((name, self.loss_weights.logits) for name, _, _, _ in _LOGITS[self._streams_key])
         for stream in self._streams:
             pairs = self.layer_pairs[stream.modality]
             for kind in ("hidden", "attention", "cross_attention"):
-                if kind == "cross_attention" and stream.modality != "fusion":
+                if kind == "cross_attention" and stream.modality not in CROSS_ATTENTION_MODALITIES:
                     continue
                 weight = self.loss_weights.layer_term(kind, stream.modality)
                 if weight > 0 and getattr(pairs, kind):
@@ -389,7 +405,7 @@ class DistillationTrainer(Trainer):
                            ) -> dict[str, torch.Tensor]:
         """Unweighted KD terms (name -> scalar tensor) of one batch; ``term_weights`` holds their weights."""
         terms = {}
-        for name, field, multilabel, rows in _LOGITS[self.task]:
+        for name, field, multilabel, rows in _LOGITS[self._streams_key]:
             student_logits = getattr(student_outputs, field, None)
             if name in self.term_weights and student_logits is not None:
                 kd = multilabel_logits_kd_loss if multilabel else logits_kd_loss
@@ -410,7 +426,8 @@ class DistillationTrainer(Trainer):
                 teacher_maps = getattr(teacher_outputs, f"{stream.name}_{field}")
                 losses = [
                     attention_map_mse(student_maps[s][rows], teacher_maps[t][rows], mask,
-                                      mask if kind == "attention" else None)  # cross-attention keys: image tokens
+                                      mask if kind == "attention" else None)  # cross-attention keys: image
+                    # (fusion) or question (decoder) tokens; padded question keys have probability 0 in both
                     for s, t in getattr(pairs, kind)
                     if student_maps[s] is not None and teacher_maps[t] is not None  # pruned attention blocks
                     for rows, mask in groups
@@ -453,6 +470,9 @@ class DistillationTrainer(Trainer):
             return [(everything, None)]
         if stream.rows == "image_pairs":
             return [(everything, None if mask is None else mask.repeat_interleave(2, dim=0))]
+        if stream.rows == "answers":
+            answer_mask = inputs.get("answer_attention_mask")
+            return [(everything, None if answer_mask is None else answer_mask.flatten(0, 1))]
         negatives = getattr(outputs, "itm_negative_text_index", None)
         if stream.rows == "text" or negatives is None:
             return [(everything, mask)]
