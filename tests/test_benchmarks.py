@@ -68,3 +68,18 @@ def test_gpu_check_runs_its_bf16_check_on_the_cpu_and_skips_the_rest_without_cud
     assert "| bf16_pruning | passed |" in capsys.readouterr().out
     if not torch.cuda.is_available():
         assert {r["status"] for r in check.main(["--only", "fp16_overflow"]).values()} == {"skipped"}
+
+
+def test_vqa_heads_smoke(tmp_path, capsys):
+    bench = _load_benchmark("vqa_heads")
+    threads = torch.get_num_threads()
+    result = bench.main(["--smoke", "--output-dir", str(tmp_path), "--pretrain-steps", "2"])
+    assert torch.get_num_threads() == threads
+    rows = {row["model"]: row for row in result["rows"]}
+    assert set(rows) == {"classifier teacher", "classifier pruned student", "generative teacher",
+                         "generative pruned student"}
+    assert rows["generative teacher"]["layers"] == "2/2/2/2" and rows["classifier teacher"]["layers"] == "2/2/2"
+    assert "decoder" in rows["generative pruned student"]["achieved_sparsity"]
+    assert all(0 <= row["vqa_accuracy"] <= 1 and row["latency_ms_batch1"] > 0 for row in rows.values())
+    assert json.loads((tmp_path / "vqa_heads.json").read_text())["rows"] == json.loads(json.dumps(result["rows"]))
+    assert "| generative pruned student |" in capsys.readouterr().out

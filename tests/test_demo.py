@@ -115,3 +115,36 @@ def test_hub_folder_has_card_code_and_report(demo_dir):
     assert {"training_curves.png", "accuracy_vs_latency.png", "example_scene.png"} <= names
     model = AutoModelForVisualQuestionAnswering.from_pretrained(hub)
     assert model.config.pruning_info["budget"] == "flops"
+
+
+@pytest.fixture(scope="module")
+def generative_demo_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo-generative")
+    result = subprocess.run([sys.executable, "-m", "efficientvlm.cli", "demo", "--quick", "--vqa-head", "generative",
+                             "--output-dir", str(out)], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "| layers V/T/F/D |" in result.stdout.replace(" model ", "").replace("|layers", "| layers")
+    return out
+
+
+def test_demo_runs_every_stage_with_the_generative_head(generative_demo_dir, tmp_path):
+    from efficientvlm import EfficientVLMForGenerativeVQA
+
+    results = json.loads((generative_demo_dir / "results.json").read_text())
+    rows = {row["model"]: row for row in results["rows"]}
+    assert rows["teacher"]["layers"] == "2/2/2/2" and rows["student with KD"]["layers"] == "1/1/1/1"
+    quick = DemoConfig.quick()
+    assert abs(results["pruning"]["achieved_sparsity"]["overall"] - quick.target_sparsity) <= 0.01
+    assert "decoder" in results["pruning"]["achieved_sparsity"]  # the decoder is pruned under the same budget
+    assert set(rows["pruned, fixed split"]["target_sparsity"]) == {"vision", "text", "fusion", "decoder"}
+    state = json.loads((generative_demo_dir / "runs" / "student-kd" / "trainer_state.json").read_text())
+    assert any("kd_attn_decoder_cross" in entry for entry in state["log_history"])
+    assert any("eval_loss" in entry for entry in state["log_history"])
+    model = AutoModelForVisualQuestionAnswering.from_pretrained(generative_demo_dir / "pruned")
+    assert isinstance(model, EfficientVLMForGenerativeVQA)
+    image = tmp_path / "scene.png"
+    Image.new("RGB", (40, 40), "white").save(image)
+    answers = pipeline("visual-question-answering", model=str(generative_demo_dir / "pruned"))(
+        str(image), "what color is the circle?", top_k=2)
+    assert len(answers) == 2 and all(a["answer"] in model.config.label2id for a in answers)
+    assert "generative answer decoder" in ModelCard.load(generative_demo_dir / "hub" / "README.md").text

@@ -543,7 +543,8 @@ def test_create_student_copies_every_other_decoder_layer():
 
     teacher = make_model()
     student = create_student(teacher, 2, 1, 1, decoder_layers=1)
-    assert student.config.decoder_config.num_hidden_layers == 1 and student.config.student_of["layers"]["decoder"] == [1]
+    assert student.config.decoder_config.num_hidden_layers == 1
+    assert student.config.student_of["layers"]["decoder"] == [1]
     torch.testing.assert_close(student.answer_decoder.encoder.layers[0].mlp.fc1.weight,
                                teacher.answer_decoder.encoder.layers[1].mlp.fc1.weight, rtol=0, atol=0)
 
@@ -662,3 +663,20 @@ def test_the_pruning_trainer_learns_decoder_gates_under_one_budget(tmp_path):
         assert_same_outputs(masked, pruned.eval()(**inputs))
     report = trainer.pruning_report(pruned)
     assert set(report["modalities"]) == {"vision", "text", "fusion", "decoder"}
+
+
+def test_a_generative_config_from_an_encoder_config_copies_the_fusion_shape():
+    from tests.tiny_models import tiny_config
+
+    base = tiny_config()
+    config = EfficientVLMGenerativeVQAConfig.from_encoder_config(base, rank_k=5)
+    assert config.model_type == "efficientvlm_generative_vqa" and config.rank_k == 5
+    assert config.decoder_config.to_dict()["model_type"] == "efficientvlm_decoder"
+    for field in ("num_hidden_layers", "num_attention_heads", "num_cross_attention_heads", "intermediate_size"):
+        assert getattr(config.decoder_config, field) == getattr(base.fusion_config, field)
+    assert config.decoder_config.encoder_hidden_size == base.fusion_config.hidden_size  # not the image width
+    assert config.layer_sizes()["vision"] == base.layer_sizes()["vision"] and config.id2label == base.id2label
+    assert EfficientVLMGenerativeVQAConfig.from_encoder_config(base, decoder_layers=1).decoder_config \
+        .num_hidden_layers == 1
+    with pytest.raises(ValueError, match="per-layer sizes"):
+        EfficientVLMGenerativeVQAConfig.from_encoder_config(tiny_config(heterogeneous=True), decoder_layers=1)

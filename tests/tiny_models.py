@@ -6,12 +6,12 @@ import torch
 
 from efficientvlm import (
     EfficientVLMConfig,
-    EfficientVLMGenerativeVQAConfig,
     EfficientVLMForCaptioning,
     EfficientVLMForImageTextRetrieval,
     EfficientVLMForNLVR2,
     EfficientVLMForPreTraining,
     EfficientVLMForVisualQuestionAnswering,
+    EfficientVLMGenerativeVQAConfig,
     EfficientVLMModel,
 )
 

@@ -20,6 +20,13 @@ Outputs in ``--output-dir``: checkpoints (``teacher/``, ``student/``, ``pruned/`
 event files and ``trainer_state.json`` per stage under ``runs/<stage>/``, ``report/`` (pruning report, training
 curves, accuracy-vs-latency figure), a Hub-ready ``hub/`` folder (model card with the table and figures) and
 ``results.json``. ``--quick`` is a seconds-long smoke run of every stage (CI).
+
+``--vqa-head generative`` runs every stage with the paper's VQA model (``EfficientVLMForGenerativeVQA``) instead of
+the classifier: an answer decoder with as many layers as the fusion encoder, initialised from the fusion layers (and
+from the pre-training MLM head), trained on the weighted answer likelihood; evaluation ranks the answer list;
+distillation adds the decoder's logits, hidden states and attention maps, and pruning gates the decoder as a fourth
+modality under the same budget. Its training logs the validation loss per epoch (ranking-based accuracy is measured
+on the held-out questions at the end).
 """
 
 from __future__ import annotations
@@ -45,24 +52,29 @@ from transformers.utils import logging as hf_logging
 
 from .data import ShapesConfig, answer_vocabulary, build_tokenizer, make_caption_dataset, make_vqa_dataset
 from .data.shapes import QUESTION_TYPES
-from .data.collators import VQACollator
+from .data.collators import GenerativeVQACollator, VQACollator
 from .distillation import DistillationConfig, DistillationTrainer
 from .distillation.data import ImageTextPretrainingCollator
 from .evaluation import evaluate_vqa, measure_latency
 from .hub import push_to_hub
 from .metrics import vqa_accuracy_breakdown
 from .models import (
+    EfficientVLMForGenerativeVQA,
     EfficientVLMForPreTraining,
     EfficientVLMForVisualQuestionAnswering,
+    EfficientVLMGenerativeVQAConfig,
     EfficientVLMImageProcessor,
     EfficientVLMProcessor,
 )
 from .pruning import ModalAdaptivePruningTrainer, PruningConfig, save_report
-from .pruning.structure import BUDGETS, MODALITIES
+from .pruning.structure import ALL_MODALITIES, BUDGETS, model_modalities
 from .student import create_student
 from .tasks import small_config
 
 logger = logging.getLogger("efficientvlm.demo")
+
+#: ``--vqa-head`` choices: the classifier over the answer vocabulary, or the paper's generative answer decoder
+VQA_HEADS = ("classifier", "generative")
 
 
 def _flag(default, help: str, **metadata):
@@ -115,6 +127,9 @@ class DemoConfig:
                             "torch's choice)")
     train_threads: int = _flag(2, "torch threads while training (0 = torch's choice)")
     repo_id: str = _flag("your-name/efficientvlm-shapes-vqa-pruned", "Hub id written into the model card")
+    vqa_head: str = _flag("classifier", "VQA head: 'classifier' (over the answer vocabulary) or 'generative' (the "
+                                        "paper's answer decoder, as deep as the fusion encoder, ranking the answer "
+                                        "list; distilled and pruned too)", choices=VQA_HEADS)
 
     @classmethod
     def quick(cls, **overrides) -> DemoConfig:
@@ -153,6 +168,8 @@ class DemoConfig:
                 fail(name, "must be >= 0 (0 = torch's choice)." if "threads" in name else "must be >= 0.")
         if self.budget not in BUDGETS:
             fail("budget", f"choose one of {', '.join(BUDGETS)}.")
+        if self.vqa_head not in VQA_HEADS:
+            fail("vqa_head", f"choose one of {', '.join(VQA_HEADS)}.")
         for name in ("small_radius", "large_radius"):
             if not 0 < getattr(self, name) < 0.3:
                 fail(name, "must be in (0, 0.3): a fraction of the image side.")
@@ -226,7 +243,10 @@ class _Stages:
         cfg = self.cfg
         folder = self.out / "runs" / stage
         vqa = train_dataset is None
+        generative = vqa and cfg.vqa_head == "generative"
         train_dataset = self.train if vqa else train_dataset
+        if generative:  # the answer weights are the labels: validation loss per epoch, no gathered logits
+            extra = {"label_names": ["answer_weights"], "prediction_loss_only": True, **extra}
         steps = extra.get("max_steps") or int(epochs * -(-len(train_dataset) // cfg.batch_size))
         args = args_class(
             output_dir=str(folder), per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=64,
@@ -235,7 +255,9 @@ class _Stages:
             eval_strategy="epoch" if vqa else "no", save_strategy="no", report_to=["tensorboard"], seed=cfg.seed,
             use_cpu=True, dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=True, **extra)
         trainer_kwargs = {} if teacher is None else {"teacher_model": teacher}
-        if vqa:
+        if generative:
+            trainer_kwargs.update(eval_dataset=self.validation)
+        elif vqa:
             trainer_kwargs.update(eval_dataset=self.validation, compute_metrics=_vqa_accuracy_metric,
                                   preprocess_logits_for_metrics=_predicted_answers)
         with _tensorboard_dir(folder):
@@ -276,8 +298,36 @@ def _forward_flops(model, inputs) -> int:
 
 
 def _layers(model) -> str:
+    """Layers per encoder, ``V/T/F`` (``V/T/F/D`` with an answer decoder)."""
     c = model.config
-    return f"{c.vision_config.num_hidden_layers}/{c.text_config.num_hidden_layers}/{c.fusion_config.num_hidden_layers}"
+    return "/".join(str(getattr(c, f"{m}_config").num_hidden_layers) for m in model_modalities(c))
+
+
+def vqa_collator(cfg: DemoConfig, processor, answers):
+    """The training collator of ``--vqa-head``: soft-score labels, or the weighted answers of the decoder."""
+    if cfg.vqa_head == "generative":
+        return GenerativeVQACollator(processor)
+    return VQACollator(processor, {a: i for i, a in enumerate(answers)})
+
+
+def build_teacher(cfg: DemoConfig, config, tokenizer, answers):
+    """The VQA teacher of ``--vqa-head`` on the encoders of ``config``. The generative one gets an answer decoder
+    shaped like, and initialised from, the fusion layers, and ranks ``answers``."""
+    if cfg.vqa_head == "classifier":
+        return EfficientVLMForVisualQuestionAnswering(config)
+    teacher = EfficientVLMForGenerativeVQA(EfficientVLMGenerativeVQAConfig.from_encoder_config(config))
+    teacher.set_answer_list(answers, tokenizer)
+    teacher.init_decoder_from_fusion()
+    return teacher
+
+
+def load_pretrained(teacher, pretrained) -> None:
+    """Copy the pre-trained encoders into the teacher; a generative teacher also takes the MLM head as its answer
+    decoder's LM head and re-initialises its decoder from the pre-trained fusion layers (the official init)."""
+    teacher.efficientvlm.load_state_dict(pretrained.efficientvlm.state_dict())
+    if isinstance(teacher, EfficientVLMForGenerativeVQA):
+        teacher.lm_head.load_state_dict(pretrained.lm_head.state_dict())
+        teacher.init_decoder_from_fusion()
 
 
 def run(cfg: DemoConfig) -> dict:
@@ -301,7 +351,7 @@ def run(cfg: DemoConfig) -> dict:
     processor = EfficientVLMProcessor(
         EfficientVLMImageProcessor(size={"height": cfg.image_size, "width": cfg.image_size}), tokenizer)
     answers = answer_vocabulary(shapes)
-    collator = VQACollator(processor, {a: i for i, a in enumerate(answers)})
+    collator = vqa_collator(cfg, processor, answers)
     stages = _Stages(cfg, out, train, validation, collator)
 
     logger.info("[2/7] image-blind baseline: the most frequent answer of each question type")
@@ -315,7 +365,7 @@ def run(cfg: DemoConfig) -> dict:
     for sub in (config.text_config, config.fusion_config):
         sub.hidden_dropout_prob = sub.attention_probs_dropout_prob = cfg.dropout
     torch.manual_seed(cfg.seed)
-    teacher = EfficientVLMForVisualQuestionAnswering(config)
+    teacher = build_teacher(cfg, config, tokenizer, answers)
     if cfg.pretrain_steps:
         logger.info("[3/7] teacher: image-text pre-training (ITC, ITM with hard negatives, MLM) on the captions of "
                     "%d scenes of 1-%d objects, %d steps", cfg.pretrain_images, cfg.pretrain_max_objects,
@@ -326,15 +376,16 @@ def run(cfg: DemoConfig) -> dict:
         pretrained = EfficientVLMForPreTraining(config)
         stages.run("pretraining", pretrained, 1.0, train_dataset=captions,
                    collator=ImageTextPretrainingCollator(processor), max_steps=cfg.pretrain_steps)
-        teacher.efficientvlm.load_state_dict(pretrained.efficientvlm.state_dict())
-    logger.info("[3/7] teacher: VQA training of the %s (vision/text/fusion) model",
-                "/".join(map(str, cfg.teacher_layers)))
+        load_pretrained(teacher, pretrained)
+    logger.info("[3/7] teacher: VQA training of the %s (%s) %s model", _layers(teacher),
+                "/".join(model_modalities(teacher.config)), cfg.vqa_head)
     stages.run("teacher", teacher, cfg.teacher_epochs)
 
     logger.info("[4/7] students: every other teacher layer, trained with the same schedule without and with KD")
-    student_plain = create_student(teacher, *cfg.student_layers)
+    layers = {"decoder_layers": cfg.student_layers[2]}  # generative: the decoder as deep as the fusion encoder
+    student_plain = create_student(teacher, *cfg.student_layers, **layers)
     stages.run("student-no-kd", student_plain, cfg.student_epochs)
-    student = create_student(teacher, *cfg.student_layers)
+    student = create_student(teacher, *cfg.student_layers, **layers)
     stages.run("student-kd", student, cfg.student_epochs, DistillationTrainer, DistillationConfig, teacher=teacher,
                task="vqa")
 
@@ -345,7 +396,7 @@ def run(cfg: DemoConfig) -> dict:
                    reg_learning_rate=cfg.reg_learning_rate, lambda_learning_rate=cfg.lambda_learning_rate,
                    freeze_gates_step=max(1, (3 * steps) // 4),
                    budget_text_length=12)
-    fixed_split = {m: cfg.target_sparsity for m in MODALITIES}
+    fixed_split = {m: cfg.target_sparsity for m in model_modalities(student.config)}
     pruned = {}
     for name, stage, extra in (("pruned, fixed split", "pruning-fixed", {"target_sparsity_per_modality": fixed_split}),
                                ("pruned student", "pruning-adaptive", {})):
@@ -427,7 +478,9 @@ def run(cfg: DemoConfig) -> dict:
 
 def markdown_table(rows: list[dict], batch_sizes) -> str:
     """The main table: size, FLOPs, accuracy, % of teacher, latency and speed-up per row."""
-    header = ["model", "layers V/T/F", "parameters", "MFLOPs", "VQA accuracy", "% of teacher"]
+    with_decoder = any(r["layers"].count("/") == 3 for r in rows)
+    header = ["model", "layers V/T/F/D" if with_decoder else "layers V/T/F", "parameters", "MFLOPs", "VQA accuracy",
+              "% of teacher"]
     header += [f"latency b{b}" for b in batch_sizes] + [f"speed-up b{b}" for b in batch_sizes]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
@@ -452,8 +505,10 @@ def accuracy_by_type_table(rows: list[dict], accuracy: dict) -> str:
 
 
 def sparsity_by_modality_table(rows: list[dict], budget: str) -> str:
-    lines = ["| model | target | overall | vision | text | fusion | learned (expected) overall |",
-             "|---|---|---|---|---|---|---|"]
+    present = {m for r in rows for m in r.get("achieved_sparsity", {})}
+    modalities = [m for m in ALL_MODALITIES if m in present]
+    lines = ["| model | target | overall | " + " | ".join(modalities) + " | learned (expected) overall |",
+             "|" + "---|" * (len(modalities) + 4)]
     for r in rows:
         if "achieved_sparsity" not in r:
             continue
@@ -462,7 +517,7 @@ def sparsity_by_modality_table(rows: list[dict], budget: str) -> str:
                        else f"{100 * target:.0f}% overall")
         a = r["achieved_sparsity"]
         lines.append(f"| {r['model']} | {target_text} | {100 * a['overall']:.1f}% | "
-                     + " | ".join(f"{100 * a[m]:.1f}%" for m in MODALITIES)
+                     + " | ".join(f"{100 * a[m]:.1f}%" for m in modalities)
                      + f" | {100 * r['learned_expected_sparsity']['overall']:.1f}% |")
     return "\n".join(lines)
 
@@ -473,7 +528,7 @@ def plot_training_curves(history: dict[str, list[dict]]) -> Figure:
     figure = Figure(figsize=(15, 8), layout="constrained")
     axes = figure.subplots(2, 3).flatten()
     panels = [("task loss", ("task_loss", "loss")), ("KD loss", ("kd_loss",)),
-              ("validation VQA accuracy", ("eval_vqa_accuracy",))]
+              ("validation VQA accuracy (generative head: validation loss)", ("eval_vqa_accuracy", "eval_loss"))]
     for ax, (title, keys) in zip(axes, panels):
         for stage, logs in history.items():
             points = [(e["step"], next(e[k] for k in keys if k in e)) for e in logs
@@ -486,7 +541,7 @@ def plot_training_curves(history: dict[str, list[dict]]) -> Figure:
     for ax, stage in zip(axes[3:5], ("pruning-fixed", "pruning-adaptive")):
         logs = [e for e in history.get(stage, []) if "expected_sparsity" in e or "expected_sparsity_vision" in e]
         for key, style in (("expected_sparsity", "-"), ("sparsity", "--"), ("target_sparsity", ":")):
-            for suffix in ("", "_vision", "_text", "_fusion"):
+            for suffix in ("", "_vision", "_text", "_fusion", "_decoder"):
                 points = [(e["step"], e[key + suffix]) for e in logs if key + suffix in e]
                 if points:
                     ax.plot(*zip(*points), style, marker=".", label=(key + suffix).replace("_", " "))

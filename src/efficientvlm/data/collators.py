@@ -36,7 +36,8 @@ import torch
 from ..metrics.nlvr2 import to_binary_label
 from ..metrics.vqa import answer_soft_scores, normalize_answer
 
-__all__ = ["VQACollator", "GenerativeVQACollator", "NLVR2Collator", "CaptioningCollator", "RetrievalCollator", "vqa_soft_labels"]
+__all__ = ["VQACollator", "GenerativeVQACollator", "NLVR2Collator", "CaptioningCollator", "RetrievalCollator",
+           "answer_weights", "vqa_soft_labels"]
 
 
 def vqa_soft_labels(

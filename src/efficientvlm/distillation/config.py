@@ -10,9 +10,9 @@ The distillation loss of one step is
          + kd_attention_weight * decoder_cross_attention_weight * (decoder cross-attention-map KD)
 
 with the modalities ``m`` in vision, text, fusion and, for generative VQA (``EfficientVLMForGenerativeVQA``), the
-answer decoder; its logits KD is on the decoder's next-token distributions over the answer tokens. Every weight left at ``None`` takes the default of the task,
-read off the official EfficientVLM code (``GeneralDistill.py`` for pre-training, ``Eff_*.py`` for the tasks;
-see ``TASK_DEFAULT_WEIGHTS``).
+answer decoder; its logits KD is on the decoder's next-token distributions over the answer tokens. Every weight left
+at ``None`` takes the default of the task, read off the official EfficientVLM code (``GeneralDistill.py`` for
+pre-training, ``Eff_*.py`` for the tasks; see ``TASK_DEFAULT_WEIGHTS``).
 
 Layer mapping. By default student hidden state ``i`` (index 0 = the embedding output) is compared with teacher
 hidden state ``round(i * L_t / L_s)`` and student attention map ``i`` with teacher layer
@@ -138,8 +138,8 @@ class DistillationConfig(TrainingArguments):
         metadata={
             "help": "Which task is distilled; it selects the default loss weights. Default (None): inferred from the "
                     "student's class (EfficientVLMForPreTraining -> pretraining, ...ForVisualQuestionAnswering and "
-                    "...ForGenerativeVQA -> vqa, ...ForImageTextRetrieval -> retrieval, ...ForNLVR2 -> nlvr2, ...ForCaptioning -> "
-                    "captioning).",
+                    "...ForGenerativeVQA -> vqa, ...ForImageTextRetrieval -> retrieval, ...ForNLVR2 -> nlvr2, "
+                    "...ForCaptioning -> captioning).",
             "choices": list(TASKS),
         },
     )

@@ -425,6 +425,22 @@ class EfficientVLMGenerativeVQAConfig(EfficientVLMConfig):
         return super().student(vision_layers, text_layers, fusion_layers,
                                decoder_config={**decoder, "num_hidden_layers": decoder_layers}, **kwargs)
 
+    @classmethod
+    def from_encoder_config(cls, config: EfficientVLMConfig, decoder_layers: int | None = None, **kwargs: Any):
+        """A generative VQA config with the encoders of ``config`` and a decoder shaped like its fusion encoder
+        (the official code initialises the decoder from the fusion layers; ``decoder_layers`` changes the depth of
+        a uniform fusion encoder). ``kwargs`` set further fields (``rank_k``, ``id2label``, ...)."""
+        meta = ("model_type", "transformers_version", "architectures", "auto_map", "custom_pipelines")
+        values = {k: v for k, v in config.to_dict().items() if k not in meta and k != "decoder_config"}
+        decoder = {k: v for k, v in values["fusion_config"].items() if k not in (*meta, "encoder_hidden_size")}
+        if decoder_layers is not None and decoder_layers != decoder["num_hidden_layers"]:
+            per_layer = [f for f in EfficientVLMDecoderConfig.per_layer_fields if isinstance(decoder[f], list)]
+            if per_layer:
+                raise ValueError(f"The fusion encoder has per-layer sizes ({', '.join(per_layer)}): give the decoder "
+                                 "its own decoder_config instead of decoder_layers.")
+            decoder["num_hidden_layers"] = decoder_layers
+        return cls(**{**values, "decoder_config": decoder, **kwargs})
+
     @property
     def answer_list(self) -> list[str]:
         """The answers in index order (``id2label``)."""

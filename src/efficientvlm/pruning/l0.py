@@ -20,8 +20,9 @@ Gate values travel as a nested dict, the same shape as ``prune_model``'s keep-li
 
 Modal adaptivity (the paper): all gates feed ONE expected sparsity ``s`` of the prunable part of the whole model
 under ONE Lagrangian ``lambda_1 (s - t) + lambda_2 (s - t)^2``, so how the budget is split between vision, text
-and fusion (and the decoder: the paper's VQA model prunes its answer decoder under the same budget) is learned. Passing a dict of per-modality targets instead gives one term (and one pair of lambdas) per
-modality: a fixed split, for comparison.
+and fusion (and the decoder: the paper's VQA model prunes its answer decoder under the same budget) is learned.
+Passing a dict of per-modality targets instead gives one term (and one pair of lambdas) per modality: a fixed split,
+for comparison.
 """
 
 from __future__ import annotations

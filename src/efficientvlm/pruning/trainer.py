@@ -92,7 +92,8 @@ class ModalAdaptivePruningTrainer(DistillationTrainer):
             raise TypeError(f"ModalAdaptivePruningTrainer needs args=PruningConfig(...), got {type(args).__name__}.")
         super().__init__(model=model, args=args, teacher_model=teacher_model, **kwargs)
         self.l0_module = ModalAdaptiveL0Module(
-            model.config, args.target(), prune=args.pruned_structures(), modalities=args.pruned_modalities(model.config),
+            model.config, args.target(), prune=args.pruned_structures(),
+            modalities=args.pruned_modalities(model.config),
             budget=args.budget, warmup_steps=args.lagrangian_warmup_steps or 0, text_length=args.budget_text_length,
             droprate_init=args.droprate_init,
         ).to(self.args.device)
