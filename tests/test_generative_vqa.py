@@ -680,3 +680,15 @@ def test_a_generative_config_from_an_encoder_config_copies_the_fusion_shape():
         .num_hidden_layers == 1
     with pytest.raises(ValueError, match="per-layer sizes"):
         EfficientVLMGenerativeVQAConfig.from_encoder_config(tiny_config(heterogeneous=True), decoder_layers=1)
+
+
+def test_the_push_command_publishes_a_generative_checkpoint(shapes_checkpoint, tmp_path, capsys):
+    from efficientvlm import cli
+
+    folder, model, _, _ = shapes_checkpoint
+    out = tmp_path / "repo"
+    assert cli.main(["push", str(folder), "org/generative", "--dry-run", str(out)]) == 0
+    assert "dry run, nothing uploaded" in capsys.readouterr().out
+    reloaded = EfficientVLMForGenerativeVQA.from_pretrained(out)
+    assert reloaded.config.answer_token_ids == model.config.answer_token_ids
+    assert "generative answer decoder" in (out / "README.md").read_text()

@@ -52,7 +52,7 @@ def load_checkpoint(checkpoint_dir: str | Path) -> tuple[Any, Any]:
     if not (folder / "config.json").is_file():
         raise ValueError(f"{folder} has no config.json: pass a folder written by model.save_pretrained().")
     config = AutoConfig.from_pretrained(folder)
-    if config.model_type != efficientvlm.EfficientVLMConfig.model_type:
+    if not isinstance(config, efficientvlm.EfficientVLMConfig):  # the generative VQA config is a subclass
         raise ValueError(f"{folder} holds a {config.model_type!r} model, not an EfficientVLM one.")
     architecture = (config.architectures or ["EfficientVLMModel"])[0]
     model_class = getattr(efficientvlm, architecture, None)
