@@ -1,13 +1,14 @@
 """Generative VQA (the paper's answer decoder) against the classifier head on shapes VQA: accuracy and latency of the
-teacher and of the pruned student, on the same data, in one process.
+teacher, the distilled student and the pruned student, on the same data, in one process.
 
 For each head this runs the pipeline of ``efficientvlm demo --vqa-head <head>`` with the demo's flags: the teacher
 (its encoders from one image-text pre-training shared by both heads; the generative teacher's decoder initialised from
 the pre-trained fusion layers and MLM head), a half-depth student distilled from it, and modal-adaptive pruning of the
 student to the same budget (the generative student's decoder is gated too, as a fourth modality). The stages without
-KD and with a fixed split are left out. Then the four models are evaluated on the same held-out questions (the
-generative ones rank the answer list: with ``rank_k`` = 128 and the shapes list's 15 answers, every answer is
-re-scored) and timed round-robin in one process (median of ``--latency-repeats`` forwards per batch size; a forward of
+KD and with a fixed split are left out. Then the teachers, distilled students and pruned students are evaluated on the
+same held-out questions (the generative ones rank the answer list: with ``rank_k`` = 128 and the shapes list's 15
+answers, every answer is re-scored), with the demo's image-blind baseline (each question type's most frequent training
+answer) as the floor, and timed round-robin in one process (median of ``--latency-repeats`` forwards per batch size; a forward of
 a generative model is a whole ranking: one decoder step over ``[CLS]``, then every re-scored answer).
 
     python benchmarks/vqa_heads.py                                  # the demo's defaults (about twice its time)
@@ -33,6 +34,7 @@ from transformers.utils import logging as hf_logging
 from efficientvlm.data import ShapesConfig, answer_vocabulary, build_tokenizer, make_caption_dataset, make_vqa_dataset
 from efficientvlm.demo import (
     DemoConfig,
+    _blind_baseline,
     _forward_flops,
     _layers,
     _Stages,
@@ -108,7 +110,8 @@ def run(cfg: DemoConfig) -> dict:
         trainer = stages.run("pruning-adaptive", copy.deepcopy(student), cfg.prune_epochs,
                              ModalAdaptivePruningTrainer, PruningConfig, teacher=teacher, **pruning)
         pruned = trainer.prune().eval()
-        models[f"{head} teacher"], models[f"{head} pruned student"] = teacher.eval(), pruned
+        models[f"{head} teacher"], models[f"{head} student with KD"] = teacher.eval(), student.eval()
+        models[f"{head} pruned student"] = pruned
         pruning_info[head] = pruned.config.pruning_info
         minutes[head] = (time.perf_counter() - head_started) / 60
 
@@ -116,6 +119,7 @@ def run(cfg: DemoConfig) -> dict:
     logger.info("evaluation on %d held-out questions; latency round-robin on %d thread(s)", cfg.test_size,
                 eval_threads)
     accuracy = {name: evaluate_vqa(model, processor, test) for name, model in models.items()}
+    accuracy["image-blind baseline"], _ = _blind_baseline(train, test)
     example = processor(images=[test[0]["image"]], text=[test[0]["question"]])
     batch = max(cfg.latency_batch_sizes)
     images, questions = [test[i]["image"] for i in range(batch)], [test[i]["question"] for i in range(batch)]
@@ -124,7 +128,7 @@ def run(cfg: DemoConfig) -> dict:
         inputs = processor(images=images[:size], text=questions[:size])
         latency[size] = measure_latency(models, lambda: inputs, repeats=cfg.latency_repeats)
 
-    rows = []
+    rows = [{"model": "image-blind baseline", "vqa_accuracy": accuracy["image-blind baseline"]["vqa_accuracy"]}]
     for name, model in models.items():
         head = name.split()[0]
         row = {"model": name, "layers": _layers(model), "parameters": sum(p.numel() for p in model.parameters()),
@@ -151,6 +155,10 @@ def markdown_table(rows: list[dict], batch_sizes) -> str:
     header += [f"latency b{b}" for b in batch_sizes] + [f"vs classifier teacher b{b}" for b in batch_sizes]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
+        if "layers" not in r:  # the image-blind baseline: an accuracy only
+            lines.append(f"| {r['model']} | - | - | - | {100 * r['vqa_accuracy']:.1f} | - |" + " - |" * 2 * len(
+                batch_sizes))
+            continue
         cells = [r["model"], r["layers"], f"{r['parameters'] / 1e6:.2f}M", f"{r['flops'] / 1e6:.1f}",
                  f"{100 * r['vqa_accuracy']:.1f}", f"{r['percent_of_teacher']:.1f}%"]
         cells += [f"{r[f'latency_ms_batch{b}']:.1f} ms" for b in batch_sizes]
