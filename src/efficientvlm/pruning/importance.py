@@ -5,7 +5,7 @@ The importance of a unit is the first-order Taylor estimate of the loss change w
 2019, for heads; Molchanov et al., 2019): with a gate ``z = 1`` on the unit, ``I = sum over batches |dL/dz|``. The
 gates are the model's own pruning hooks (``gates_applied``), so the same code scores vision, text and fusion units,
 self- and cross-attention heads and FFN neurons. Scores are divided by each unit's cost under the budget (parameters
-or FLOPs) and ranked *globally* across the three encoders, as UPop ranks across modalities, so the split of the
+or FLOPs) and ranked *globally* across the encoders (and decoder), as UPop ranks across modalities, so the split of the
 budget between modalities follows the data; ``efficientvlm.pruning.budget`` then removes the cheapest-per-importance
 units until the exact size meets the target.
 

@@ -1,5 +1,5 @@
 """``ModalAdaptivePruningTrainer``: distil a task teacher into a student while learning which heads, FFN neurons and
-sub-blocks of its three encoders to remove under one sparsity budget.
+sub-blocks of its three encoders (and of the answer decoder of generative VQA) to remove under one sparsity budget.
 
 Each training step samples hard-concrete gates from the trainer's ``ModalAdaptiveL0Module``, sets them on the
 student's pruning hooks for the step's forward *and* backward (gradient checkpointing replays the forward), and adds
@@ -20,9 +20,9 @@ skipped whenever the model's was (the GradScaler found an overflow, or ``skip_no
 and whenever their own unscaled gradients are not finite, so an overflow never reaches ``log_alpha`` or the
 multipliers.
 
-The exported structure is *budget-exact*: ``prune()`` spreads the target over the three encoders in the proportions
-the gates learned and removes, in each, the units with the lowest keep probabilities until the model has exactly the
-asked size (``ModalAdaptiveL0Module.budget_gates``), whatever the run length; evaluation during training uses that
+The exported structure is *budget-exact*: ``prune()`` spreads the target over the encoders (and decoder) in the
+proportions the gates learned and removes, in each, the units with the lowest keep probabilities until the model has
+exactly the asked size (``ModalAdaptiveL0Module.budget_gates``), whatever the run length; evaluation during training uses that
 same structure. ``prune(target_sparsity=x)`` and ``prune_family([x1, x2, ...])`` export other sizes, nested, from the
 same run.
 """
