@@ -22,9 +22,9 @@ multipliers.
 
 The exported structure is *budget-exact*: ``prune()`` spreads the target over the encoders (and decoder) in the
 proportions the gates learned and removes, in each, the units with the lowest keep probabilities until the model has
-exactly the asked size (``ModalAdaptiveL0Module.budget_gates``), whatever the run length; evaluation during training uses that
-same structure. ``prune(target_sparsity=x)`` and ``prune_family([x1, x2, ...])`` export other sizes, nested, from the
-same run.
+exactly the asked size (``ModalAdaptiveL0Module.budget_gates``), whatever the run length; evaluation during training
+uses that same structure. ``prune(target_sparsity=x)`` and ``prune_family([x1, x2, ...])`` export other sizes,
+nested, from the same run.
 """
 
 from __future__ import annotations
