@@ -126,6 +126,10 @@ class EfficientVLMVisionConfig(_EncoderConfigMixin, PreTrainedConfig):
         return (self.image_size // self.patch_size) ** 2
 
 
+#: The special-token defaults of ``EfficientVLMTextConfig``: bert-base-uncased's [PAD], [CLS], [SEP] and [MASK].
+_BERT_SPECIAL_TOKENS = {"pad_token_id": 0, "bos_token_id": 101, "eos_token_id": 102, "mask_token_id": 103}
+
+
 class EfficientVLMTextConfig(_EncoderConfigMixin, PreTrainedConfig):
     r"""Text encoder: post-LayerNorm BERT layers (self-attention, FFN) with BERT embeddings.
 
@@ -140,7 +144,9 @@ class EfficientVLMTextConfig(_EncoderConfigMixin, PreTrainedConfig):
         layer_norm_eps: LayerNorm epsilon.
         pad_token_id, bos_token_id, eos_token_id, mask_token_id: special tokens of the tokenizer ([PAD], [CLS],
             [SEP], [MASK] for BERT). The captioning decoder starts from ``bos_token_id`` and stops at
-            ``eos_token_id``.
+            ``eos_token_id``. An id outside the vocabulary is an error, except a default (bert-base-uncased's 0,
+            101, 102, 103) with a smaller ``vocab_size``: that one becomes ``None`` (unknown), so that a config with
+            a small vocabulary builds from the defaults.
         initializer_range: recorded like CLIP's and BERT's configs record it; the modules of an EfficientVLM model
             are initialised with the top-level ``EfficientVLMConfig.initializer_range``.
     """
@@ -174,6 +180,9 @@ class EfficientVLMTextConfig(_EncoderConfigMixin, PreTrainedConfig):
                 raise ValueError(f"EfficientVLMTextConfig.{field} must be a positive int, got {value!r}.")
         for field in ("pad_token_id", "bos_token_id", "eos_token_id", "mask_token_id"):
             value = getattr(self, field)
+            if value is not None and value >= self.vocab_size and value == _BERT_SPECIAL_TOKENS[field]:
+                setattr(self, field, None)  # bert-base-uncased's id, not in this vocabulary
+                continue
             if value is not None and not 0 <= value < self.vocab_size:
                 raise ValueError(
                     f"EfficientVLMTextConfig.{field}={value} is outside the vocabulary (vocab_size={self.vocab_size})."

@@ -27,6 +27,8 @@ This file is shipped to the Hub as remote code: it imports only torch, transform
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import os
 from dataclasses import dataclass
@@ -41,7 +43,7 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.generation import GenerationConfig, GenerationMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import ModelOutput
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ModelOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration_efficientvlm import EfficientVLMConfig, EfficientVLMFusionConfig
@@ -172,6 +174,25 @@ class EfficientVLMPreTrainingOutput(EfficientVLMRetrievalOutput):
     mlm_fusion_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     mlm_fusion_attentions: tuple[torch.FloatTensor | None, ...] | None = None
     mlm_fusion_cross_attentions: tuple[torch.FloatTensor | None, ...] | None = None
+
+
+@dataclass
+class EfficientVLMCaptioningOutput(EfficientVLMHeadOutput):
+    """Output of ``EfficientVLMForCaptioning``: the head fields plus the image tower's output, as transformers 5
+    vision-language models return it.
+
+    Args:
+        image_outputs: the vision tower's ``BaseModelOutputWithPooling`` (``last_hidden_state``: the image tokens
+            the decoder cross-attends to; ``pooler_output``: their ``[CLS]`` token; ``hidden_states`` and
+            ``attentions`` when requested, the same tensors as ``vision_hidden_states`` / ``vision_attentions``).
+            ``None`` when the images came already encoded (``image_embeds``), as during ``generate``.
+    """
+
+    image_outputs: BaseModelOutputWithPooling | None = None
+
+    def to_tuple(self) -> tuple:
+        # as transformers' multimodal outputs: the nested encoder output becomes a tuple too
+        return tuple(self[k].to_tuple() if k == "image_outputs" else self[k] for k in self.keys())
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -535,6 +556,35 @@ class EfficientVLMFusionEncoder(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def output_conventions(method):
+    """transformers' calling conventions for a ``forward`` or ``get_*_features`` method of an EfficientVLM model.
+
+    * ``output_attentions`` / ``output_hidden_states`` left at ``None`` take the config's value
+      (``config.output_attentions``, ``config.output_hidden_states``);
+    * ``return_dict`` left at ``None`` takes ``config.return_dict``; when it is False the output is returned as
+      ``output.to_tuple()`` (``None`` fields left out, as transformers does), so that
+      ``loss, logits = model(..., labels=labels, return_dict=False)[:2]`` works.
+
+    The method itself always builds its ``ModelOutput``; calls between EfficientVLM modules pass ``return_dict=True``.
+    """
+    signature = inspect.signature(method)
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        bound = signature.bind(self, *args, **kwargs)
+        arguments = bound.arguments
+        for flag in ("output_attentions", "output_hidden_states"):
+            if flag in signature.parameters and arguments.get(flag) is None:
+                arguments[flag] = bool(getattr(self.config, flag, False))
+        return_dict = arguments.get("return_dict")
+        if return_dict is None:
+            return_dict = getattr(self.config, "return_dict", True)
+        output = method(*bound.args, **bound.kwargs)
+        return output if return_dict or isinstance(output, tuple) else output.to_tuple()
+
+    return wrapper
+
+
 class EfficientVLMPreTrainedModel(PreTrainedModel):
     """Weight init, Auto-class plumbing and checkpoint-initialisation helpers shared by every EfficientVLM class."""
 
@@ -705,6 +755,20 @@ class EfficientVLMPreTrainedModel(PreTrainedModel):
             model.resize_position_embeddings(image_size)
         return model
 
+    def get_image_features(self, pixel_values, output_attentions=None, output_hidden_states=None, return_dict=None):
+        """The vision tower's output (``EfficientVLMModel.get_image_features``); the contrastive heads (retrieval,
+        pre-training) return their ITC projection as ``pooler_output`` instead."""
+        return self.base_model.get_image_features(pixel_values, output_attentions=output_attentions,
+                                                  output_hidden_states=output_hidden_states, return_dict=return_dict)
+
+    def get_text_features(self, input_ids, attention_mask=None, token_type_ids=None, output_attentions=None,
+                          output_hidden_states=None, return_dict=None):
+        """The text encoder's output (``EfficientVLMModel.get_text_features``); the contrastive heads (retrieval,
+        pre-training) return their ITC projection as ``pooler_output`` instead."""
+        return self.base_model.get_text_features(input_ids, attention_mask, token_type_ids,
+                                                 output_attentions=output_attentions,
+                                                 output_hidden_states=output_hidden_states, return_dict=return_dict)
+
     def resize_position_embeddings(self, image_size: int) -> None:
         """Interpolate the vision position embeddings to ``image_size`` and record it in the config
         (e.g. 224 px pre-training -> 384 px retrieval / 480 px VQA fine-tuning)."""
@@ -857,6 +921,38 @@ class EfficientVLMModel(EfficientVLMPreTrainedModel):
         return self.fusion_model(text_embeds, attention_mask, image_embeds, causal, output_attentions,
                                  output_hidden_states)
 
+    @output_conventions
+    def get_image_features(self, pixel_values, output_attentions=None, output_hidden_states=None,
+                           return_dict=None) -> BaseModelOutputWithPooling:
+        """The vision tower's output, as transformers 5 models return it (with gradient).
+
+        Returns:
+            ``BaseModelOutputWithPooling``: ``last_hidden_state`` the image tokens ``(batch, image_seq,
+            vision_hidden)`` (``image_embeds``), ``pooler_output`` their ``[CLS]`` token ``(batch, vision_hidden)``,
+            ``hidden_states`` / ``attentions`` when requested. The contrastive heads project ``pooler_output``.
+        """
+        vision = self.encode_image(pixel_values, output_attentions, output_hidden_states)
+        return BaseModelOutputWithPooling(last_hidden_state=vision.last_hidden_state,
+                                          pooler_output=vision.last_hidden_state[:, 0],
+                                          hidden_states=vision.hidden_states, attentions=vision.attentions)
+
+    @output_conventions
+    def get_text_features(self, input_ids, attention_mask=None, token_type_ids=None, output_attentions=None,
+                          output_hidden_states=None, return_dict=None) -> BaseModelOutputWithPooling:
+        """The text encoder's output, as transformers 5 models return it (with gradient).
+
+        Returns:
+            ``BaseModelOutputWithPooling``: ``last_hidden_state`` the text tokens ``(batch, seq, hidden)``
+            (``text_embeds``), ``pooler_output`` their ``[CLS]`` token ``(batch, hidden)``, ``hidden_states`` /
+            ``attentions`` when requested. The contrastive heads project ``pooler_output``.
+        """
+        text = self.encode_text(input_ids, attention_mask, token_type_ids, False, output_attentions,
+                                output_hidden_states)
+        return BaseModelOutputWithPooling(last_hidden_state=text.last_hidden_state,
+                                          pooler_output=text.last_hidden_state[:, 0],
+                                          hidden_states=text.hidden_states, attentions=text.attentions)
+
+    @output_conventions
     def forward(self, pixel_values=None, input_ids=None, attention_mask=None, token_type_ids=None,
                 image_embeds=None, causal=False, output_attentions=None, output_hidden_states=None,
                 return_dict=None, **kwargs) -> EfficientVLMModelOutput:
@@ -939,11 +1035,12 @@ class EfficientVLMForVisualQuestionAnswering(EfficientVLMPreTrainedModel):
         self.classifier = _classifier(hidden, 2 * hidden, config.num_labels)
         self.post_init()
 
+    @output_conventions
     def forward(self, pixel_values=None, input_ids=None, attention_mask=None, token_type_ids=None, labels=None,
                 output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs) -> EfficientVLMHeadOutput:
         outputs = self.efficientvlm(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask,
                                     token_type_ids=token_type_ids, output_attentions=output_attentions,
-                                    output_hidden_states=output_hidden_states)
+                                    output_hidden_states=output_hidden_states, return_dict=True)
         logits = self.classifier(outputs.pooler_output)
         loss = None
         if labels is not None:
@@ -1073,16 +1170,28 @@ class EfficientVLMContrastiveMixin(nn.Module):
     def text_features(self, text_embeds: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.text_proj(text_embeds[:, 0]), dim=-1)
 
-    @torch.no_grad()
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """L2-normalised ITC image features ``(batch, projection_dim)``."""
-        return self.image_features(self.efficientvlm.encode_image(pixel_values).last_hidden_state)
+    @output_conventions
+    def get_image_features(self, pixel_values, output_attentions=None, output_hidden_states=None,
+                           return_dict=None) -> BaseModelOutputWithPooling:
+        """The vision tower's output with the ITC projection of its ``[CLS]`` token as ``pooler_output``
+        ``(batch, projection_dim)``, as ``CLIPModel.get_image_features`` returns it: with gradient and not
+        normalised. ``F.normalize(pooler_output, dim=-1)`` is the ITC image feature (``image_features``)."""
+        outputs = self.efficientvlm.get_image_features(pixel_values, output_attentions=output_attentions,
+                                                       output_hidden_states=output_hidden_states, return_dict=True)
+        outputs.pooler_output = self.vision_proj(outputs.pooler_output)
+        return outputs
 
-    @torch.no_grad()
-    def get_text_features(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
-        """L2-normalised ITC text features ``(batch, projection_dim)``."""
-        return self.text_features(self.efficientvlm.encode_text(input_ids, attention_mask, token_type_ids)
-                                  .last_hidden_state)
+    @output_conventions
+    def get_text_features(self, input_ids, attention_mask=None, token_type_ids=None, output_attentions=None,
+                          output_hidden_states=None, return_dict=None) -> BaseModelOutputWithPooling:
+        """The text encoder's output with the ITC projection of its ``[CLS]`` token as ``pooler_output``
+        ``(batch, projection_dim)``, as ``CLIPModel.get_text_features`` returns it: with gradient and not
+        normalised. ``F.normalize(pooler_output, dim=-1)`` is the ITC text feature (``text_features``)."""
+        outputs = self.efficientvlm.get_text_features(input_ids, attention_mask, token_type_ids,
+                                                      output_attentions=output_attentions,
+                                                      output_hidden_states=output_hidden_states, return_dict=True)
+        outputs.pooler_output = self.text_proj(outputs.pooler_output)
+        return outputs
 
     def itm_logits(self, image_embeds, text_embeds, attention_mask, output_attentions=False,
                    output_hidden_states=False):
@@ -1230,6 +1339,7 @@ class EfficientVLMForImageTextRetrieval(EfficientVLMContrastiveMixin, EfficientV
         self._init_contrastive(config)
         self.post_init()
 
+    @output_conventions
     def forward(self, pixel_values=None, input_ids=None, attention_mask=None, token_type_ids=None, image_ids=None,
                 itm_negative_text_index=None, itm_negative_image_index=None, output_attentions=None,
                 output_hidden_states=None, return_dict=None, **kwargs) -> EfficientVLMRetrievalOutput:
@@ -1280,6 +1390,7 @@ class EfficientVLMForPreTraining(EfficientVLMContrastiveMixin, EfficientVLMPreTr
     def set_output_embeddings(self, value):
         self.lm_head.decoder = value
 
+    @output_conventions
     def forward(self, pixel_values=None, input_ids=None, attention_mask=None, token_type_ids=None, mlm_input_ids=None,
                 mlm_labels=None, image_ids=None, itm_negative_text_index=None, itm_negative_image_index=None,
                 output_attentions=None, output_hidden_states=None, return_dict=None,
@@ -1320,6 +1431,7 @@ class EfficientVLMForNLVR2(EfficientVLMPreTrainedModel):
         self.classifier = _classifier(2 * hidden, 2 * hidden, 2)
         self.post_init()
 
+    @output_conventions
     def forward(self, pixel_values=None, input_ids=None, attention_mask=None, token_type_ids=None, labels=None,
                 output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs) -> EfficientVLMHeadOutput:
         if pixel_values is None or pixel_values.dim() != 5 or pixel_values.shape[1] != 2:
@@ -1351,6 +1463,10 @@ class EfficientVLMForCaptioning(EfficientVLMPreTrainedModel, GenerationMixin):
     encodes the image once and decodes with any of transformers' strategies (greedy, beam search, sampling);
     without ``input_ids`` it starts from ``config.text_config.bos_token_id`` (``[CLS]``). Generation recomputes the
     prefix at each step (no key/value cache): captions are short.
+
+    As in transformers 5 vision-language models, ``get_image_features(pixel_values)`` returns the image tower's
+    output and ``forward`` returns it as ``image_outputs``; its ``last_hidden_state`` can be passed back as
+    ``image_embeds`` to decode without running the tower again.
     """
 
     _tied_weights_keys = _TIED_DECODER
@@ -1374,16 +1490,24 @@ class EfficientVLMForCaptioning(EfficientVLMPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value):
         self.lm_head.decoder = value
 
+    @output_conventions
     def forward(self, pixel_values=None, input_ids=None, attention_mask=None, labels=None, image_embeds=None,
-                output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs) -> EfficientVLMHeadOutput:
+                output_attentions=None, output_hidden_states=None, return_dict=None,
+                **kwargs) -> EfficientVLMCaptioningOutput:
         outputs = self.efficientvlm(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask,
                                     image_embeds=image_embeds, causal=True, output_attentions=output_attentions,
-                                    output_hidden_states=output_hidden_states)
+                                    output_hidden_states=output_hidden_states, return_dict=True)
         logits = self.lm_head(outputs.last_hidden_state)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
-        return EfficientVLMHeadOutput(loss=loss, logits=logits, **_model_fields(outputs))
+        image_outputs = None
+        if image_embeds is None:  # the vision tower ran in this forward
+            image_outputs = BaseModelOutputWithPooling(
+                last_hidden_state=outputs.image_embeds, pooler_output=outputs.image_embeds[:, 0],
+                hidden_states=outputs.vision_hidden_states, attentions=outputs.vision_attentions)
+        return EfficientVLMCaptioningOutput(loss=loss, logits=logits, image_outputs=image_outputs,
+                                            **_model_fields(outputs))
 
     def prepare_inputs_for_generation(self, input_ids, attention_mask=None, image_embeds=None, **kwargs):
         return {"input_ids": input_ids, "attention_mask": attention_mask, "image_embeds": image_embeds}
@@ -1404,6 +1528,9 @@ class EfficientVLMForCaptioning(EfficientVLMPreTrainedModel, GenerationMixin):
         batch = image_embeds.shape[0]
         tc = self.config.text_config
         if input_ids is None:
+            if tc.bos_token_id is None:
+                raise ValueError("generate() starts from config.text_config.bos_token_id, which is None: set it to "
+                                 "the tokenizer's [CLS] id, or pass a prompt as input_ids.")
             input_ids = torch.full((batch, 1), tc.bos_token_id, dtype=torch.long, device=image_embeds.device)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
