@@ -17,6 +17,7 @@ This file is shipped to the Hub as remote code: it imports only transformers and
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from transformers import PreTrainedConfig
@@ -227,6 +228,20 @@ class EfficientVLMFusionConfig(_EncoderConfigMixin, PreTrainedConfig):
         super().__post_init__(**kwargs)
 
 
+def _serves(task: str, spec: Any) -> bool:
+    """Whether transformers' pipeline registry in this process maps ``task`` to the class a ``custom_pipelines``
+    entry names (``{"impl": "module.Class", ...}``): same class name, defined in a module of that name."""
+    pipelines = sys.modules.get("transformers.pipelines")  # not imported yet: nothing registered a pipeline
+    registry = getattr(pipelines, "PIPELINE_REGISTRY", None)
+    registered = getattr(registry, "supported_tasks", {}).get(task)
+    impl = spec.get("impl") if isinstance(spec, dict) else None
+    if not registered or not isinstance(impl, str) or "." not in impl:
+        return False
+    module, name = impl.rsplit(".", 1)
+    cls = registered.get("impl")
+    return getattr(cls, "__name__", None) == name and getattr(cls, "__module__", "").split(".")[-1] == module
+
+
 _SUB_CONFIGS = {
     "vision_config": EfficientVLMVisionConfig,
     "text_config": EfficientVLMTextConfig,
@@ -250,6 +265,14 @@ class EfficientVLMConfig(PreTrainedConfig):
         tie_word_embeddings: tie the MLM / captioning output layer to the word embeddings.
         pruning_info: optional record of what pruning did (target, achieved sparsity per modality, parameter
             counts). Informational only: shapes are always read from the sub-configs.
+
+    Custom pipelines. A repository written by ``efficientvlm push`` declares its ``visual-question-answering``
+    pipeline in ``custom_pipelines`` (with the pipeline's code in the repository), so that users without the library
+    get it with ``pipeline(..., trust_remote_code=True)``. transformers gives such an entry precedence over the
+    pipeline registry and then always demands ``trust_remote_code=True``. So where this process's registry already
+    serves the task with the very class the entry names (``import efficientvlm`` registers it), the entry is set
+    aside when the config is built: ``pipeline("visual-question-answering", model=repo)`` then takes the installed
+    pipeline, with no flag. It is not lost: ``to_dict`` (and so ``save_pretrained``) writes it back.
 
     Example:
 
@@ -303,6 +326,30 @@ class EfficientVLMConfig(PreTrainedConfig):
         if not 0 < self.itc_temperature:
             raise ValueError(f"EfficientVLMConfig.itc_temperature must be > 0, got {self.itc_temperature!r}.")
         super().__post_init__(**kwargs)
+        self._set_aside_installed_pipelines()
+
+    def _set_aside_installed_pipelines(self) -> None:
+        """Move the ``custom_pipelines`` entries that this process's pipeline registry already serves with the same
+        class into ``_installed_custom_pipelines`` (see the class docstring)."""
+        declared = getattr(self, "custom_pipelines", None)
+        if not isinstance(declared, dict) or not declared:
+            return
+        installed = {task: spec for task, spec in declared.items() if _serves(task, spec)}
+        if not installed:
+            return
+        self._installed_custom_pipelines = installed
+        remaining = {task: spec for task, spec in declared.items() if task not in installed}
+        if remaining:
+            self.custom_pipelines = remaining
+        else:
+            del self.custom_pipelines
+
+    def to_dict(self) -> dict[str, Any]:
+        output = super().to_dict()
+        installed = output.pop("_installed_custom_pipelines", None)
+        if installed:  # written back, so that a saved config still declares them for users without the library
+            output["custom_pipelines"] = {**installed, **(output.get("custom_pipelines") or {})}
+        return output
 
     @classmethod
     def student(cls, vision_layers: int = 6, text_layers: int = 3, fusion_layers: int = 3, **kwargs: Any):
