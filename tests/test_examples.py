@@ -108,3 +108,28 @@ def test_prune_example_creates_prunes_and_saves_a_reloadable_student(tmp_path):
     assert json.loads((out / "eval_results.json").read_text()) == result["metrics"]
     reloaded = AutoModelForVisualQuestionAnswering.from_pretrained(out)
     assert reloaded.config.pruning_info["target_sparsity"] == 0.3
+
+
+def test_finetune_with_lora_saves_the_merged_model_as_a_plain_checkpoint(tmp_path, caplog):
+    import logging
+
+    import torch
+    from transformers import AutoModelForVisualQuestionAnswering
+
+    from efficientvlm import EfficientVLMForVisualQuestionAnswering
+
+    finetune = _load_example("finetune")
+    with caplog.at_level(logging.INFO, logger="finetune"):
+        metrics = finetune.main(["--task", "vqa", "--output_dir", str(tmp_path / "vqa"), "--lora_r", "4",
+                                 "--lora_encoders", "text", "fusion", *TINY])
+    assert "vqa_accuracy" in metrics
+    assert any(message.startswith("LoRA (r=4, text+fusion): ") for message in caplog.messages)
+    files = {path.name for path in (tmp_path / "vqa").iterdir()}
+    assert "model.safetensors" in files and not any(name.startswith("adapter_") for name in files)
+    model = AutoModelForVisualQuestionAnswering.from_pretrained(tmp_path / "vqa")  # strict: plain weights
+    assert type(model) is EfficientVLMForVisualQuestionAnswering
+    assert not any("lora" in name for name, _ in model.named_parameters())
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    with pytest.raises(ValueError, match=r"--lora_encoders: unknown \['audio'\]"):
+        finetune.main(["--task", "vqa", "--output_dir", str(tmp_path / "bad"), "--lora_r", "4",
+                       "--lora_encoders", "audio", *TINY])
