@@ -212,7 +212,8 @@ def test_config_output_flags_are_the_default_and_arguments_override_them(model_c
     with torch.no_grad():
         quiet = model(**inputs, output_hidden_states=False, output_attentions=False)
     for stream in tester.streams(model_class):
-        assert getattr(quiet, f"{stream}_hidden_states") is None and getattr(quiet, f"{stream}_attentions") is None, stream
+        assert getattr(quiet, f"{stream}_hidden_states") is None, stream
+        assert getattr(quiet, f"{stream}_attentions") is None, stream
 
 
 # ------------------------------------------------------------------------------------------- get_*_features

@@ -307,9 +307,9 @@ class DistillationTrainer(Trainer):
         self._record({**terms, **extra, "kd_loss": kd_loss}, "train" if model.training else "eval")
         if not return_outputs:
             return loss
-        # Evaluation gathers every output tensor: drop the per-layer states.
+        # Evaluation gathers every output tensor: drop the per-layer states (and captioning's image-tower output).
         return loss, type(student_outputs)(**{key: value for key, value in student_outputs.items()
-                                              if not key.endswith(("_hidden_states", "_attentions"))})
+                                              if not key.endswith(("_hidden_states", "_attentions", "image_outputs"))})
 
     def extra_loss_terms(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """Further terms (name -> scalar tensor) added to the loss with weight 1 and logged like the others; none

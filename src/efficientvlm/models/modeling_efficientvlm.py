@@ -1554,4 +1554,6 @@ __all__ = [
     "EfficientVLMHeadOutput",
     "EfficientVLMRetrievalOutput",
     "EfficientVLMPreTrainingOutput",
+    "EfficientVLMCaptioningOutput",
+    "output_conventions",
 ]
