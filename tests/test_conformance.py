@@ -181,6 +181,21 @@ def test_return_dict_false_returns_the_outputs_as_a_tuple(model_class, tester):
         assert isinstance(model(**inputs, return_dict=True), ModelOutput)  # the argument wins over the config
 
 
+def test_flags_and_return_dict_passed_by_position_are_honoured():
+    tester = EfficientVLMModelTester(heterogeneous=True)
+    config, inputs = tester.prepare_config_and_inputs(EfficientVLMModel)
+    model = tester.model(EfficientVLMModel, config)
+    model.config.output_hidden_states = True
+    args = (inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"], None, None, False)
+    with torch.no_grad():
+        by_name = model(*args, output_attentions=None, output_hidden_states=False, return_dict=False)
+        by_position = model(*args, None, False, False)  # output_attentions, output_hidden_states, return_dict
+        defaults = model(*args, None, None, None)
+    _assert_same(by_position, by_name)
+    assert len(by_position) == 4  # last_hidden_state, pooler_output, image_embeds, text_embeds
+    assert defaults.text_hidden_states is not None  # None by position falls back to the config too
+
+
 @CONFIGS
 @CLASSES
 def test_config_output_flags_are_the_default_and_arguments_override_them(model_class, tester):

@@ -567,19 +567,27 @@ def output_conventions(method):
 
     The method itself always builds its ``ModelOutput``; calls between EfficientVLM modules pass ``return_dict=True``.
     """
-    signature = inspect.signature(method)
+    names = list(inspect.signature(method).parameters)[1:]  # after self
+    position = {name: names.index(name) for name in ("output_attentions", "output_hidden_states", "return_dict")
+                if name in names}
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
-        bound = signature.bind(self, *args, **kwargs)
-        arguments = bound.arguments
+        def given(name):  # the argument, passed by position or by name
+            index = position[name]
+            return args[index] if index < len(args) else kwargs.get(name)
+
         for flag in ("output_attentions", "output_hidden_states"):
-            if flag in signature.parameters and arguments.get(flag) is None:
-                arguments[flag] = bool(getattr(self.config, flag, False))
-        return_dict = arguments.get("return_dict")
+            if flag in position and given(flag) is None:
+                value = bool(getattr(self.config, flag, False))
+                if position[flag] < len(args):
+                    args = (*args[:position[flag]], value, *args[position[flag] + 1:])
+                else:
+                    kwargs[flag] = value
+        return_dict = given("return_dict")
         if return_dict is None:
             return_dict = getattr(self.config, "return_dict", True)
-        output = method(*bound.args, **bound.kwargs)
+        output = method(self, *args, **kwargs)
         return output if return_dict or isinstance(output, tuple) else output.to_tuple()
 
     return wrapper
