@@ -32,6 +32,7 @@ from efficientvlm.distillation import (
     DistillationConfig,
     DistillationTrainer,
     ImageTextPretrainingCollator,
+    check_teacher_trained,
     load_image_text_pairs,
 )
 from efficientvlm.models.modeling_efficientvlm import EfficientVLMForPreTraining
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> DistillationTrainer:
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
 
     teacher = EfficientVLMForPreTraining.from_pretrained(model_args.teacher_name_or_path)
+    check_teacher_trained(teacher)  # e.g. a base checkpoint: random ITC/ITM/MLM heads; fail before reading data
     student = create_student(teacher, model_args.vision_layers, model_args.text_layers, model_args.fusion_layers)
     processor = load_processor(model_args.processor_name_or_path or model_args.teacher_name_or_path)
 

@@ -7,7 +7,7 @@ Public API: ``DistillationConfig`` (training arguments and loss weights), ``Dist
 from .config import TASK_DEFAULT_WEIGHTS, DistillationConfig, LayerPairs, LossWeights, resolve_layer_map
 from .data import ImageTextPretrainingCollator, load_image_text_pairs, masked_positions
 from .losses import attention_map_mse, hidden_state_mse, logits_kd_loss, multilabel_logits_kd_loss
-from .trainer import DistillationTrainer, HiddenStateProjections, check_teacher_fits
+from .trainer import DistillationTrainer, HiddenStateProjections, check_teacher_fits, check_teacher_trained
 
 __all__ = [
     "DistillationConfig",
@@ -19,6 +19,7 @@ __all__ = [
     "TASK_DEFAULT_WEIGHTS",
     "attention_map_mse",
     "check_teacher_fits",
+    "check_teacher_trained",
     "hidden_state_mse",
     "load_image_text_pairs",
     "logits_kd_loss",

@@ -156,6 +156,28 @@ def check_teacher_fits(teacher: EfficientVLMPreTrainedModel, student: EfficientV
         )
 
 
+def check_teacher_trained(teacher: nn.Module) -> None:
+    """Raise a ``ValueError`` when ``teacher`` has weights that its checkpoint did not hold and that are still random.
+
+    ``from_pretrained`` initialises what a checkpoint lacks (the VQA, retrieval or NLVR2 head of a base or pre-training
+    checkpoint) and only logs it, so a task teacher could silently be random where it matters - the library's version
+    of the official code's random retrieval teacher. The message names the tensors and the fix. A teacher built in
+    memory, or trained since it was loaded, passes (see ``EfficientVLMPreTrainedModel.weights_not_loaded``).
+    """
+    untrained = teacher.weights_not_loaded() if hasattr(teacher, "weights_not_loaded") else []
+    if not untrained:
+        return
+    shown = ", ".join(untrained[:8]) + (f", ... ({len(untrained)} tensors)" if len(untrained) > 8 else "")
+    source = getattr(teacher, "loaded_from", None)
+    origin = f" loaded from {source!r}" if source else ""
+    raise ValueError(
+        f"The teacher ({type(teacher).__name__}{origin}) has weights that its checkpoint does not hold, still at "
+        f"their random initialisation: {shown}. Distilling from it would teach the student a random head. Fine-tune "
+        "the teacher on the task first (examples/finetune.py) and pass that checkpoint, or load a checkpoint saved "
+        "with this head."
+    )
+
+
 class HiddenStateProjections(nn.ModuleDict):
     """Learned linear maps from the student's hidden width to the teacher's, one per modality whose widths differ.
 
@@ -189,7 +211,8 @@ class DistillationTrainer(Trainer):
         model: the student, any EfficientVLM task head (``EfficientVLMForPreTraining`` for general distillation).
         args: a ``DistillationConfig``.
         teacher_model: a model of the same head class: frozen here (``requires_grad_(False)``, eval mode), moved to
-            the training device, and cast to bf16 / fp16 when ``args.bf16`` / ``args.fp16`` is set.
+            the training device, and cast to bf16 / fp16 when ``args.bf16`` / ``args.fp16`` is set. A teacher loaded
+            from a checkpoint that lacks its task head (still random) is refused (``check_teacher_trained``).
         **kwargs: everything else ``transformers.Trainer`` takes (datasets, ``data_collator``, callbacks, ...).
 
     Attributes:
@@ -217,6 +240,7 @@ class DistillationTrainer(Trainer):
         if not isinstance(args, DistillationConfig):
             raise TypeError(f"DistillationTrainer needs args=DistillationConfig(...), got {type(args).__name__}.")
         check_teacher_fits(teacher_model, model)
+        check_teacher_trained(teacher_model)
         self.task = args.task or task_of(model)
         if self.task != task_of(model):
             raise ValueError(f"args.task={args.task!r} but the student is a {type(model).__name__} "
@@ -471,4 +495,5 @@ class DistillationTrainer(Trainer):
         self.kd_projections.load_state_dict(load_file(path, device=str(self.args.device)))
 
 
-__all__ = ["DistillationTrainer", "HiddenStateProjections", "PROJECTIONS_NAME", "check_teacher_fits", "task_of"]
+__all__ = ["DistillationTrainer", "HiddenStateProjections", "PROJECTIONS_NAME", "check_teacher_fits",
+           "check_teacher_trained", "task_of"]
