@@ -492,7 +492,8 @@ class DistillationTrainer(Trainer):
                 f"projections ({', '.join(self.kd_projections)}): resume from a checkpoint that DistillationTrainer "
                 "wrote for the same pair."
             )
-        self.kd_projections.load_state_dict(load_file(path, device=str(self.args.device)))
+        # read on the CPU and copied onto the parameters' device (safetensors refuses 'cpu:0', a DDP CPU device)
+        self.kd_projections.load_state_dict(load_file(path))
 
 
 __all__ = ["DistillationTrainer", "HiddenStateProjections", "PROJECTIONS_NAME", "check_teacher_fits",

@@ -258,7 +258,8 @@ class ModalAdaptivePruningTrainer(DistillationTrainer):
                 f"{resume_from_checkpoint} has no {L0_STATE_NAME}: it was not written by ModalAdaptivePruningTrainer, "
                 "so the pruning gates cannot be restored. Resume from one of this trainer's checkpoints."
             )
-        self.l0_module.load_state_dict(load_file(path, device=str(self.args.device)))
+        # read on the CPU and copied onto the parameters' device (safetensors refuses 'cpu:0', a DDP CPU device)
+        self.l0_module.load_state_dict(load_file(path))
         optimizer_path = os.path.join(resume_from_checkpoint, L0_OPTIMIZER_NAME)
         if os.path.isfile(optimizer_path):
             self.l0_optimizer.load_state_dict(torch.load(optimizer_path, map_location=self.args.device,
