@@ -10,13 +10,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from tests.distillation_helpers import HEADS, MASK, BatchDataset, narrow_student, tiny_batch, tiny_config
+from tests.distillation_helpers import (
+    HEADS,
+    MASK,
+    WORDS,
+    BatchDataset,
+    StandInProcessor,
+    narrow_student,
+    tiny_batch,
+    tiny_config,
+)
 from PIL import Image
 from torch import nn
-from transformers import BertTokenizer
 
 from efficientvlm.distillation import (
     TASK_DEFAULT_WEIGHTS,
@@ -475,28 +482,6 @@ def test_a_teacher_saved_with_its_head_or_built_in_memory_is_accepted(tmp_path):
 
 
 # ---- data and the example script -----------------------------------------------------------------------------
-
-WORDS = ["a", "dog", "cat", "on", "the", "grass", "red", "ball", "sits", "runs", "with", "blue", "sky", "##s"]
-
-
-class StandInProcessor:
-    """The EfficientVLMProcessor call interface, from a BertTokenizer and a tiny image-to-tensor function."""
-
-    def __init__(self):
-        vocab = {token: i for i, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS])}
-        self.tokenizer = BertTokenizer(vocab=vocab, model_max_length=40)
-
-    def __call__(self, images, text, padding, truncation, max_length, return_tensors):
-        batch = dict(self.tokenizer(text, padding=padding, truncation=truncation, max_length=max_length,
-                                    return_tensors=return_tensors, return_token_type_ids=False))
-        pixels = [torch.from_numpy(np.asarray(image.resize((32, 32)), dtype=np.float32)).permute(2, 0, 1)
-                  for image in images]
-        batch["pixel_values"] = torch.stack(pixels) / 255.0
-        return batch
-
-    def save_pretrained(self, path, **kwargs):
-        return self.tokenizer.save_pretrained(path)
-
 
 def write_pairs(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)

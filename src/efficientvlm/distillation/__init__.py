@@ -1,7 +1,8 @@
 """Knowledge distillation of an EfficientVLM teacher into a student (general and task-specific).
 
-Public API: ``DistillationConfig`` (training arguments and loss weights), ``DistillationTrainer``, the loss terms in
-``losses`` and, for pre-training data, ``ImageTextPretrainingCollator`` and ``load_image_text_pairs``.
+Public API: ``DistillationConfig`` (training arguments and loss weights), ``DistillationTrainer``, the teacher checks
+``check_teacher_fits`` and ``check_teacher_trained``, the loss terms in ``losses`` and, for pre-training data,
+``ImageTextPretrainingCollator`` and ``load_image_text_pairs`` (streamed data: ``efficientvlm.data.ImageTextStream``).
 """
 
 from .config import TASK_DEFAULT_WEIGHTS, DistillationConfig, LayerPairs, LossWeights, resolve_layer_map

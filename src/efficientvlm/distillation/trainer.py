@@ -7,21 +7,26 @@ loss is the weighted sum of the student's task loss and the KD terms of ``losses
 
 The training loop is the stock one. The trainer overrides only ``compute_loss`` (the loss), ``log`` (the extra
 terms), ``create_optimizer`` (adds the projections), ``_clip_grad_norm`` (clips the projections together with the
-student) and ``_save_checkpoint`` / ``_load_from_checkpoint`` (the projections' weights), and adds one callback that
+student), ``_save_checkpoint`` / ``_load_from_checkpoint`` (the projections' weights, and the position of a streamed
+training set) and ``get_train_dataloader`` (a streamed training set is read per process), and adds one callback that
 clears the projections' gradients after each optimizer step.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from accelerate.data_loader import IterableDatasetShard
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from ..data.streaming import ImageTextStream
 
 from ..models.modeling_efficientvlm import (
     EfficientVLMForCaptioning,
@@ -36,6 +41,8 @@ from .losses import attention_map_mse, hidden_state_mse, logits_kd_loss, multila
 
 #: File, in a checkpoint folder, holding the weights of the hidden-state projections.
 PROJECTIONS_NAME = "distillation_projections.safetensors"
+#: File, in a checkpoint folder, holding the position of an ``ImageTextStream`` training set.
+STREAM_STATE_NAME = "stream_state.json"
 
 _TASK_OF_CLASS: tuple[tuple[type, str], ...] = (
     (EfficientVLMForPreTraining, "pretraining"),
@@ -222,6 +229,11 @@ class DistillationTrainer(Trainer):
         layer_pairs: per modality, the resolved student/teacher ``LayerPairs``.
         term_weights: the weight of every loss term, by logged name.
         kd_projections: the ``HiddenStateProjections`` (empty when the widths agree).
+
+    Streamed training data (``efficientvlm.data.ImageTextStream``, endless, with ``max_steps``): every process reads
+    its own shards (Accelerate neither dispatches the main process's batches nor splits the stream again), checkpoints
+    hold the stream's position (``STREAM_STATE_NAME``), and ``resume_from_checkpoint`` with ``ignore_data_skip=True``
+    continues with the very pair after the last one trained on, without re-reading the consumed data.
 
     Logged per term (prefixed ``eval_`` in evaluation): ``task_loss``; ``kd_logits`` (pre-training:
     ``kd_logits_itm``, ``kd_logits_mlm``); ``kd_hidden_<stream>`` and ``kd_attn_<stream>`` for the streams vision,
@@ -471,18 +483,28 @@ class DistillationTrainer(Trainer):
         return self.accelerator.clip_grad_norm_(parameters, self.args.max_grad_norm)
 
     def _save_checkpoint(self, model: nn.Module, trial) -> None:
-        """The Trainer's checkpoint, plus the projections' weights (``PROJECTIONS_NAME``) beside it."""
-        if len(self.kd_projections) and self.args.should_save:
+        """The Trainer's checkpoint, plus the projections' weights (``PROJECTIONS_NAME``) and a streamed training
+        set's position (``STREAM_STATE_NAME``) beside it."""
+        stream = self._train_stream()
+        if (len(self.kd_projections) or stream is not None) and self.args.should_save:
             checkpoint = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             folder = os.path.join(self._get_output_dir(trial=trial), checkpoint)
             os.makedirs(folder, exist_ok=True)
-            state = {key: value.detach().cpu().contiguous() for key, value in self.kd_projections.state_dict().items()}
-            save_file(state, os.path.join(folder, PROJECTIONS_NAME))
+            if len(self.kd_projections):
+                state = {key: value.detach().cpu().contiguous()
+                         for key, value in self.kd_projections.state_dict().items()}
+                save_file(state, os.path.join(folder, PROJECTIONS_NAME))
+            if stream is not None:  # every optimizer step took gradient_accumulation_steps full batches
+                position = stream.state_dict(self.state.global_step * self.args.gradient_accumulation_steps,
+                                             self._train_batch_size, self.args.dataloader_num_workers)
+                with open(os.path.join(folder, STREAM_STATE_NAME), "w", encoding="utf-8") as handle:
+                    json.dump(position, handle, indent=2)
         super()._save_checkpoint(model, trial)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        """The Trainer's resume, plus the projections' weights."""
+        """The Trainer's resume, plus the projections' weights and a streamed training set's position."""
         super()._load_from_checkpoint(resume_from_checkpoint, model)
+        self._load_stream_position(resume_from_checkpoint)
         if not len(self.kd_projections):
             return
         path = os.path.join(resume_from_checkpoint, PROJECTIONS_NAME)
@@ -495,6 +517,67 @@ class DistillationTrainer(Trainer):
         # read on the CPU and copied onto the parameters' device (safetensors refuses 'cpu:0', a DDP CPU device)
         self.kd_projections.load_state_dict(load_file(path))
 
+    # ---- streamed training data --------------------------------------------------------------------------------
 
-__all__ = ["DistillationTrainer", "HiddenStateProjections", "PROJECTIONS_NAME", "check_teacher_fits",
-           "check_teacher_trained", "task_of"]
+    def _train_stream(self) -> ImageTextStream | None:
+        return self.train_dataset if isinstance(self.train_dataset, ImageTextStream) else None
+
+    def get_train_dataloader(self):
+        """The Trainer's training DataLoader; for an ``ImageTextStream``, one that reads this process's shards.
+
+        By default Accelerate gives an ``IterableDataset`` to the main process alone and sends slices of its batches
+        to the others (``dispatch_batches``), or, with that off, makes every process read the whole stream and keep
+        every ``world_size``-th batch; the stream already splits its shards by process and worker, so neither is done.
+        """
+        stream = self._train_stream()
+        if stream is None:
+            return super().get_train_dataloader()
+        args = self.args
+        if (stream.rank, stream.world_size) != (args.process_index, args.world_size):
+            raise ValueError(
+                f"The ImageTextStream was built for rank {stream.rank} of {stream.world_size} processes, but this is "
+                f"process {args.process_index} of {args.world_size}: build it after the training arguments (or pass "
+                "rank=args.process_index, world_size=args.world_size)."
+            )
+        if stream.num_epochs is not None:
+            raise ValueError(
+                f"The ImageTextStream yields {stream.num_epochs} epoch(s) and then stops, at a different step on each "
+                "process (DDP would wait forever) and unresumably: build it with num_epochs=None (endless) and set "
+                "max_steps."
+            )
+        if not args.dataloader_in_order:
+            raise ValueError("dataloader_in_order=False takes batches from the workers in any order, so the "
+                             "stream's position could not be saved: leave it True.")
+        stream.check_workers(args.dataloader_num_workers)
+        config = self.accelerator.dataloader_config
+        dispatch = config.dispatch_batches
+        config.dispatch_batches = False
+        try:
+            dataloader = super().get_train_dataloader()
+        finally:
+            config.dispatch_batches = dispatch
+        if isinstance(dataloader.dataset, IterableDatasetShard):  # a pass-through: the stream is split already
+            dataloader.dataset.num_processes, dataloader.dataset.process_index = 1, 0
+        return dataloader
+
+    def _load_stream_position(self, checkpoint: str) -> None:
+        """Make a streamed training set continue after the last batch that ``checkpoint`` trained on."""
+        stream = self._train_stream()
+        if stream is None:
+            return
+        path = os.path.join(checkpoint, STREAM_STATE_NAME)
+        if not os.path.isfile(path):
+            raise ValueError(f"{checkpoint} has no {STREAM_STATE_NAME}: it was not written by a DistillationTrainer "
+                             "training on an ImageTextStream, so the stream's position is unknown.")
+        if not self.args.ignore_data_skip:
+            raise ValueError(
+                "Resuming on an ImageTextStream needs ignore_data_skip=True (--ignore_data_skip): the stream continues "
+                f"from its saved position ({STREAM_STATE_NAME}) itself, while the Trainer's own resume would also "
+                "re-read, decode and collate every batch since the start of training and skip them."
+            )
+        with open(path, encoding="utf-8") as handle:
+            stream.load_state_dict(json.load(handle))
+
+
+__all__ = ["DistillationTrainer", "HiddenStateProjections", "PROJECTIONS_NAME", "STREAM_STATE_NAME",
+           "check_teacher_fits", "check_teacher_trained", "task_of"]
