@@ -133,6 +133,10 @@ def test_resume_decodes_no_image_it_does_not_yield(tmp_path, monkeypatch):
     resumed.load_state_dict(resumed.state_dict(13, batch_size=2, num_workers=0))  # 26 pairs: past the first epoch
     assert keys(loader(resumed, num_workers=0, batch_size=2), limit=7) == full[13:]
     assert len(decoded) <= 7 * 2 + 2  # what it yielded, and at most one batch of read-ahead
+    other_size = ImageTextStream.from_tar_shards(pattern, **make)  # another batch size: the same next pairs
+    other_size.load_state_dict(resumed.state_dict(13, batch_size=2, num_workers=0))
+    flat = [key for batch in keys(loader(other_size, num_workers=0, batch_size=3), limit=4) for key in batch]
+    assert flat == [key for batch in full[13:19] for key in batch]
 
 
 def test_a_changed_layout_or_worker_count_cannot_resume(tmp_path):
@@ -313,3 +317,39 @@ def test_accelerate_launch_two_processes_two_workers_read_every_pair_once_and_re
     for rank in ranks:
         assert rank["part"] + rank["resumed"] == rank["full"]  # the resumed run continued the stream exactly
 
+
+# ---- the example script ------------------------------------------------------------------------------------------
+
+
+def test_pretrain_distill_example_streams_shards_and_resumes(tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        import pretrain_distill
+    finally:
+        sys.path.pop(0)
+    torch.manual_seed(0)
+    EfficientVLMForPreTraining(tiny_config()).save_pretrained(tmp_path / "teacher")
+    monkeypatch.setattr(pretrain_distill, "load_processor", lambda path: StandInProcessor())
+    write_tar_shards(tmp_path / "shards", [3, 2, 4, 3])
+    common = ["--teacher_name_or_path", str(tmp_path / "teacher"), "--vision_layers", "2", "--text_layers", "1",
+              "--fusion_layers", "1", "--per_device_train_batch_size", "2", "--max_length", "8",
+              "--report_to", "none", "--use_cpu", "--disable_tqdm", "true", "--dataloader_num_workers", "2"]
+    shards = ["--train_shards", str(tmp_path / "shards" / "{00000..00003}.tar")]
+    out = tmp_path / "student"
+    trainer = pretrain_distill.main([*common, *shards, "--output_dir", str(out), "--max_steps", "3",
+                                     "--save_steps", "2", "--logging_steps", "1"])
+    assert isinstance(trainer.train_dataset, ImageTextStream) and trainer.state.global_step == 3
+    assert any("kd_logits_mlm" in entry for entry in trainer.state.log_history)
+    assert json.loads((out / "checkpoint-2" / STREAM_STATE_NAME).read_text())["batches"] == 2
+    assert EfficientVLMForPreTraining.from_pretrained(out).config.vision_config.num_hidden_layers == 2
+    resumed = pretrain_distill.main([*common, *shards, "--output_dir", str(out), "--max_steps", "3",
+                                     "--resume_from_checkpoint", str(out / "checkpoint-2")])
+    assert resumed.state.global_step == 3 and resumed.args.ignore_data_skip
+    write_parquet_folder(tmp_path / "parquet", files=2, rows=3)
+    streamed = pretrain_distill.main([*common, "--train_stream", str(tmp_path / "parquet"), "--output_dir",
+                                      str(tmp_path / "from-datasets"), "--max_steps", "1", "--save_strategy", "no"])
+    assert streamed.state.global_step == 1
+    with pytest.raises(ValueError, match="exactly one of --train_file, --train_shards or --train_stream"):
+        pretrain_distill.main([*common, *shards, "--train_stream", "x", "--output_dir", str(tmp_path / "bad")])
+    with pytest.raises(ValueError, match="--max_steps"):
+        pretrain_distill.main([*common, *shards, "--output_dir", str(tmp_path / "bad")])

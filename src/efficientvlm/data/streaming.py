@@ -19,7 +19,8 @@ came from).
 
 **Sharding.** Shards are divided over ``world_size x num_workers`` *slots*, slot ``rank * num_workers + worker``:
 slot ``g`` of ``G`` takes every ``G``-th shard from position ``g`` of the shard list (permuted once with ``seed`` when
-``shuffle``), and reads them, each epoch, in a new order drawn from ``(seed, epoch, g)``. A slot yields a shard's
+``shuffle``), and reads them, each epoch, in a new order drawn from ``(seed, epoch, g)`` (a ``datasets`` stream:
+``IterableDataset.shard(G, g, contiguous=False)``, reordered by datasets' ``set_epoch``). A slot yields a shard's
 pairs in file order (img2dataset's shards are as mixed as the URL list they were downloaded from). In one epoch every
 slot reads each of its shards once, so every pair is yielded exactly once across all processes and workers. There
 must be at least as many shards as slots. The stream repeats epochs without end by default (``num_epochs=None``):
@@ -34,7 +35,9 @@ ahead, so the stream cannot see how far training got: the caller says it, in
 with the very next pair. Each worker then fast-forwards to its own position: for tar shards it reads only the
 headers and captions (never the image bytes) of the shards before the position, once per shard, and seeks into the
 shard it stopped in; for a ``datasets`` stream it reads, without decoding images, the examples before the position
-in the epoch it stopped in (plus one epoch, to count it, when that is not the first). ``DistillationTrainer`` saves
+in the epoch it stopped in (plus one epoch, to count it, when that is not the first). The batch size may change on
+resume (each worker continues after the pairs it had delivered); the shards, seed, shuffling, number of processes and
+of workers may not (``load_state_dict`` and the first iteration say what changed). ``DistillationTrainer`` saves
 this state in its checkpoints and restores it on ``resume_from_checkpoint`` (with ``ignore_data_skip=True``; the
 Trainer's default resume would instead re-read, decode and collate every batch since the start of training).
 
@@ -178,7 +181,7 @@ class _Candidate:
     image_id: int
     caption: str | None
     problem: str | None
-    image: Any = None  # raw bytes / path / dict, or a callable returning them
+    image: Any = None  # raw bytes, a path, a PIL image or an undecoded datasets image dict
 
 
 # ------------------------------------------------------------------------------------------------ tar shards
@@ -294,20 +297,19 @@ class _TarShards:
             return list(shards)
         return [shards[i] for i in np.random.default_rng([seed, epoch, slot]).permutation(len(shards))]
 
-    def _count(self, index: int) -> int:
-        if index not in self._counts:
-            self._counts[index] = sum(self._candidate(tar, index, sample, False).problem is None
-                                      for tar, sample in self._samples(index))
-        return self._counts[index]
-
-    def _find(self, index: int, skip: int) -> tuple[int, int]:
-        """``(offset, ordinal)`` of the sample after the first ``skip`` good samples of shard ``index``."""
+    def _scan(self, index: int, skip: int) -> tuple[int, tuple[int, int] | None]:
+        """Pass over up to ``skip`` good samples of shard ``index`` (``skip`` > 0), reading headers and captions only:
+        ``(skip, (offset, ordinal))`` of the sample after them if the shard has more, else ``(good samples in the
+        shard, None)`` (remembered, so that a shard is scanned whole at most once)."""
+        if self._counts.get(index, skip + 1) <= skip:
+            return self._counts[index], None
         good = 0
         for tar, sample in self._samples(index):
             if good == skip:
-                return sample.offset, sample.ordinal
+                return skip, (sample.offset, sample.ordinal)
             good += self._candidate(tar, index, sample, False).problem is None
-        raise AssertionError("fast-forward past the end of a shard")  # _count said there were more
+        self._counts[index] = good
+        return good, None
 
     def locate(self, shards: list[int], slot: int, skip: int, seed: int, shuffle: bool):
         """``(epoch, start)`` after ``skip`` good samples of this slot; ``start`` = (position in the epoch's shard
@@ -319,11 +321,12 @@ class _TarShards:
                 if length:
                     epoch, skip = epoch + skip // length, skip % length
             for position, index in enumerate(self.epoch_order(shards, epoch, slot, seed, shuffle)):
-                count = self._count(index) if skip else None
-                if not skip or skip < count:
-                    offset, ordinal = self._find(index, skip) if skip else (0, 0)
-                    return epoch, (position, offset, ordinal) if (position, offset) != (0, 0) else None
-                skip -= count
+                if not skip:
+                    return epoch, (position, 0, 0) if position else None
+                passed, start = self._scan(index, skip)
+                if start is not None:
+                    return epoch, (position, *start)
+                skip -= passed
             epoch += 1
             if all(self._counts.get(index) == 0 for index in shards):
                 raise BadSampleError(f"The shards of this slot hold no usable pair: "
@@ -389,7 +392,7 @@ class _DatasetsShards:
         if image is None or (isinstance(image, dict) and not image.get("bytes") and not image.get("path")):
             problem = f"no image (column {self.image_column!r})"
         elif not isinstance(caption, str) or not caption.strip():
-            problem = f"no caption (column {self.caption_column!r} is {caption!r})"
+            problem = f"no caption (column {self.caption_column!r} holds {caption!r}, not a non-empty string)"
         if self.image_id_column:
             image_id = int(row[self.image_id_column])
         else:
@@ -450,8 +453,11 @@ class ImageTextStream(IterableDataset):
     Args:
         rank, world_size: this process and the number of processes (default: from torch.distributed, else the
             ``RANK`` / ``WORLD_SIZE`` environment variables, else 0 and 1).
-        shuffle: permute the shards over the slots once, and each slot's shard order every epoch (seeded).
-        seed: the seed of those permutations.
+        shuffle: tar shards: permute the shards over the slots once, and each slot's shard order every epoch;
+            a ``datasets`` stream: let datasets reorder each slot's data sources every epoch after the first
+            (``set_epoch``). Off: file order, every epoch.
+        seed: the seed of the tar shards' permutations (shuffle a ``datasets`` stream itself, before passing it, to
+            mix its examples).
         num_epochs: epochs to yield; ``None`` (default) repeats without end, for training with ``max_steps``.
         on_error: ``"raise"`` (default) a ``BadSampleError`` naming the shard and key of a bad sample, or
             ``"skip"`` it (logged and counted).

@@ -548,6 +548,9 @@ class DistillationTrainer(Trainer):
         if not args.dataloader_in_order:
             raise ValueError("dataloader_in_order=False takes batches from the workers in any order, so the "
                              "stream's position could not be saved: leave it True.")
+        if self.accelerator.split_batches:
+            raise ValueError("accelerator_config split_batches=True splits one batch over the processes; an "
+                             "ImageTextStream gives each process its own batches: leave it False.")
         stream.check_workers(args.dataloader_num_workers)
         config = self.accelerator.dataloader_config
         dispatch = config.dispatch_batches
