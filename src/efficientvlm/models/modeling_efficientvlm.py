@@ -619,12 +619,13 @@ class EfficientVLMPreTrainedModel(PreTrainedModel):
         self._loaded_from = None if source is None else str(source)
 
     def weights_not_loaded(self) -> list[str]:
-        """Names of the tensors that ``from_pretrained`` did not find in the checkpoint and that still hold the values
-        it initialised them with: a task head (or any other part) that is still random.
+        """Names of the tensors that loading did not fill from a checkpoint (``from_pretrained``: missing from it, or
+        re-initialised for another shape; ``from_vision_text_pretrained``: all but the CLIP and BERT weights) and that
+        still hold the values they were initialised with: a task head (or any other part) that is still random.
 
         Empty for a model built in memory (nothing was loaded), for a checkpoint that holds every tensor, and once the
         initialised tensors have been trained (a sample of each is compared with its value at load time, with a 1%
-        tolerance, so that a cast to bf16/fp16 still counts as untrained). ``loaded_from`` names the checkpoint.
+        tolerance, so that a cast to bf16/fp16 still counts as untrained). ``loaded_from`` names the checkpoint(s).
         """
         initialised = getattr(self, "_initialised_at_load", None) or {}
         if not initialised:
@@ -635,7 +636,8 @@ class EfficientVLMPreTrainedModel(PreTrainedModel):
 
     @property
     def loaded_from(self) -> str | None:
-        """The checkpoint (folder or Hub id) ``from_pretrained`` loaded this model from; None if built in memory."""
+        """The checkpoint (folder or Hub id) this model was loaded from (``"<vision> + <text>"`` for
+        ``from_vision_text_pretrained``); None if built in memory."""
         return getattr(self, "_loaded_from", None)
 
     @torch.no_grad()
@@ -721,11 +723,18 @@ class EfficientVLMPreTrainedModel(PreTrainedModel):
         )
         for i in range(text_layers):
             base.text_model.encoder.layers[i].load_state_dict(bert_layer_state_dict(text_state, f"encoder.layer.{i}."))
+        prefix = "" if base is model else f"{model.base_model_prefix}."
+        filled = {f"{prefix}{stack}.{key}" for stack in ("vision_model", "text_model")
+                  for key in getattr(base, stack).state_dict()}
         for i in range(fusion_layers):
             layer_state = bert_layer_state_dict(text_state, f"encoder.layer.{text_layers + i}.")
             result = base.fusion_model.encoder.layers[i].load_state_dict(layer_state, strict=False)
             if result.unexpected_keys or any(not k.startswith("cross_attn") for k in result.missing_keys):
                 raise ValueError(f"BERT layer {text_layers + i} does not fit fusion layer {i}: {result}")
+            filled |= {f"{prefix}fusion_model.encoder.layers.{i}.{key}" for key in layer_state}
+        # the cross-attention, projections and task head start random: remembered for weights_not_loaded()
+        model._remember_weights_not_loaded({"missing_keys": set(model.state_dict()) - filled},
+                                           f"{vision_name_or_path} + {text_name_or_path}")
         if image_size is not None and image_size != config.vision_config.image_size:
             model.resize_position_embeddings(image_size)
         return model
