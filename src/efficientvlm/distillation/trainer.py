@@ -27,7 +27,6 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..data.streaming import ImageTextStream
-
 from ..models.modeling_efficientvlm import (
     EfficientVLMForCaptioning,
     EfficientVLMForImageTextRetrieval,
@@ -164,12 +163,13 @@ def check_teacher_fits(teacher: EfficientVLMPreTrainedModel, student: EfficientV
 
 
 def check_teacher_trained(teacher: nn.Module) -> None:
-    """Raise a ``ValueError`` when ``teacher`` has weights that its checkpoint did not hold and that are still random.
+    """Raise a ``ValueError`` when ``teacher`` has weights that loading did not fill and that are still random.
 
     ``from_pretrained`` initialises what a checkpoint lacks (the VQA, retrieval or NLVR2 head of a base or pre-training
-    checkpoint) and only logs it, so a task teacher could silently be random where it matters - the library's version
-    of the official code's random retrieval teacher. The message names the tensors and the fix. A teacher built in
-    memory, or trained since it was loaded, passes (see ``EfficientVLMPreTrainedModel.weights_not_loaded``).
+    checkpoint) and only logs it, and ``from_vision_text_pretrained`` leaves everything but the CLIP and BERT weights
+    random, so a task teacher could silently be random where it matters - the library's version of the official
+    code's random retrieval teacher. The message names the tensors and the fix. A teacher built in memory, or trained
+    since it was loaded, passes (see ``EfficientVLMPreTrainedModel.weights_not_loaded``).
     """
     untrained = teacher.weights_not_loaded() if hasattr(teacher, "weights_not_loaded") else []
     if not untrained:
@@ -178,7 +178,7 @@ def check_teacher_trained(teacher: nn.Module) -> None:
     source = getattr(teacher, "loaded_from", None)
     origin = f" loaded from {source!r}" if source else ""
     raise ValueError(
-        f"The teacher ({type(teacher).__name__}{origin}) has weights that its checkpoint does not hold, still at "
+        f"The teacher ({type(teacher).__name__}{origin}) has weights that were not in its checkpoint, still at "
         f"their random initialisation: {shown}. Distilling from it would teach the student a random head. Fine-tune "
         "the teacher on the task first (examples/finetune.py) and pass that checkpoint, or load a checkpoint saved "
         "with this head."
