@@ -88,12 +88,15 @@ def masked_positions(mlm_labels: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class ImageTextPretrainingCollator:
-    """Turn examples ``{"image", "caption", "image_id"?}`` into a pre-training batch.
+    """Turn examples ``{"image", "caption", "image_id"?, "bbox"?}`` into a pre-training batch.
 
     Output: ``pixel_values``, ``input_ids``, ``attention_mask`` (from the processor), ``mlm_input_ids``,
     ``mlm_labels`` (original ids at masked positions, -100 elsewhere), ``mlm_positions`` (see
     ``masked_positions``; ``DistillationTrainer`` distils the MLM logits there only, the model ignores it) and
-    ``image_ids`` (the examples' ``image_id``; without one every example is its own image).
+    ``image_ids`` (the examples' ``image_id``; without one every example is its own image). When the examples have
+    a ``bbox`` key (a region text's box ``(cx, cy, w, h)`` as fractions of the image side, or ``None`` for a
+    caption of the whole image) and at least one has a box: ``target_bbox`` ``(batch, 4)`` and ``bbox_mask`` (which
+    rows have one).
 
     Args:
         processor: an ``EfficientVLMProcessor`` (anything with the same call signature and a ``tokenizer``).
@@ -131,9 +134,15 @@ class ImageTextPretrainingCollator:
             image_ids = torch.tensor([int(example["image_id"]) for example in examples])
         else:
             image_ids = torch.arange(len(examples))
-        return {"pixel_values": batch["pixel_values"], "input_ids": input_ids, "attention_mask": attention_mask,
-                "mlm_input_ids": mlm_input_ids, "mlm_labels": mlm_labels, "mlm_positions": masked_positions(mlm_labels),
-                "image_ids": image_ids}
+        out = {"pixel_values": batch["pixel_values"], "input_ids": input_ids, "attention_mask": attention_mask,
+               "mlm_input_ids": mlm_input_ids, "mlm_labels": mlm_labels, "mlm_positions": masked_positions(mlm_labels),
+               "image_ids": image_ids}
+        if any(example.get("bbox") is not None for example in examples):
+            boxed = [example.get("bbox") is not None for example in examples]
+            out["target_bbox"] = torch.tensor([example["bbox"] if has else [0.5, 0.5, 1.0, 1.0]
+                                               for example, has in zip(examples, boxed)], dtype=torch.float32)
+            out["bbox_mask"] = torch.tensor(boxed)
+        return out
 
     def mask_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mlm_input_ids, mlm_labels)`` for a padded batch of token ids (see the module docstring)."""
