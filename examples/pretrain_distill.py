@@ -16,6 +16,10 @@ Example (the paper's schedule, 8 GPUs x 128):
         --learning_rate 1e-4 --weight_decay 0.01 --adam_beta2 0.98 --lr_scheduler_type linear --bf16 \
         --save_steps 5000 --logging_steps 100
 
+Under ``accelerate launch`` the ITC loss contrasts all 8 x 128 = 1,024 examples of a step and ITM hard negatives
+are mined from all of them, as in one process on the whole batch (``EfficientVLMContrastiveMixin``); the captions of
+one image share its ``image_id`` in every process.
+
 The output folder holds the student and the processor (``AutoModel`` / ``AutoProcessor`` load it after
 ``import efficientvlm``); checkpoints also hold the trainer state, including the hidden-state projections when the
 student is narrower than the teacher (``--resume_from_checkpoint`` restores all of it).

@@ -116,3 +116,63 @@ def assert_masked_materialised_reloaded_agree(student, gates, pruned, folder):
         torch.testing.assert_close(pruned.eval()(**inputs).logits, masked, rtol=0, atol=1e-5)
         torch.testing.assert_close(reloaded(**inputs).logits, masked, rtol=0, atol=1e-5)
     return reloaded
+
+
+# ---- multi-process contrastive batches (tests/ddp_contrastive_worker.py and tests/test_distributed_contrastive.py)
+
+
+def contrastive_config() -> EfficientVLMConfig:
+    """``tiny_config`` initialised wider (std 0.2), so that its ITC similarities spread out (std ~1.4 instead of
+    ~0.02) and the contrastive losses depend on which pairs are positives."""
+    return tiny_config(initializer_range=0.2)
+
+
+def argmax_hard_negatives(similarity: torch.Tensor, positive: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    """A deterministic stand-in for ``mine_hard_negatives``: each row's most similar non-positive column (the mode
+    of the sampled distribution), so that two runs that mine over the same batch pick the same negatives."""
+    return similarity.float().masked_fill(positive, float("-inf")).argmax(1)
+
+
+def contrastive_batch(sizes: tuple[int, ...], seed: int = 0) -> dict:
+    """A pre-training batch of ``sum(sizes)`` rows meant to be split into per-process shares of ``sizes`` rows.
+
+    The first row of the second share shows the same image as row 0 (``image_ids``), and the texts of the last
+    share end in two padding tokens, so that the shares' texts differ in length once trimmed (``share``).
+    """
+    batch = tiny_batch(EfficientVLMForPreTraining, batch=sum(sizes), seed=seed, padded=False)
+    last = slice(sum(sizes[:-1]), None)
+    batch["attention_mask"][last, -2:] = 0
+    for key in ("input_ids", "mlm_input_ids"):
+        batch[key][last, -2:] = PAD
+    batch["image_ids"] = torch.arange(sum(sizes)) + 10
+    batch["image_ids"][sizes[0]] = batch["image_ids"][0]
+    return batch
+
+
+def share(batch: dict, sizes: tuple[int, ...], rank: int) -> dict:
+    """Process ``rank``'s rows of ``batch``, texts trimmed to their longest one (as a collator that pads each
+    process's batch to its longest caption would give them)."""
+    rows = slice(sum(sizes[:rank]), sum(sizes[:rank + 1]))
+    length = int(batch["attention_mask"][rows].sum(1).max())
+    text_keys = ("input_ids", "attention_mask", "mlm_input_ids", "mlm_labels")
+    return {key: value[rows, :length] if key in text_keys else value[rows] for key, value in batch.items()}
+
+
+def one_distillation_step(output_dir: str, per_device_batch: int) -> dict:
+    """One plain-SGD step (no clipping) of pre-training distillation on the 4 unpadded rows of ``BatchDataset``:
+    ``{"state": student and projection weights after the step, "logs": the trainer's log history}``."""
+    from efficientvlm.distillation import DistillationConfig, DistillationTrainer
+
+    torch.manual_seed(0)
+    teacher = EfficientVLMForPreTraining(contrastive_config())
+    student = narrow_student(teacher.config, EfficientVLMForPreTraining)
+    args = DistillationConfig(output_dir=output_dir, per_device_train_batch_size=per_device_batch, max_steps=1,
+                              optim="sgd", learning_rate=0.5, max_grad_norm=0.0, lr_scheduler_type="constant",
+                              save_strategy="no", logging_steps=1, report_to=[], disable_tqdm=True, use_cpu=True,
+                              seed=0)
+    trainer = DistillationTrainer(model=student, args=args, teacher_model=teacher,
+                                  train_dataset=BatchDataset(EfficientVLMForPreTraining, size=4, padded=False))
+    trainer.train()
+    state = {f"student.{k}": v.clone() for k, v in student.state_dict().items()}
+    state.update({f"projections.{k}": v.clone() for k, v in trainer.kd_projections.state_dict().items()})
+    return {"state": state, "logs": trainer.state.log_history}

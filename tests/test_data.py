@@ -582,7 +582,10 @@ def test_retrieval_collator_image_ids():
     rows = [
         {"image": image, "caption": c, "image_id": i} for c, i in [("a", "coco_5"), ("b", "coco_9"), ("c", "coco_5")]
     ]
-    assert RetrievalCollator(FakeProcessor())(rows)["image_ids"].tolist() == [0, 1, 0]
+    # string ids: the same number for the same image in every batch (ids are compared across processes)
+    ids = RetrievalCollator(FakeProcessor())(rows)["image_ids"].tolist()
+    assert ids[0] == ids[2] != ids[1] and min(ids) >= 0
+    assert RetrievalCollator(FakeProcessor())(rows[1:])["image_ids"].tolist() == ids[1:]
     rows = [{**r, "image_idx": k} for r, k in zip(rows, [4, 7, 4])]
     batch = RetrievalCollator(FakeProcessor())(rows)
     assert batch["image_ids"].dtype == torch.long and batch["image_ids"].tolist() == [4, 7, 4]

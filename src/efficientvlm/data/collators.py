@@ -17,11 +17,13 @@ Labels:
 * :class:`CaptioningCollator` -> ``labels``: ``input_ids`` with padding (and optional prompt) positions set
   to -100; the model shifts them internally;
 * :class:`RetrievalCollator` -> ``image_ids``: long ``(B,)``; captions of the same image share an id and
-  count as positives for the contrastive / matching losses.
+  count as positives for the contrastive / matching losses, also across the batches of different processes (the
+  model compares ids over the batch gathered from every process).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -183,8 +185,9 @@ class RetrievalCollator(_ProcessorCollator):
     """Image + caption batches with ``image_ids`` (long ``(B,)``) marking which rows show the same image.
 
     ``image_ids`` come from ``image_id_column`` (default ``image_idx``, the dense id of the loaders, else
-    ``image_id``): integer ids are used as they are; other ids (e.g. COCO strings) are numbered within the
-    batch, which still makes captions of one image positives of each other.
+    ``image_id``): integer ids are used as they are; other ids (e.g. COCO strings) become a 63-bit hash of their
+    text, the same in every batch and process, so that captions of one image are positives of each other wherever
+    they land in the batch gathered from every process.
     """
 
     def __init__(
@@ -207,7 +210,11 @@ class RetrievalCollator(_ProcessorCollator):
         column = self.image_id_column or ("image_idx" if "image_idx" in features[0] else "image_id")
         ids = [f[column] for f in features]
         if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
-            numbering: dict[Any, int] = {}
-            ids = [numbering.setdefault(i, len(numbering)) for i in ids]
+            ids = [_stable_id(i) for i in ids]
         batch["image_ids"] = torch.tensor(ids, dtype=torch.long)
         return batch
+
+
+def _stable_id(value: Any) -> int:
+    """A non-negative int64 naming ``value`` (by its ``str``) identically in every batch, process and run."""
+    return int.from_bytes(hashlib.blake2b(str(value).encode(), digest_size=8).digest(), "big") >> 1

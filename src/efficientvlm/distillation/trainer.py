@@ -1,7 +1,8 @@
 """``DistillationTrainer``: a ``transformers.Trainer`` that distils a frozen EfficientVLM teacher into the student.
 
 Each step runs the student, then the teacher (frozen, eval mode, ``torch.no_grad``) on the same batch; heads that
-mine ITM hard negatives pass the student's negatives to the teacher, so that both score the very same pairs. The
+mine ITM hard negatives pass the student's negatives to the teacher, so that both score the very same pairs (under
+multi-process training both gather the batch from every process, see ``EfficientVLMContrastiveMixin``). The
 loss is the weighted sum of the student's task loss and the KD terms of ``losses.py`` (weights and layer maps from
 ``DistillationConfig``). Every term is logged on its own, in training and in evaluation.
 
@@ -279,6 +280,9 @@ class DistillationTrainer(Trainer):
         """
         student_outputs = model(**inputs, **self._output_flags)
         teacher_inputs = {key: value for key, value in inputs.items() if key not in self._label_keys}
+        if hasattr(self.teacher_model, "gather_across_processes"):
+            # the student's negatives index the batch it gathered (or not) from every process: so must the teacher's
+            self.teacher_model.gather_across_processes = self.accelerator.unwrap_model(model).gather_across_processes
         if getattr(student_outputs, "itm_negative_text_index", None) is not None:
             teacher_inputs["itm_negative_text_index"] = student_outputs.itm_negative_text_index
             teacher_inputs["itm_negative_image_index"] = student_outputs.itm_negative_image_index
@@ -379,7 +383,7 @@ class DistillationTrainer(Trainer):
         if stream.rows == "text" or negatives is None:
             return [(everything, mask)]
         batch = negatives.shape[0]
-        pair_mask = None if mask is None else torch.cat([mask, mask[negatives], mask])
+        pair_mask = outputs.itm_attention_mask  # negatives may come from other processes' batches
         return [(slice(0, batch), None if pair_mask is None else pair_mask[:batch]),
                 (slice(batch, None), None if pair_mask is None else pair_mask[batch:])]
 

@@ -18,6 +18,10 @@ activations) and the layer's ``attention_gate`` / ``cross_attention_gate`` / ``f
 sub-block). A sub-block whose combined gate is 0 - or all of whose heads / neurons are gated to 0 - behaves exactly
 like an absent one, so a masked model and its materialised (sliced) counterpart compute the same function.
 
+Multi-process training. The contrastive heads gather the ITC features (with gradient) and the ITM candidates from
+every process when ``torch.distributed`` is initialised with more than one process, so that W processes of ``b``
+examples train as one process of ``W * b`` examples (``EfficientVLMContrastiveMixin``).
+
 This file is shipped to the Hub as remote code: it imports only torch, transformers and its sibling modules.
 """
 
@@ -28,6 +32,7 @@ import os
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -114,16 +119,25 @@ class EfficientVLMHeadOutput(ModelOutput):
 class EfficientVLMRetrievalOutput(EfficientVLMHeadOutput):
     """Output of ``EfficientVLMForImageTextRetrieval``.
 
+    Under multi-process training the *gathered batch* is every process's batch concatenated in rank order (see
+    ``EfficientVLMContrastiveMixin``); in a single process it is the batch itself.
+
     Args:
         loss: ``itc_loss + itm_loss``.
         logits: ITM logits ``(n_pairs, 2)`` of the fused pairs: the ``batch`` positives, then one mined negative
-            text per image and one mined negative image per text (``3 * batch`` pairs when ``batch > 1``).
+            text per image and one mined negative image per text (``3 * batch`` pairs when the gathered batch has
+            more than one example).
         itm_labels: 1 for positive pairs, 0 for negatives.
-        itc_loss, itm_loss: the two task losses.
-        logits_per_image, logits_per_text: ITC similarities divided by the temperature ``(batch, batch)``.
+        itc_loss, itm_loss: the two task losses. ``itc_loss`` is the loss of the whole gathered batch (the same
+            value in every process); ``itm_loss`` averages this process's pairs.
+        logits_per_image, logits_per_text: ITC similarities divided by the temperature, this process's images
+            (texts) against every text (image) of the gathered batch ``(batch, gathered batch)``.
         image_features, text_features: L2-normalised ITC projections ``(batch, projection_dim)``.
-        itm_negative_text_index, itm_negative_image_index: the mined negatives, so that a teacher can score the
-            very same pairs (pass them back into ``forward``).
+        itm_negative_text_index, itm_negative_image_index: the mined negatives, as indices into the gathered batch,
+            so that a teacher can score the very same pairs (pass them back into ``forward``).
+        itm_attention_mask: text padding mask of the ITM pairs ``(n_pairs, text_seq)``, in the order of ``logits``;
+            ``None`` when the batch came without an ``attention_mask`` in a single process. Under multi-process
+            training the pairs' texts are padded to the longest text of the gathered batch.
         fusion_* fields: states of the fusion pass over all ITM pairs (positives first).
     """
 
@@ -136,6 +150,7 @@ class EfficientVLMRetrievalOutput(EfficientVLMHeadOutput):
     text_features: torch.FloatTensor | None = None
     itm_negative_text_index: torch.LongTensor | None = None
     itm_negative_image_index: torch.LongTensor | None = None
+    itm_attention_mask: torch.LongTensor | None = None
 
 
 @dataclass
@@ -993,8 +1008,100 @@ def _model_fields(outputs: EfficientVLMModelOutput) -> dict:
     return {k: getattr(outputs, k) for k in keys}
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Contrastive heads: ITC and ITM over the batch gathered from every process
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class _AllGatherRows(torch.autograd.Function):
+    """Every process's ``tensor`` concatenated along dim 0 in rank order; the row counts ``sizes`` may differ.
+
+    Backward: this process's rows get the *sum over processes* of the gradients of their gathered copies (an
+    all-reduce, then this process's slice). Each process's loss is a function of the gathered tensor, and
+    distributed data parallelism averages the parameter gradients over processes; with the summed gradient that
+    average is the gradient of the processes' mean loss, which equals one process's loss on the whole batch when
+    each process's loss is either computed over the whole gathered batch (ITC) or averages its own share of it
+    (ITM, MLM). (Returning only the local slice, as X-VLM's ``AllGather`` does, drops the other processes' terms:
+    under replicated ITC it divides the features' gradient by the number of processes.)
+    """
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor, sizes: tuple[int, ...], rank: int) -> torch.Tensor:
+        ctx.start = sum(sizes[:rank])
+        ctx.stop = ctx.start + sizes[rank]
+        longest = max(sizes)
+        if tensor.shape[0] < longest:  # all_gather needs equal shapes: pad, then drop the padding rows
+            tensor = torch.cat([tensor, tensor.new_zeros((longest - tensor.shape[0], *tensor.shape[1:]))])
+        parts = [torch.empty_like(tensor) for _ in sizes]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat([part[:size] for part, size in zip(parts, sizes)])
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        grad = grad_output.contiguous().clone()  # all_reduce works in place
+        dist.all_reduce(grad)
+        return grad[ctx.start:ctx.stop], None, None
+
+
+class _GatheredBatch:
+    """Where this process's rows sit in the batch gathered from every process (one small collective).
+
+    In a single process, or when gathering is switched off, the gathered batch is the local batch and ``gather``
+    returns its argument. Every process must then call ``gather`` for the same tensors in the same order, as with
+    any collective.
+    """
+
+    def __init__(self, batch: int, text_len: int, device: torch.device, enabled: bool):
+        self.rank, self.sizes, text_lens = 0, (batch,), (text_len,)
+        if enabled and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            self.rank = dist.get_rank()
+            shape = torch.tensor([batch, text_len], device=device)
+            shapes = [torch.empty_like(shape) for _ in range(dist.get_world_size())]
+            dist.all_gather(shapes, shape)
+            self.sizes, text_lens = (tuple(column) for column in zip(*torch.stack(shapes).tolist()))
+        self.distributed = len(self.sizes) > 1
+        self.start = sum(self.sizes[:self.rank])
+        self.stop = self.start + batch
+        self.total = sum(self.sizes)
+        self.text_len = max(text_lens)  # the longest text of the gathered batch
+
+    def gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor``'s rows from every process, in rank order (with gradient, see ``_AllGatherRows``)."""
+        return _AllGatherRows.apply(tensor, self.sizes, self.rank) if self.distributed else tensor
+
+    def pad_text(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Pad dim 1 (text positions) with zeros up to the longest text of the gathered batch."""
+        missing = self.text_len - tensor.shape[1]
+        if missing == 0:
+            return tensor
+        return torch.cat([tensor, tensor.new_zeros((tensor.shape[0], missing, *tensor.shape[2:]))], dim=1)
+
+
 class EfficientVLMContrastiveMixin(nn.Module):
-    """ITC projections with a learnable temperature and the ITM head, shared by retrieval and pre-training."""
+    """ITC projections with a learnable temperature and the ITM head, shared by retrieval and pre-training.
+
+    Multi-process training. When ``torch.distributed`` is initialised with more than one process (``accelerate
+    launch``, ``torchrun``) and ``gather_across_processes`` is True (the default), ``forward`` works on the batch
+    gathered from every process: the ITC loss contrasts every image with every text of the gathered batch (features
+    gathered with gradient, as X-VLM does); ``image_ids`` mark positives across processes; each process's images and
+    texts draw their ITM hard negatives from the whole gathered batch (as BLIP's retrieval fine-tuning and BLIP-2
+    do; X-VLM mines each process's own batch), whose vision-tower outputs, text-encoder outputs and text masks are
+    gathered for that (with gradient, so a negative trains the process that encoded it). With gradients averaged
+    across processes (DDP), the step equals one process's step on the whole batch, up to the random draw of the
+    negatives and as long as every process's ITM and MLM averages run over equally many pairs and tokens. Local
+    batches may differ in size and in text length.
+
+    Every process must then run ``forward`` in step with the others (as distributed training does), and
+    ``image_ids`` must name images across the whole dataset, not within one batch. Cost per forward: small
+    all-gathers of the batch shapes (read on the host), ITC features, image ids and text masks, and all-gathers of
+    the vision-tower outputs ``(gathered batch, image tokens, vision width)`` and text-encoder outputs, whose
+    gradients are all-reduced in the backward pass (at the paper's 8 x 128 images of 197 tokens x 768, about 155M
+    values each way). Set ``model.gather_across_processes = False`` for per-process contrastive batches (e.g. for
+    forwards that only some processes run).
+    """
+
+    #: Gather the ITC features and ITM candidates from every process under ``torch.distributed`` (see above).
+    gather_across_processes: bool = True
 
     def _init_contrastive(self, config: EfficientVLMConfig):
         vision_hidden, text_hidden = config.vision_config.hidden_size, config.text_config.hidden_size
@@ -1031,12 +1138,17 @@ class EfficientVLMContrastiveMixin(nn.Module):
         return self.itm_head(fusion.last_hidden_state[:, 0]), fusion
 
     @staticmethod
-    def mine_hard_negatives(similarity: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
-        """Sample one negative column per row with probability ``softmax(similarity)`` over non-positive columns."""
+    def mine_hard_negatives(similarity: torch.Tensor, positive: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """Sample one negative column per row with probability ``softmax(similarity)`` over non-positive columns.
+
+        Row ``i`` is example ``offset + i`` of the columns (``offset`` > 0 when the rows are one process's share of a
+        gathered batch); a row whose columns are all positive falls back to a uniform draw over the other columns.
+        """
         weights = F.softmax(similarity.float(), dim=1).masked_fill(positive, 0.0)
         empty = weights.sum(dim=1, keepdim=True) <= 0  # rows without a valid negative: fall back to uniform
-        fallback = (~torch.eye(*weights.shape, dtype=torch.bool, device=weights.device)).float()
-        weights = torch.where(empty, fallback, weights)
+        rows = torch.arange(weights.shape[0], device=weights.device) + offset
+        itself = torch.arange(weights.shape[1], device=weights.device)[None, :] == rows[:, None]
+        weights = torch.where(empty, (~itself).float(), weights)
         return torch.multinomial(weights, 1).squeeze(1)
 
     def contrastive_forward(self, pixel_values, input_ids, attention_mask, token_type_ids, image_ids,
@@ -1049,32 +1161,51 @@ class EfficientVLMContrastiveMixin(nn.Module):
         batch = image_embeds.shape[0]
         if text_embeds.shape[0] != batch:
             raise ValueError(f"{batch} images but {text_embeds.shape[0]} texts: pass one caption per image.")
+        device = image_embeds.device
+        gathered = _GatheredBatch(batch, text_embeds.shape[1], device, self.gather_across_processes)
+        local = slice(gathered.start, gathered.stop)
+
+        # ITC over the gathered batch: every process computes the same loss (see _AllGatherRows for the gradient)
         image_feat, text_feat = self.image_features(image_embeds), self.text_features(text_embeds)
+        all_image_feat, all_text_feat = gathered.gather(image_feat), gathered.gather(text_feat)
         temp = self.clamped_temperature()
-        logits_per_image = image_feat @ text_feat.t() / temp
-        logits_per_text = logits_per_image.t()
+        all_logits = all_image_feat @ all_text_feat.t() / temp
+        logits_per_image, logits_per_text = all_logits[local], all_logits.t()[local]
 
+        # rows showing the same image are positives: keys (1, image id), or (0, position) without image ids
         if image_ids is None:
-            image_ids = torch.arange(batch, device=image_embeds.device)
-        positive = image_ids.view(-1, 1) == image_ids.view(1, -1)
+            keys = torch.stack([torch.zeros(batch, dtype=torch.long, device=device),
+                                torch.arange(gathered.start, gathered.stop, device=device)], dim=1)
+        else:
+            keys = torch.stack([torch.ones_like(image_ids), image_ids], dim=1).long().to(device)
+        keys = gathered.gather(keys)
+        positive = (keys[:, None] == keys[None, :]).all(-1)
         targets = positive.float() / positive.float().sum(dim=1, keepdim=True)
-        itc_loss = (-(F.log_softmax(logits_per_image, dim=1) * targets).sum(1).mean()
-                    - (F.log_softmax(logits_per_text, dim=1) * targets).sum(1).mean()) / 2
+        itc_loss = (-(F.log_softmax(all_logits, dim=1) * targets).sum(1).mean()
+                    - (F.log_softmax(all_logits.t(), dim=1) * targets).sum(1).mean()) / 2
 
-        # ITM: positives, then (image, mined negative text), then (mined negative image, text)
-        if batch > 1:
+        # ITM: positives, then (image, mined negative text), then (mined negative image, text); negatives index the
+        # gathered batch, texts are padded to its longest text
+        if gathered.total > 1:
             if itm_negative_text_index is None or itm_negative_image_index is None:
                 with torch.no_grad():
-                    itm_negative_text_index = self.mine_hard_negatives(logits_per_image.detach(), positive)
-                    itm_negative_image_index = self.mine_hard_negatives(logits_per_text.detach(), positive)
-            pair_images = torch.cat([image_embeds, image_embeds, image_embeds[itm_negative_image_index]])
-            pair_texts = torch.cat([text_embeds, text_embeds[itm_negative_text_index], text_embeds])
-            pair_mask = None if attention_mask is None else torch.cat(
-                [attention_mask, attention_mask[itm_negative_text_index], attention_mask])
-            itm_labels = torch.cat([torch.ones(batch), torch.zeros(2 * batch)]).long().to(image_embeds.device)
+                    itm_negative_text_index = self.mine_hard_negatives(logits_per_image.detach(), positive[local],
+                                                                       gathered.start)
+                    itm_negative_image_index = self.mine_hard_negatives(logits_per_text.detach(), positive[local],
+                                                                        gathered.start)
+            if attention_mask is None and gathered.distributed:
+                attention_mask = torch.ones(text_embeds.shape[:2], dtype=torch.long, device=device)
+            texts = gathered.pad_text(text_embeds)
+            mask = None if attention_mask is None else gathered.pad_text(attention_mask)
+            all_images, all_texts = gathered.gather(image_embeds), gathered.gather(texts)
+            pair_images = torch.cat([image_embeds, image_embeds, all_images[itm_negative_image_index]])
+            pair_texts = torch.cat([texts, all_texts[itm_negative_text_index], texts])
+            pair_mask = None if mask is None else torch.cat(
+                [mask, gathered.gather(mask)[itm_negative_text_index], mask])
+            itm_labels = torch.cat([torch.ones(batch), torch.zeros(2 * batch)]).long().to(device)
         else:  # a single pair has no negative
             pair_images, pair_texts, pair_mask = image_embeds, text_embeds, attention_mask
-            itm_labels = torch.ones(1, dtype=torch.long, device=image_embeds.device)
+            itm_labels = torch.ones(1, dtype=torch.long, device=device)
         itm_logits, fusion = self.itm_logits(pair_images, pair_texts, pair_mask, output_attentions,
                                              output_hidden_states)
         itm_loss = F.cross_entropy(itm_logits, itm_labels)
@@ -1084,7 +1215,7 @@ class EfficientVLMContrastiveMixin(nn.Module):
             itc_loss=itc_loss, itm_loss=itm_loss, logits=itm_logits, itm_labels=itm_labels,
             logits_per_image=logits_per_image, logits_per_text=logits_per_text, image_features=image_feat,
             text_features=text_feat, itm_negative_text_index=itm_negative_text_index,
-            itm_negative_image_index=itm_negative_image_index, **fields,
+            itm_negative_image_index=itm_negative_image_index, itm_attention_mask=pair_mask, **fields,
         ), image_embeds
 
     @torch.no_grad()
