@@ -703,8 +703,8 @@ def make_caption_dataset(
     """``n`` images with captions, for retrieval, captioning and pre-training.
 
     Columns: ``image``, ``caption`` (the canonical caption), ``captions`` (up to ``captions_per_image``
-    distinct paraphrases, canonical first), ``image_id`` (0..n-1), ``scene`` (JSON) and ``bbox`` (``None`` for
-    captions of the whole image). With ``one_row_per_caption=True`` every caption gets its own row (X-VLM
+    distinct paraphrases, canonical first), ``image_id`` (0..n-1), ``scene`` (JSON) and, with region rows,
+    ``bbox`` (``None`` for captions of the whole image). With ``one_row_per_caption=True`` every caption gets its own row (X-VLM
     ``coco_train.json`` style: ``caption`` is that paraphrase, rows of one image share ``image_id``).
     ``regions_per_image`` adds up to that many rows per image whose ``caption`` names one object unambiguously
     ("the red circle", see ``region_descriptions``) and whose ``bbox`` is its box ``(cx, cy, w, h)`` as fractions
@@ -738,6 +738,9 @@ def make_caption_dataset(
             "bbox": datasets.List(datasets.Value("float32"), length=4),
         }
     )
+    if not regions_per_image:
+        rows = [{key: value for key, value in row.items() if key != "bbox"} for row in rows]
+        del features["bbox"]
     return datasets.Dataset.from_list(rows, features=features)
 
 
