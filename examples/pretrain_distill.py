@@ -22,7 +22,12 @@ one image share its ``image_id`` in every process.
 
 The output folder holds the student and the processor (``AutoModel`` / ``AutoProcessor`` load it after
 ``import efficientvlm``); checkpoints also hold the trainer state, including the hidden-state projections when the
-student is narrower than the teacher (``--resume_from_checkpoint`` restores all of it).
+student is narrower than the teacher (``--resume_from_checkpoint`` restores all of it, under every backend).
+
+With ``examples/accelerate_configs/`` (see the README): ``--config_file .../ddp.yaml``, ``fsdp.yaml`` (FSDP2) or
+``deepspeed_zero2.yaml`` / ``deepspeed_zero3.yaml`` (``pip install "efficientvlm[deepspeed]"``). A student narrower
+than the teacher needs DDP: FSDP and DeepSpeed only optimise the model's own parameters, not the trainer's
+hidden-state projections (the trainer says so before training).
 """
 
 from __future__ import annotations

@@ -18,6 +18,10 @@ the processor, ``pruning_report.json`` / ``pruning_report.png`` and ``eval_resul
 the target size exactly (``trainer.prune()`` is budget-exact). ``--export_sparsities`` also exports a nested family
 from the same run, one evaluated model per size in ``sparsity-<target>/``, and adds the accuracy-size curve to the
 report (``pruning_report_family.png``).
+
+Multi-process (DDP, FSDP, DeepSpeed ZeRO-2/3: configs in ``examples/accelerate_configs/``, see the README)::
+
+    accelerate launch --config_file examples/accelerate_configs/fsdp.yaml --num_processes 4 examples/prune.py ...
 """
 
 from __future__ import annotations
@@ -95,15 +99,20 @@ def main(argv: list[str] | None = None) -> dict:
     trainer = ModalAdaptivePruningTrainer(model=student, args=pruning_args, teacher_model=teacher,
                                           train_dataset=data.train, data_collator=collator)
     trainer.train(resume_from_checkpoint=pruning_args.resume_from_checkpoint)
+    # every process prunes (under FSDP / DeepSpeed ZeRO-3 the full parameters are gathered, a collective); the main
+    # process saves, evaluates and reports
     pruned = trainer.prune()
     report = trainer.pruning_report(pruned)
+    members = trainer.prune_family(family) if family else []
+    if not trainer.is_world_process_zero():
+        return {"report": report, "metrics": {}}
     pruned.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
     metrics = task.evaluate(pruned, processor, data.eval) if data.eval is not None else {}
     (output_dir / "eval_results.json").write_text(json.dumps(metrics, indent=2))
     if family:
         report["family"] = []
-        for target, member in zip(family, trainer.prune_family(family)):
+        for target, member in zip(family, members):
             folder = output_dir / f"sparsity-{target:g}"
             member.save_pretrained(folder)
             processor.save_pretrained(folder)

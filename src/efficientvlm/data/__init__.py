@@ -2,6 +2,7 @@
 
 from .collators import CaptioningCollator, NLVR2Collator, RetrievalCollator, VQACollator, vqa_soft_labels
 from .loaders import (
+    AnnotationError,
     LazyImageDecoder,
     MissingImageError,
     build_answer_vocabulary,
@@ -26,6 +27,7 @@ from .shapes import (
 )
 
 __all__ = [
+    "AnnotationError",
     "CaptioningCollator",
     "LazyImageDecoder",
     "MissingImageError",

@@ -11,12 +11,15 @@ Every layer is built from the per-layer sizes of the config, so a pruned model i
 layers differ in size. A layer whose attention or FFN has size 0 has no such sub-block: the residual passes
 through.
 
-Pruning hooks. Attention modules, MLPs and layers carry *gate* attributes that are ``None`` by default and are
-not part of the ``state_dict``: ``EfficientVLMAttention.head_gate`` (one value per head, scales each head's context
-vector before the output projection), ``EfficientVLMMLP.neuron_gate`` (one value per FFN neuron, scales the
-activations) and the layer's ``attention_gate`` / ``cross_attention_gate`` / ``ffn_gate`` (one value per
-sub-block). A sub-block whose combined gate is 0 - or all of whose heads / neurons are gated to 0 - behaves exactly
-like an absent one, so a masked model and its materialised (sliced) counterpart compute the same function.
+Pruning hooks. Attention modules, MLPs and layers own *gates*, declared in their ``__init__`` through one mechanism
+(``register_pruning_gates``: non-persistent buffers, ``None`` by default, never in the ``state_dict``, listed in
+``module.pruning_gates``): ``EfficientVLMAttention.head_gate`` (one value per head, scales each head's context vector
+before the output projection), ``EfficientVLMMLP.neuron_gate`` (one value per FFN neuron, scales the activations)
+and the layer's ``attention_gate`` / ``cross_attention_gate`` / ``ffn_gate`` (one value per sub-block). Because the
+gates are state of the gated modules themselves, a gate set on a layer is read by that layer's forward however the
+model is wrapped (DDP, FSDP, DeepSpeed) and is seen again when gradient checkpointing replays the forward. A
+sub-block whose combined gate is 0 - or all of whose heads / neurons are gated to 0 - behaves exactly like an absent
+one, so a masked model and its materialised (sliced) counterpart compute the same function.
 
 Multi-process training. The contrastive heads gather the ITC features (with gradient) and the ITM candidates from
 every process when ``torch.distributed`` is initialised with more than one process, so that W processes of ``b``
@@ -213,6 +216,15 @@ def eager_attention_forward(module, query, key, value, attention_mask, scaling, 
     return output, weights
 
 
+def register_pruning_gates(module: nn.Module, *names: str) -> None:
+    """Declare pruning gates of ``module``: non-persistent buffers that stay ``None`` (ungated) until a pruning tool
+    sets them, e.g. ``module.head_gate = z``. As buffers they are state of the module itself (not of a wrapper around
+    it), move with ``.to()`` and stay out of the ``state_dict``; ``module.pruning_gates`` lists their names."""
+    module.pruning_gates = (*getattr(module, "pruning_gates", ()), *names)
+    for name in names:
+        module.register_buffer(name, None, persistent=False)
+
+
 def _nonempty(gate: torch.Tensor) -> torch.Tensor:
     """1.0 if any entry of ``gate`` is non-zero, else 0.0 - computed on device, without a host sync."""
     return (gate != 0).any().to(gate.dtype)
@@ -250,7 +262,7 @@ class EfficientVLMAttention(nn.Module):
         self.k_proj = nn.Linear(kv_input_size, inner)
         self.v_proj = nn.Linear(kv_input_size, inner)
         self.out_proj = nn.Linear(inner, hidden_size)
-        self.head_gate: torch.Tensor | None = None  # pruning hook, shape (num_heads,)
+        register_pruning_gates(self, "head_gate")  # shape (num_heads,)
 
     def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None, output_attentions=False):
         batch, q_len, _ = hidden_states.shape
@@ -280,7 +292,7 @@ class EfficientVLMMLP(nn.Module):
         self.fc1 = nn.Linear(hidden_size, intermediate_size)
         self.act = ACT2FN[hidden_act]
         self.fc2 = nn.Linear(intermediate_size, hidden_size)
-        self.neuron_gate: torch.Tensor | None = None  # pruning hook, shape (intermediate_size,)
+        register_pruning_gates(self, "neuron_gate")  # shape (intermediate_size,)
 
     def forward(self, hidden_states):
         hidden_states = self.act(self.fc1(hidden_states))
@@ -308,8 +320,7 @@ class EfficientVLMVisionLayer(GradientCheckpointingLayer):
         )
         self.layer_norm2 = nn.LayerNorm(vc.hidden_size, eps=vc.layer_norm_eps) if ffn else None
         self.mlp = EfficientVLMMLP(vc.hidden_size, ffn, vc.hidden_act) if ffn else None
-        self.attention_gate: torch.Tensor | None = None  # pruning hooks (scalars)
-        self.ffn_gate: torch.Tensor | None = None
+        register_pruning_gates(self, "attention_gate", "ffn_gate")  # scalars
 
     def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None, output_attentions=False):
         attn_weights = None
@@ -357,9 +368,7 @@ class EfficientVLMTextLayer(GradientCheckpointingLayer):
         self.mlp = EfficientVLMMLP(hidden, ffn, sub.hidden_act) if ffn else None
         self.final_layer_norm = layer_norm() if ffn else None
         self.dropout = nn.Dropout(sub.hidden_dropout_prob)
-        self.attention_gate: torch.Tensor | None = None  # pruning hooks (scalars)
-        self.cross_attention_gate: torch.Tensor | None = None
-        self.ffn_gate: torch.Tensor | None = None
+        register_pruning_gates(self, "attention_gate", "cross_attention_gate", "ffn_gate")  # scalars
 
     def _residual(self, residual, branch, layer_norm, gate):
         output = layer_norm(residual + self.dropout(branch))
