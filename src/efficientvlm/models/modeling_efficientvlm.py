@@ -578,6 +578,11 @@ class EfficientVLMPreTrainedModel(PreTrainedModel):
         Only safetensors weights are loaded: a checkpoint with pickled weights only (``pytorch_model.bin``) is
         refused with a ``ValueError``, as is one whose config does not match its weights. This override is on every
         loading path (library classes, Auto classes, and Hub remote code, which ships this file).
+
+        transformers reports the weights a checkpoint lacks (initialised at random instead) only through
+        ``output_loading_info=True`` and its log; this override also remembers them on the model, so that
+        ``weights_not_loaded()`` can tell later whether they are still untrained (a base checkpoint loaded as a task
+        teacher has a random head).
         """
         if isinstance(kwargs.get("fusion_config"), dict):
             raise ValueError(
@@ -591,13 +596,17 @@ class EfficientVLMPreTrainedModel(PreTrainedModel):
         from transformers import fusion_mapping
 
         original = getattr(fusion_mapping, "register_fusion_patches", None)
+        want_info = kwargs.pop("output_loading_info", False)
         if original is None:
             try:
-                return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+                model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args,
+                                                      output_loading_info=True, **kwargs)
             except OSError as error:
                 if not _is_missing_safetensors(error):
                     raise
                 raise ValueError(_pickled_weights_message(pretrained_model_name_or_path)) from error
+            model._remember_weights_not_loaded(info, pretrained_model_name_or_path)
+            return (model, info) if want_info else model
 
         def register_fusion_patches(model_class, config, fusion_config=None):
             # Compared by model_type, not isinstance: as Hub remote code, transformers 5 imports
@@ -607,7 +616,6 @@ class EfficientVLMPreTrainedModel(PreTrainedModel):
                 return None
             return original(model_class, config, fusion_config)
 
-        want_info = kwargs.pop("output_loading_info", False)
         fusion_mapping.register_fusion_patches = register_fusion_patches
         try:
             try:
@@ -619,6 +627,8 @@ class EfficientVLMPreTrainedModel(PreTrainedModel):
                 model, info = super().from_pretrained(
                     pretrained_model_name_or_path, *model_args, output_loading_info=True,
                     **{**kwargs, "ignore_mismatched_sizes": True})
+                if not _layer_keys(info):  # only a task head differs in size (e.g. another answer set)
+                    raise ValueError(_head_mismatch_message(pretrained_model_name_or_path, info)) from error
                 raise ValueError(_layer_mismatch_message(pretrained_model_name_or_path, model.config, info)) from error
             except OSError as error:
                 if not _is_missing_safetensors(error):
@@ -628,7 +638,39 @@ class EfficientVLMPreTrainedModel(PreTrainedModel):
             fusion_mapping.register_fusion_patches = original
         if _layer_keys(info):
             raise ValueError(_layer_mismatch_message(pretrained_model_name_or_path, model.config, info))
+        model._remember_weights_not_loaded(info, pretrained_model_name_or_path)
         return (model, info) if want_info else model
+
+    def _remember_weights_not_loaded(self, info: dict, source) -> None:
+        """Keep a sample of every tensor that loading initialised instead of reading it from the checkpoint (missing,
+        or re-initialised for another shape with ``ignore_mismatched_sizes=True``); see ``weights_not_loaded``."""
+        names = set(info.get("missing_keys") or ()) | {entry[0] for entry in info.get("mismatched_keys") or ()}
+        tensors = self.state_dict(keep_vars=True)
+        self._initialised_at_load = {name: _value_sample(tensors[name]) for name in sorted(names)
+                                     if name in tensors and tensors[name].device.type != "meta"}
+        self._loaded_from = None if source is None else str(source)
+
+    def weights_not_loaded(self) -> list[str]:
+        """Names of the tensors that loading did not fill from a checkpoint (``from_pretrained``: missing from it, or
+        re-initialised for another shape; ``from_vision_text_pretrained``: all but the CLIP and BERT weights) and that
+        still hold the values they were initialised with: a task head (or any other part) that is still random.
+
+        Empty for a model built in memory (nothing was loaded), for a checkpoint that holds every tensor, and once the
+        initialised tensors have been trained (a sample of each is compared with its value at load time, with a 1%
+        tolerance, so that a cast to bf16/fp16 still counts as untrained). ``loaded_from`` names the checkpoint(s).
+        """
+        initialised = getattr(self, "_initialised_at_load", None) or {}
+        if not initialised:
+            return []
+        tensors = self.state_dict(keep_vars=True)
+        return [name for name, sample in initialised.items()
+                if name in tensors and torch.allclose(_value_sample(tensors[name]), sample, rtol=1e-2, atol=1e-6)]
+
+    @property
+    def loaded_from(self) -> str | None:
+        """The checkpoint (folder or Hub id) this model was loaded from (``"<vision> + <text>"`` for
+        ``from_vision_text_pretrained``); None if built in memory."""
+        return getattr(self, "_loaded_from", None)
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -713,11 +755,18 @@ class EfficientVLMPreTrainedModel(PreTrainedModel):
         )
         for i in range(text_layers):
             base.text_model.encoder.layers[i].load_state_dict(bert_layer_state_dict(text_state, f"encoder.layer.{i}."))
+        prefix = "" if base is model else f"{model.base_model_prefix}."
+        filled = {f"{prefix}{stack}.{key}" for stack in ("vision_model", "text_model")
+                  for key in getattr(base, stack).state_dict()}
         for i in range(fusion_layers):
             layer_state = bert_layer_state_dict(text_state, f"encoder.layer.{text_layers + i}.")
             result = base.fusion_model.encoder.layers[i].load_state_dict(layer_state, strict=False)
             if result.unexpected_keys or any(not k.startswith("cross_attn") for k in result.missing_keys):
                 raise ValueError(f"BERT layer {text_layers + i} does not fit fusion layer {i}: {result}")
+            filled |= {f"{prefix}fusion_model.encoder.layers.{i}.{key}" for key in layer_state}
+        # the cross-attention, projections and task head start random: remembered for weights_not_loaded()
+        model._remember_weights_not_loaded({"missing_keys": set(model.state_dict()) - filled},
+                                           f"{vision_name_or_path} + {text_name_or_path}")
         if image_size is not None and image_size != config.vision_config.image_size:
             model.resize_position_embeddings(image_size)
         return model
@@ -777,6 +826,24 @@ def _layer_mismatch_message(path, config: EfficientVLMConfig, info: dict) -> str
         f"The checkpoint at {str(path)!r} does not fit its config:\n" + "\n".join(lines)
         + "\nThe config must record the size of every layer of the saved weights (0 = sub-block absent). Fix "
         "config.json, or re-export the model with save_pretrained()."
+    )
+
+
+def _value_sample(tensor: torch.Tensor, size: int = 64) -> torch.Tensor:
+    """Up to ``size`` evenly spaced values of ``tensor``, as float32 on the CPU (a fingerprint of its values)."""
+    flat = tensor.detach().reshape(-1)
+    index = torch.linspace(0, max(flat.numel() - 1, 0), min(flat.numel(), size)).long().to(flat.device)
+    return flat[index].float().cpu()
+
+
+def _head_mismatch_message(path, info: dict) -> str:
+    """Why a checkpoint whose task head has other shapes than the config asks for is refused, and the fix."""
+    shapes = "; ".join(f"{key}: {list(saved)} in the checkpoint, {list(wanted)} from the config"
+                       for key, saved, wanted in sorted(info.get("mismatched_keys") or ()))
+    return (
+        f"The checkpoint at {str(path)!r} has a head of other shapes than the config asks for ({shapes}), e.g. "
+        "another answer set (id2label). Pass ignore_mismatched_sizes=True to initialise a new head instead; it is "
+        "then random and must be trained before it can teach."
     )
 
 
