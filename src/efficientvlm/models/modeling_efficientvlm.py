@@ -158,14 +158,19 @@ class EfficientVLMRetrievalOutput(EfficientVLMHeadOutput):
 
 @dataclass
 class EfficientVLMPreTrainingOutput(EfficientVLMRetrievalOutput):
-    """Output of ``EfficientVLMForPreTraining``: the retrieval fields plus masked language modelling.
+    """Output of ``EfficientVLMForPreTraining``: the retrieval fields plus masked language modelling and, for
+    batches with region texts, box regression.
 
     Args:
-        loss: ``itc_loss + itm_loss + mlm_loss``.
+        loss: ``itc_loss + itm_loss + mlm_loss (+ bbox_loss + giou_loss)``.
         mlm_loss: masked language modelling loss.
         mlm_logits: ``(batch, text_seq, vocab)``.
         mlm_text_hidden_states, mlm_text_attentions, mlm_fusion_hidden_states, mlm_fusion_attentions,
         mlm_fusion_cross_attentions: states of the text + fusion pass over the masked text.
+        bbox_loss: L1 distance between predicted and target boxes ``(cx, cy, w, h)``, summed over the four
+            coordinates and averaged over the boxed examples.
+        giou_loss: ``1 - GIoU`` of the predicted and target boxes, averaged over the boxed examples.
+        pred_boxes: ``(batch, 4)`` predicted boxes ``(cx, cy, w, h)`` as fractions of the image side.
     """
 
     mlm_loss: torch.FloatTensor | None = None
@@ -175,6 +180,9 @@ class EfficientVLMPreTrainingOutput(EfficientVLMRetrievalOutput):
     mlm_fusion_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     mlm_fusion_attentions: tuple[torch.FloatTensor | None, ...] | None = None
     mlm_fusion_cross_attentions: tuple[torch.FloatTensor | None, ...] | None = None
+    bbox_loss: torch.FloatTensor | None = None
+    giou_loss: torch.FloatTensor | None = None
+    pred_boxes: torch.FloatTensor | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -994,6 +1002,44 @@ def _classifier(in_features: int, hidden: int, num_outputs: int) -> nn.Sequentia
                          nn.Linear(hidden, num_outputs))
 
 
+def box_cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
+    """``(..., 4)`` boxes ``(centre x, centre y, width, height)`` -> ``(x0, y0, x1, y1)``."""
+    cx, cy, w, h = boxes.unbind(-1)
+    return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
+
+
+def generalized_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
+    """Generalized IoU (Rezatofighi et al., 2019) of matching rows of two ``(n, 4)`` ``(x0, y0, x1, y1)`` box sets:
+    IoU minus the share of the smallest enclosing box that neither box covers; in ``[-1, 1]``."""
+    area1 = (boxes1[:, 2] - boxes1[:, 0]) * (boxes1[:, 3] - boxes1[:, 1])
+    area2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])
+    low, high = torch.maximum(boxes1[:, :2], boxes2[:, :2]), torch.minimum(boxes1[:, 2:], boxes2[:, 2:])
+    intersection = (high - low).clamp(min=0).prod(-1)
+    union = area1 + area2 - intersection
+    enclosing = (torch.maximum(boxes1[:, 2:], boxes2[:, 2:]) - torch.minimum(boxes1[:, :2], boxes2[:, :2])).prod(-1)
+    return intersection / union - (enclosing - union) / enclosing
+
+
+def box_losses(pred_boxes: torch.Tensor, target_boxes: torch.Tensor, mask: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """X-VLM's box regression losses of ``(cx, cy, w, h)`` boxes: ``(L1 summed over the coordinates, 1 - GIoU)``,
+    each averaged over the rows where ``mask`` is true (all rows by default; 0 when no row is boxed)."""
+    pred_boxes, target_boxes = pred_boxes.float(), target_boxes.float()
+    if mask is None:
+        mask = torch.ones(pred_boxes.shape[0], dtype=torch.bool, device=pred_boxes.device)
+    if (target_boxes[mask][:, 2:] <= 0).any():
+        raise ValueError("target_bbox has a box of zero or negative width/height; boxes are (cx, cy, w, h) "
+                         "fractions of the image side (set bbox_mask False for examples without a box).")
+    weight = mask.float()
+    count = weight.sum().clamp(min=1)
+    l1 = (F.l1_loss(pred_boxes, target_boxes, reduction="none").sum(-1) * weight).sum() / count
+    # Unboxed rows get a stand-in target so the GIoU stays finite; their term is masked out.
+    safe_target = torch.where(mask[:, None], target_boxes, torch.tensor([0.5, 0.5, 1.0, 1.0],
+                                                                         device=target_boxes.device))
+    giou = generalized_box_iou(box_cxcywh_to_xyxy(pred_boxes), box_cxcywh_to_xyxy(safe_target))
+    return l1, ((1 - giou) * weight).sum() / count
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Heads
 # ---------------------------------------------------------------------------------------------------------------
@@ -1334,11 +1380,15 @@ _TIED_DECODER = {"lm_head.decoder.weight": "efficientvlm.text_model.embeddings.w
 
 
 class EfficientVLMForPreTraining(EfficientVLMContrastiveMixin, EfficientVLMPreTrainedModel):
-    """Vision-language pre-training: ITC, ITM with hard negatives, and masked language modelling (MLM).
+    """Vision-language pre-training: ITC, ITM with hard negatives, masked language modelling (MLM) and, as in
+    X-VLM, box regression for texts that describe one region of the image.
 
     ``input_ids`` is the clean caption (ITC, ITM); ``mlm_input_ids`` is the masked caption and ``mlm_labels`` the
     original ids at masked positions (-100 elsewhere). Masking happens in the data collator, so a teacher sees the
-    very same masks as the student.
+    very same masks as the student. ``target_bbox`` ``(batch, 4)`` holds each text's region as ``(cx, cy, w, h)``
+    fractions of the image side and ``bbox_mask`` ``(batch,)`` which examples have one (default: all): the
+    ``bbox_head`` reads the fused ``[CLS]`` of the (whole image, region text) pair and is trained with an L1 and a
+    GIoU loss (X-VLM's ``bbox_head``, which ``convert`` maps from official pre-training checkpoints).
     """
 
     _tied_weights_keys = _TIED_DECODER
@@ -1348,6 +1398,8 @@ class EfficientVLMForPreTraining(EfficientVLMContrastiveMixin, EfficientVLMPreTr
         self.efficientvlm = EfficientVLMModel(config)
         self._init_contrastive(config)
         self.lm_head = EfficientVLMLMHead(config)
+        text_hidden = config.text_config.hidden_size
+        self.bbox_head = _classifier(text_hidden, 2 * text_hidden, 4)
         self.post_init()
 
     def get_output_embeddings(self):
@@ -1358,8 +1410,8 @@ class EfficientVLMForPreTraining(EfficientVLMContrastiveMixin, EfficientVLMPreTr
 
     def forward(self, pixel_values=None, input_ids=None, attention_mask=None, token_type_ids=None, mlm_input_ids=None,
                 mlm_labels=None, image_ids=None, itm_negative_text_index=None, itm_negative_image_index=None,
-                output_attentions=None, output_hidden_states=None, return_dict=None,
-                **kwargs) -> EfficientVLMPreTrainingOutput:
+                target_bbox=None, bbox_mask=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None, **kwargs) -> EfficientVLMPreTrainingOutput:
         output_attentions, output_hidden_states = bool(output_attentions), bool(output_hidden_states)
         fields, image_embeds = self.contrastive_forward(
             pixel_values, input_ids, attention_mask, token_type_ids, image_ids, itm_negative_text_index,
@@ -1377,6 +1429,14 @@ class EfficientVLMForPreTraining(EfficientVLMContrastiveMixin, EfficientVLMPreTr
                 mlm_loss = F.cross_entropy(mlm_logits.flatten(0, 1).float(), mlm_labels.flatten(), ignore_index=-100)
                 fields["mlm_loss"] = mlm_loss
                 loss = loss + mlm_loss
+        if target_bbox is not None:  # the head runs on every row (DDP sees it used); unboxed rows weigh 0
+            fused = self.efficientvlm.fuse(
+                self.efficientvlm.encode_text(input_ids, attention_mask, token_type_ids).last_hidden_state,
+                attention_mask, image_embeds).last_hidden_state
+            pred_boxes = self.bbox_head(fused[:, 0]).sigmoid()
+            fields["bbox_loss"], fields["giou_loss"] = box_losses(pred_boxes, target_bbox, bbox_mask)
+            fields["pred_boxes"] = pred_boxes
+            loss = loss + fields["bbox_loss"] + fields["giou_loss"]
         return EfficientVLMPreTrainingOutput(loss=loss, **fields)
 
 
