@@ -224,9 +224,10 @@ def export(source, output_dir: str | os.PathLike, formats=("onnx",), *, processo
             folders[fmt] = _write_format(fmt, model, processor, output_dir / fmt, Path(scratch), onnx_options)
     runners = {"float32": TorchFlow(model), **{fmt: _runner(fmt, folders[fmt], threads) for fmt in formats}}
 
-    entries = {name: {"format": name, "path": str(folders.get(name, source if not isinstance(source, nn.Module)
-                                                              else "")),
-                      "size_bytes": folder_size(folders[name]) if name in folders else _model_bytes(model)}
+    from_folder = not isinstance(source, nn.Module)
+    folders_of = {"float32": Path(source) if from_folder else None, **folders}
+    entries = {name: {"format": name, "path": None if folders_of[name] is None else str(folders_of[name]),
+                      "size_bytes": _model_bytes(model) if folders_of[name] is None else folder_size(folders_of[name])}
                for name in runners}
     # outputs on seeded probe inputs, compared with float32
     for batch in batch_sizes:
@@ -298,7 +299,9 @@ def export(source, output_dir: str | os.PathLike, formats=("onnx",), *, processo
 
 
 def _model_bytes(model: nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    """Bytes of the model's tensors, tied ones counted once."""
+    tensors = {t.data_ptr(): t for t in model.state_dict().values()}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 def _eval_dataset(eval_dataset, architecture: str, processor):
