@@ -207,7 +207,9 @@ def export(source, output_dir: str | os.PathLike, formats=("onnx",), *, processo
 
     formats = check_formats(formats)
     if isinstance(source, nn.Module):
-        model = source.float().eval()
+        if next(source.parameters()).dtype != torch.float32:
+            raise ValueError("export() compares every format with the float32 model: pass it in float32.")
+        model = source.eval()
     else:
         model, loaded_processor = load_checkpoint(source)
         processor = processor or loaded_processor

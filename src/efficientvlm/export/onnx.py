@@ -18,7 +18,9 @@ runs every graph in ONNX Runtime against the PyTorch model at two batch sizes an
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import shutil
 import warnings
@@ -72,11 +74,18 @@ def _export_graph(spec: GraphSpec, module: nn.Module, inputs: dict, path: Path, 
         dynamic_shapes = {name: {axis: dims[axis_name] for axis, axis_name in axes[name].items()}
                           for name in spec.inputs}
         weights = sum(p.numel() * p.element_size() for p in module.parameters())
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(module, args, str(path), input_names=list(spec.inputs), output_names=list(spec.outputs),
-                              dynamic_shapes=dynamic_shapes, dynamo=True, optimize=True, verbose=False,
-                              opset_version=opset, external_data=weights > 1.5 * 2**30)
+        registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+        level = registration.level
+        registration.setLevel(logging.ERROR)  # "torchvision is not installed. Skipping torchvision::nms", ...
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(module, args, str(path), input_names=list(spec.inputs),
+                                  output_names=list(spec.outputs), dynamic_shapes=dynamic_shapes, dynamo=True,
+                                  optimize=True, verbose=False, opset_version=opset,
+                                  external_data=weights > 1.5 * 2**30)
+        finally:
+            registration.setLevel(level)
     else:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer and deprecation warnings: the graph is verified below
@@ -190,6 +199,22 @@ def verify_onnx(model: nn.Module, folder: str | os.PathLike, batch_sizes=(1, 3),
 # ---------------------------------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _without_root_log(text: str):
+    """Drop root-logger records containing ``text`` for the duration."""
+    class _Drop(logging.Filter):
+        def filter(self, record):
+            return text not in record.getMessage()
+
+    drop, root = _Drop(), logging.getLogger()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+
+
+
 def quantize_onnx(onnx_dir: str | os.PathLike, output_dir: str | os.PathLike, *, per_channel: bool = True) -> Path:
     """ONNX Runtime's dynamic quantisation of every graph in an ``export_onnx`` folder: the weights of MatMul /
     Gemm nodes become int8, activations are quantised at run time (``onnxruntime.quantization.quantize_dynamic``,
@@ -207,7 +232,9 @@ def quantize_onnx(onnx_dir: str | os.PathLike, output_dir: str | os.PathLike, *,
         if path.is_file() and path.name not in graph_files and not path.name.endswith(".onnx.data"):
             shutil.copy2(path, output_dir / path.name)
     for graph in manifest["graphs"]:
-        with warnings.catch_warnings():
+        # ONNX Runtime logs a root-logger advice to run its pre-processing first (shape inference and graph
+        # optimisation for static quantisation); dynamic quantisation of these graphs does not need it
+        with warnings.catch_warnings(), _without_root_log("pre-processing before quantization"):
             warnings.simplefilter("ignore")
             quantize_dynamic(str(onnx_dir / graph["file"]), str(output_dir / graph["file"]),
                              weight_type=QuantType.QInt8, per_channel=per_channel,
