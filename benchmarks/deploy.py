@@ -261,8 +261,9 @@ def run(args: argparse.Namespace) -> dict:
             reference = models["pruned, FLOPs budget"](**probe).float()
             for name in ("pruned + int8", "pruned + bf16", "pruned, ONNX Runtime", "pruned, ONNX Runtime int8"):
                 output = models[name](**probe).float()
+                agreement = (output.argmax(-1) == reference.argmax(-1)).float().mean()
                 differences[name] = {"max_abs_diff": float((output - reference).abs().max()),
-                                     "top1_agreement": float((output.argmax(-1) == reference.argmax(-1)).float().mean())}
+                                     "top1_agreement": float(agreement)}
         latency = {}
         for batch in args.batch_sizes:
             progress(f"timing {len(models)} models at batch {batch}")

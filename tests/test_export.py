@@ -15,6 +15,7 @@ from transformers import pipeline
 from efficientvlm import (
     EfficientVLMForCaptioning,
     EfficientVLMForImageTextRetrieval,
+    EfficientVLMForNLVR2,
     EfficientVLMForVisualQuestionAnswering,
     EfficientVLMImageProcessor,
     EfficientVLMProcessor,
@@ -155,6 +156,13 @@ def test_captioning_uncached_decoder_step_decodes_like_generate(tmp_path):
                                                   "image_embeds": image_embeds})["logits"]
         ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
     assert torch.equal(ids, expected)
+
+
+def test_nlvr2_image_pairs_export(tmp_path):
+    model = tiny_model(EfficientVLMForNLVR2)
+    folder = export_onnx(model, tmp_path, exporter="legacy", tolerance=1e-4)
+    _assert_close_everywhere(model, folder)
+    assert load_exported(folder).sessions["model"].get_inputs()[0].shape[1:] == [2, 3, 32, 32]
 
 
 def test_onnx_runtime_int8_graphs_stay_close(vqa_checkpoint, vqa_onnx, tmp_path):

@@ -68,7 +68,8 @@ def check_checkpoint(checkpoint: str | os.PathLike) -> str:
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as error:
-        raise ValueError(f"{folder} is not an EfficientVLM checkpoint: its config.json is not JSON ({error}).") from None
+        raise ValueError(f"{folder} is not an EfficientVLM checkpoint: its config.json is not JSON "
+                         f"({error}).") from None
     if config.get("model_type") != "efficientvlm":
         raise ValueError(f"{folder} is not an EfficientVLM checkpoint: config.json has model_type "
                          f"{config.get('model_type')!r}.")
@@ -384,5 +385,15 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["FORMATS", "ExportRefused", "check_checkpoint", "check_formats", "export", "folder_size", "format_report", "load_checkpoint",
-           "load_exported", "save_bf16"]
+__all__ = [
+    "FORMATS",
+    "ExportRefused",
+    "check_checkpoint",
+    "check_formats",
+    "export",
+    "folder_size",
+    "format_report",
+    "load_checkpoint",
+    "load_exported",
+    "save_bf16",
+]
