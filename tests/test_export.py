@@ -312,7 +312,7 @@ def test_export_refuses_a_format_whose_answers_drift(vqa_checkpoint, eval_set, t
 
     path, _, _ = vqa_checkpoint
     monkeypatch.setattr(api, "quantize_int8", _broken_int8)
-    with pytest.raises(ExportRefused, match=r"int8 agrees on .*allow-disagreement"):
+    with pytest.raises(ExportRefused, match=r"40 evaluation questions: int8 agrees with float32 on .*allow-disagreement"):
         export(path, tmp_path / "refused", ["int8", "bf16"], eval_dataset=eval_set, batch_sizes=(1,), repeats=1)
     assert not (tmp_path / "refused" / "int8").exists() and (tmp_path / "refused" / "bf16").is_dir()
     report = json.loads((tmp_path / "refused" / "export_report.json").read_text())

@@ -291,9 +291,9 @@ def export(source, output_dir: str | os.PathLike, formats=("onnx",), *, processo
             entries[name]["path"] = None
     (output_dir / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     if refused:
-        detail = ", ".join(f"{name} agrees on {agreement:.1%}" for name, agreement in refused)
-        message = (f"top-1 answers of {detail} of the evaluation questions, below min_agreement={min_agreement:.1%} "
-                   f"of the float32 model's")
+        detail = "; ".join(f"{name} agrees with float32 on {agreement:.1%}" for name, agreement in refused)
+        message = (f"top-1 answers to the {len(dataset)} evaluation questions: {detail}, below "
+                   f"min_agreement={min_agreement:.1%}")
         if not allow_disagreement:
             raise ExportRefused(f"Refused: {message}; the refused folders were removed (keep them with "
                                 "--allow-disagreement / allow_disagreement=True).")
