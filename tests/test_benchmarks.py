@@ -53,6 +53,23 @@ def test_pruning_speed_smoke(tmp_path, capsys):
     assert "| dense (no gates) | 0% |" in printed
 
 
+def test_gpu_check_runs_its_bf16_check_on_the_cpu_and_skips_the_rest_without_cuda(tmp_path, capsys):
+    check = _load_benchmark("gpu_check")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        results = check.main(["--cpu", "--steps", "4", "--json", str(tmp_path / "gpu_check.json")])
+    finally:
+        torch.set_num_threads(threads)
+    assert results["bf16_pruning"]["status"] == "passed", results["bf16_pruning"]["details"]
+    assert {name: r["status"] for name, r in results.items() if name != "bf16_pruning"} == \
+        {name: "skipped" for name in check.CHECKS if name != "bf16_pruning"}
+    assert json.loads((tmp_path / "gpu_check.json").read_text())["results"]["bf16_pruning"]["status"] == "passed"
+    assert "| bf16_pruning | passed |" in capsys.readouterr().out
+    if not torch.cuda.is_available():
+        assert {r["status"] for r in check.main(["--only", "fp16_overflow"]).values()} == {"skipped"}
+
+
 def test_deploy_smoke(tmp_path, capsys):
     bench = _load_benchmark("deploy")
     threads = torch.get_num_threads()

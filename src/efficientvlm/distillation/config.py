@@ -168,6 +168,16 @@ class DistillationConfig(TrainingArguments):
                           "a {student: teacher} dict or a list of [student, teacher] pairs; what is left out keeps "
                           "the uniform default. An empty dict or list turns that term off."},
     )
+    skip_nonfinite_batches: bool = field(
+        default=False,
+        metadata={"help": "When a micro-batch's loss or a gradient is NaN or infinite, drop that optimizer step (no "
+                          "update of the student, projections, pruning gates or multipliers from any of its "
+                          "micro-batches; the LR schedule still advances), log a warning naming the step and the "
+                          "example ids, and count it (logged as nonfinite_skipped_steps / nonfinite_skipped_batches, "
+                          "saved with the trainer state). Default (False): stop with a NonFiniteError naming the step "
+                          "and the example ids, before anything is updated or saved. Under fp16, gradient overflow "
+                          "is the GradScaler's to handle (it skips the step and lowers the scale) and is neither."},
+    )
     remove_unused_columns: bool = field(
         default=False,
         metadata={"help": "As in TrainingArguments, but off by default: distillation batches come from a collator "

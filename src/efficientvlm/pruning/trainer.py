@@ -6,7 +6,19 @@ student's pruning hooks for the step's forward *and* backward (gradient checkpoi
 the Lagrangian ``lambda_1 (s - t) + lambda_2 (s - t)^2`` to the distillation loss. The gates (``log_alpha``) and the
 multipliers live outside the model, in their own AdamW (the multipliers maximised), stepped at every optimizer
 step: the model's LR schedule, weight decay and gradient clipping never touch them. Checkpoints carry the gates, the
-multipliers and their optimizer state, so a run resumes where it stopped.
+multipliers and their optimizer state (``checkpointed_state``: written on save, restored by ``train`` on resume under
+every backend, DeepSpeed included), so a run resumes where it stopped.
+
+The gates are set on the student's own layers (their gate buffers), so they reach the forward however the student is
+wrapped; ``prune()`` gathers the full parameters of a sharded student first (FSDP, DeepSpeed ZeRO-3) and prunes an
+unwrapped copy.
+
+Mixed precision and non-finite values: before each optimizer step the gates' and multipliers' gradients are averaged
+over processes and, under fp16, unscaled by the GradScaler (``scaler.unscale_(l0_optimizer)``, so their overflow
+also lowers the scale); they are checked with the model's (``DistillationTrainer``'s numerics check). Their step is
+skipped whenever the model's was (the GradScaler found an overflow, or ``skip_nonfinite_batches`` dropped the step)
+and whenever their own unscaled gradients are not finite, so an overflow never reaches ``log_alpha`` or the
+multipliers.
 
 The exported structure is *budget-exact*: ``prune()`` spreads the target over the three encoders in the proportions
 the gates learned and removes, in each, the units with the lowest keep probabilities until the model has exactly the
@@ -18,16 +30,15 @@ same run.
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from ..distillation.numerics import all_finite
 from ..distillation.trainer import DistillationTrainer
 from .config import PruningConfig
+from .distributed import full_model
 from .l0 import Gates, ModalAdaptiveL0Module, gates_applied
 from .materialize import materialize
 from .report import pruning_report
@@ -42,8 +53,9 @@ logger = logging.getLogger(__name__)
 
 
 class _GateOptimizerStep(TrainerCallback):
-    """Steps the gates' optimizer at every optimizer step of the model, then clamps ``log_alpha``; sets the
-    Lagrangian warm-up from ``lagrangian_warmup_steps`` or, by default, ``lagrangian_warmup_ratio`` of the run."""
+    """Steps the gates' optimizer after every optimizer step of the model (``step_gates``: skipped with the model's);
+    sets the Lagrangian warm-up from ``lagrangian_warmup_steps`` or, by default, ``lagrangian_warmup_ratio`` of the
+    run."""
 
     def __init__(self, trainer: ModalAdaptivePruningTrainer):
         self.trainer = trainer
@@ -85,6 +97,12 @@ class ModalAdaptivePruningTrainer(DistillationTrainer):
             droprate_init=args.droprate_init,
         ).to(self.args.device)
         self.l0_optimizer = self.l0_module.create_optimizer(args.reg_learning_rate, args.lambda_learning_rate)
+        self.checkpointed_state.register(
+            L0_STATE_NAME, self.l0_module,
+            missing="it was not written by ModalAdaptivePruningTrainer, so the pruning gates cannot be restored. "
+                    "Resume from one of this trainer's checkpoints.")
+        self.checkpointed_state.register(L0_OPTIMIZER_NAME, self.l0_optimizer)
+        self._scale_before_step: float | None = None  # the GradScaler's scale before this optimizer step
         self._final_gates_cache = None
         self.add_callback(_GateOptimizerStep(self))
 
@@ -97,6 +115,11 @@ class ModalAdaptivePruningTrainer(DistillationTrainer):
 
     def _student(self) -> nn.Module:
         return self.accelerator.unwrap_model(self.model)
+
+    def _full_student(self) -> nn.Module:
+        """The unwrapped student with every parameter whole: itself, or under FSDP / ZeRO-3 a copy loaded with the
+        gathered parameters (a collective: every process calls ``prune()``, and every process gets the model)."""
+        return full_model(self.model_wrapped)
 
     def training_step(self, model: nn.Module, inputs, num_items_in_batch=None):
         """One micro-batch with freshly sampled gates (the exported structure once the gates are frozen)."""
@@ -116,15 +139,58 @@ class ModalAdaptivePruningTrainer(DistillationTrainer):
             return {}
         return {"lagrangian": self.l0_module.lagrangian(self.l0_module.target_at(self.state.global_step))}
 
+    def _prepare_auxiliary_gradients(self) -> None:
+        """Before the numerics check and the model's optimizer step: average the gates' and multipliers' gradients
+        over processes (so every rank keeps identical gates) and, under fp16 loss scaling, unscale them with the
+        GradScaler, which also records their overflow for its next scale update."""
+        if self.gates_frozen:
+            return
+        if self.accelerator.num_processes > 1:
+            for parameter in self.l0_module.parameters():
+                if parameter.grad is not None:
+                    torch.distributed.all_reduce(parameter.grad, op=torch.distributed.ReduceOp.SUM)
+                    parameter.grad /= self.accelerator.num_processes
+        scaler = self._loss_scaler()
+        self._scale_before_step = scaler.get_scale() if scaler is not None else None
+        if scaler is not None:
+            scaler.unscale_(self.l0_optimizer)
+
+    def _step_gradients(self):
+        """The model's and projections' gradients, and the gates' and multipliers'."""
+        yield from super()._step_gradients()
+        for name, parameter in self.l0_module.named_parameters():
+            yield f"l0_module.{name}", parameter.grad
+
+    def gate_step_overflowed(self) -> bool:
+        """After the model's ``optimizer.step()``, under fp16 loss scaling: whether this step overflowed, in the
+        model's gradients or in the gates' own.
+
+        Accelerate's ``optimizer_step_was_skipped`` alone misses it with fused optimizers (transformers' default
+        ``adamw_torch_fused``): the GradScaler lets them skip the update inside their own ``step()``, which
+        Accelerate then counts as taken. So the scale is compared too: ``GradScaler.update()`` lowers it exactly
+        when an overflow was found in any optimizer it unscaled (the model's, and the gates' in
+        ``_prepare_auxiliary_gradients``). The gates' unscaled gradients are also checked directly."""
+        scaler = self._loss_scaler()
+        if scaler is None:
+            return False  # no loss scaling: the numerics check before the step has covered every gradient
+        if self.accelerator.optimizer_step_was_skipped:
+            return True
+        if self._scale_before_step is not None and scaler.get_scale() < self._scale_before_step:
+            return True
+        return not bool(all_finite(p.grad for p in self.l0_module.parameters()))
+
+    def _discard_step_gradients(self) -> None:
+        super()._discard_step_gradients()
+        self.l0_optimizer.zero_grad(set_to_none=True)
+
     def step_gates(self) -> None:
-        """Update ``log_alpha`` (descent) and the multipliers (ascent) from the accumulated gradients, clamp
-        ``log_alpha``. Gradients are averaged over processes first, so every rank keeps identical gates."""
-        if not self.gates_frozen:
-            if self.accelerator.num_processes > 1:
-                for parameter in self.l0_module.parameters():
-                    if parameter.grad is not None:
-                        torch.distributed.all_reduce(parameter.grad, op=torch.distributed.ReduceOp.SUM)
-                        parameter.grad /= self.accelerator.num_processes
+        """After the model's optimizer step: update ``log_alpha`` (descent) and the multipliers (ascent) from the
+        accumulated gradients (averaged over processes and unscaled before the step), clamp ``log_alpha``.
+
+        Skipped - gates and multipliers unchanged - when the gates are frozen, when ``skip_nonfinite_batches``
+        dropped the step, and under fp16 when the GradScaler found an overflow (``gate_step_overflowed``)."""
+        skip = self.gates_frozen or self._step_discarded or self.gate_step_overflowed()
+        if not skip:
             self.l0_optimizer.step()
             self.l0_module.clamp_()
         self.l0_optimizer.zero_grad(set_to_none=True)
@@ -172,10 +238,11 @@ class ModalAdaptivePruningTrainer(DistillationTrainer):
         """The materialised model at ``target_sparsity`` (default: the trained target): the budget-exact gates
         (``final_gates``) folded into the weights, Linear layers sliced, removed sub-blocks gone, and a config with
         the per-layer sizes (``config.pruning_info`` records the run). Any target in ``[0, 1)`` can be exported
-        from one run; warns when the gates had not converged to the trained target."""
+        from one run; warns when the gates had not converged to the trained target. Under FSDP and DeepSpeed ZeRO-3
+        the full parameters are gathered first, on every process (call it on every process)."""
         info = self.pruning_info(target_sparsity)
         self._warn_if_not_converged(info)
-        return materialize(self._student(), self.final_gates(target_sparsity), pruning_info=info)
+        return materialize(self._full_student(), self.final_gates(target_sparsity), pruning_info=info)
 
     def prune_family(self, targets) -> list[nn.Module]:
         """One materialised model per target (strictly increasing), nested: every unit removed for a target is also
@@ -183,7 +250,8 @@ class ModalAdaptivePruningTrainer(DistillationTrainer):
         family = [_detached(zs) for zs in self.l0_module.budget_gates(list(targets))]
         infos = [{**self.pruning_info(target, zs), "family": list(targets)} for target, zs in zip(targets, family)]
         self._warn_if_not_converged(infos[0])  # learned and trained sparsity are the same for every member
-        return [materialize(self._student(), zs, pruning_info=info) for zs, info in zip(family, infos)]
+        student = self._full_student()
+        return [materialize(student, zs, pruning_info=info) for zs, info in zip(family, infos)]
 
     def _warn_if_not_converged(self, info: dict) -> None:
         learned, trained = info["learned_expected_sparsity"], info["trained_target_sparsity"]
@@ -202,14 +270,14 @@ class ModalAdaptivePruningTrainer(DistillationTrainer):
         target vs achieved (see ``efficientvlm.pruning.pruning_report``)."""
         pruned = self.prune() if pruned is None else pruned
         target = pruned.config.pruning_info.get("target_sparsity", self.args.target())
-        report = pruning_report(self._student(), pruned, target, budget=self.args.budget,
+        report = pruning_report(self._full_student(), pruned, target, budget=self.args.budget,
                                 text_length=self.args.budget_text_length)
         info = pruned.config.pruning_info
         report["learned_expected_sparsity"] = info.get("learned_expected_sparsity")
         report["deterministic_rule_sparsity"] = info.get("deterministic_rule_sparsity")
         return report
 
-    # ---- logging and checkpoints ---------------------------------------------------------------------------------
+    # ---- logging ---------------------------------------------------------------------------------------------
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and not any(key.endswith("_runtime") for key in logs):
@@ -239,30 +307,15 @@ class ModalAdaptivePruningTrainer(DistillationTrainer):
                 stats[f"{unit}_kept"] = float(torch.cat([g.reshape(-1) for g in gates]).ne(0).float().mean())
         return stats
 
-    def _save_checkpoint(self, model: nn.Module, trial) -> None:
-        """The distillation checkpoint plus the gates, multipliers (safetensors) and their optimizer state."""
-        if self.args.should_save:
-            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-            os.makedirs(folder, exist_ok=True)
-            state = {key: value.detach().cpu().contiguous() for key, value in self.l0_module.state_dict().items()}
-            save_file(state, os.path.join(folder, L0_STATE_NAME))
-            torch.save(self.l0_optimizer.state_dict(), os.path.join(folder, L0_OPTIMIZER_NAME))
-        super()._save_checkpoint(model, trial)
-
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        """The distillation resume plus the gates, multipliers and their optimizer state."""
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
-        path = os.path.join(resume_from_checkpoint, L0_STATE_NAME)
-        if not os.path.isfile(path):
-            raise ValueError(
-                f"{resume_from_checkpoint} has no {L0_STATE_NAME}: it was not written by ModalAdaptivePruningTrainer, "
-                "so the pruning gates cannot be restored. Resume from one of this trainer's checkpoints."
-            )
-        self.l0_module.load_state_dict(load_file(path, device=str(self.args.device)))
-        optimizer_path = os.path.join(resume_from_checkpoint, L0_OPTIMIZER_NAME)
-        if os.path.isfile(optimizer_path):
-            self.l0_optimizer.load_state_dict(torch.load(optimizer_path, map_location=self.args.device,
-                                                         weights_only=True))
+    def _checkpoint_tensors(self):
+        """The distillation trainer's, plus the gates, multipliers and their optimizer state."""
+        yield from super()._checkpoint_tensors()
+        for name, value in self.l0_module.state_dict().items():
+            yield f"l0_module.{name}", value
+        for index, state in self.l0_optimizer.state_dict()["state"].items():
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor):
+                    yield f"l0_optimizer.state.{index}.{key}", value
 
 
 def _detached(zs: Gates) -> Gates:
