@@ -42,7 +42,8 @@ def _batches(dataset, batch_size: int) -> Iterator[list[dict[str, Any]]]:
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
+    parameter = next(model.parameters(), None)  # a module without parameters (an ONNX Runtime model) runs on the CPU
+    return torch.device("cpu") if parameter is None else parameter.device
 
 
 def _to(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:

@@ -592,6 +592,7 @@ class EfficientVLMPreTrainedModel(PreTrainedModel):
             )
         if kwargs.get("use_safetensors") is False:
             raise ValueError(_pickled_weights_message(pretrained_model_name_or_path))
+        _refuse_int8_export(pretrained_model_name_or_path)
         kwargs["use_safetensors"] = True  # never fall back to pickled weights
         from transformers import fusion_mapping
 
@@ -866,6 +867,14 @@ def _pickled_weights_message(path) -> str:
         "model.save_pretrained(folder). Official X-VLM / EfficientVLM checkpoints convert with "
         "examples/convert_xvlm_checkpoint.py."
     )
+
+
+def _refuse_int8_export(path) -> None:
+    """A folder of ``efficientvlm export --format int8`` holds int8 tensors that would load as float weights."""
+    config_file = os.path.join(str(path), "config.json") if path is not None else ""
+    if os.path.isfile(config_file) and '"int8_quantization"' in open(config_file, encoding="utf-8").read():
+        raise ValueError(f"{str(path)!r} is an int8 export (efficientvlm export --format int8); load it with "
+                         f"efficientvlm.export.load_exported({str(path)!r}).")
 
 
 def _bert_special_tokens(text_name_or_path, bert_config, loading_kwargs: dict) -> dict:
