@@ -1548,8 +1548,9 @@ class EfficientVLMForCaptioning(EfficientVLMPreTrainedModel, GenerationMixin):
         Args:
             pixel_values, image_embeds: the image (``image_embeds``: already encoded by ``encode_image``); not needed
                 when ``cache`` holds the image's keys and values.
-            input_ids, attention_mask: ``(batch, seq)``; with a non-empty ``cache``, only the new tokens, and the mask
-                of the whole sequence so far.
+            input_ids, attention_mask: ``(batch, seq)``; with a ``cache``, only the tokens after the
+                ``cache.get_seq_length()`` positions it holds (0 for a decoder without any self-attention, which caches
+                the image alone), and the mask of the whole sequence so far.
             labels: caption ids, -100 where no loss is taken.
             cache: a generation cache (``past_key_values`` before transformers 5.24, also accepted): an
                 ``EncoderDecoderCache`` as returned by a previous call or built by ``cache_image``. A plain
