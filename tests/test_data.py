@@ -1,6 +1,7 @@
 """Tests of efficientvlm.data: the shapes benchmark, the annotation loaders and the collators."""
 
 import json
+import logging
 import re
 from collections import Counter
 
@@ -10,6 +11,7 @@ import torch
 from PIL import Image
 
 from efficientvlm.data import (
+    AnnotationError,
     CaptioningCollator,
     MissingImageError,
     NLVR2Collator,
@@ -461,6 +463,267 @@ def test_missing_image_is_reported_with_path_and_id(tmp_path):
     )
     with pytest.raises(MissingImageError, match=r"nope-img1\.png.*id='dev-1-1-0'.*image_right"):
         load_xvlm_nlvr2(nlvr, tmp_path)
+
+
+# --------------------------------------------------------------------------------- annotation validation
+
+# One good entry per X-VLM format (image "a.png" under the root), and how to load a file of such entries.
+_GOOD = {
+    "vqa": {"image": "a.png", "question": "What color?", "answer": ["red"] * 10, "question_id": 1},
+    "pairs": {"image": "a.png", "caption": "a red square", "image_id": "coco_1"},
+    "groups": {"image": "a.png", "caption": ["a red square", "red"], "image_id": "1"},
+    "nlvr2": {"images": ["a.png", "a.png"], "sentence": "Two squares.", "label": "True", "identifier": "dev-1-0-0"},
+}
+_LOADERS = {
+    "vqa": load_xvlm_vqa,
+    "pairs": load_xvlm_caption_pairs,
+    "groups": load_xvlm_caption_groups,
+    "nlvr2": load_xvlm_nlvr2,
+}
+
+
+@pytest.fixture
+def image_root(tmp_path):
+    _image(tmp_path / "root" / "a.png")
+    (tmp_path / "root" / "sub").mkdir()
+    _image(tmp_path / "outside.png")
+    return tmp_path / "root"
+
+
+def _load(kind, tmp_path, image_root, entries, **kwargs):
+    return _LOADERS[kind](_write_json(tmp_path / f"{kind}.json", entries), image_root, **kwargs)
+
+
+@pytest.mark.parametrize("kind", list(_LOADERS))
+@pytest.mark.parametrize(
+    "text, position", [('[{"image": "a.png",', "line 1, column 20"), ("[1, 2,\n]", "line 2, column 1")]
+)
+def test_malformed_json_names_the_file_and_position(kind, text, position, tmp_path, image_root):
+    path = tmp_path / f"{kind}.json"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(AnnotationError, match=rf"{re.escape(str(path))}: not valid JSON at {position}.*truncated"):
+        _LOADERS[kind](path, image_root)
+
+
+@pytest.mark.parametrize("kind", list(_LOADERS))
+@pytest.mark.parametrize("content", ["", "  \n", "[]"])
+def test_empty_annotation_files_are_an_error(kind, content, tmp_path, image_root):
+    path = tmp_path / f"{kind}.json"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(AnnotationError, match=rf"{re.escape(str(path))}: .*(empty|no entries)"):
+        _LOADERS[kind](path, image_root)
+
+
+@pytest.mark.parametrize("kind", list(_LOADERS))
+def test_an_entry_that_is_not_an_object_is_named(kind, tmp_path, image_root):
+    with pytest.raises(AnnotationError, match=r"\.json: entry 1 is str 'oops', not a JSON object"):
+        _load(kind, tmp_path, image_root, [_GOOD[kind], "oops"])
+
+
+@pytest.mark.parametrize(
+    "kind, field, value, problem",
+    [
+        ("vqa", "question", None, "is null"),
+        ("vqa", "question", "   ", "is blank"),
+        ("vqa", "question", 7, "is int 7, not a string"),
+        ("vqa", "image", None, "is null"),
+        ("vqa", "answer", [], "is an empty list; give the annotators' answers, or leave the key out"),
+        ("vqa", "answer", ["red"] * 9 + [2], "item 9 is int 2, not a string"),
+        ("vqa", "answer", ["red", None], "item 1 is NoneType None, not a string"),
+        ("vqa", "answer", 2, "is int 2, not a list of strings"),
+        ("vqa", "question_id", None, "is None, not an integer or a non-blank string"),
+        ("vqa", "dataset", "coco", "is 'coco'"),
+        ("pairs", "caption", "", "is blank"),
+        ("pairs", "caption", ["a", "b"], "is a list"),
+        ("pairs", "image_id", None, "is null"),
+        ("pairs", "image", None, "is null"),
+        ("groups", "caption", [], "is an empty list"),
+        ("groups", "caption", ["fine", " "], "item 1 is blank"),
+        ("groups", "image", None, "is null"),
+        ("nlvr2", "images", [], "is an empty list"),
+        ("nlvr2", "images", ["a.png"], "has 1 paths"),
+        ("nlvr2", "images", ["a.png", None], "item 1 is NoneType None, not a string"),
+        ("nlvr2", "sentence", None, "is null"),
+        ("nlvr2", "label", "maybe", "is 'maybe'"),
+    ],
+)
+def test_bad_fields_name_the_file_entry_field_and_fix(kind, field, value, problem, tmp_path, image_root):
+    bad = {**_GOOD[kind], field: value}
+    with pytest.raises(AnnotationError) as err:
+        _load(kind, tmp_path, image_root, [_GOOD[kind], bad])
+    message = str(err.value)
+    assert message.startswith(f"{tmp_path / f'{kind}.json'}: entry 1")
+    assert f"{field!r} {problem}" in message
+    assert message.split("; ")[-1].strip()  # the fix follows the problem
+    if kind == "vqa" and field == "answer" and "string" in problem:
+        assert "(question_id=1)" in message and 'as a string ("2", not 2)' in message
+
+
+@pytest.mark.parametrize("kind, field", [("vqa", "question"), ("vqa", "image"), ("pairs", "caption"),
+                                         ("pairs", "image_id"), ("nlvr2", "sentence"), ("nlvr2", "label")])
+def test_missing_fields_are_named(kind, field, tmp_path, image_root):
+    bad = {k: v for k, v in _GOOD[kind].items() if k != field}
+    with pytest.raises(AnnotationError, match=rf"entry 0.*'{field}' is missing \(the entry has \["):
+        _load(kind, tmp_path, image_root, [bad])
+
+
+def test_vqa_test_entries_and_visual_genome_answers_still_load(tmp_path, image_root):
+    test_entry = {k: v for k, v in _GOOD["vqa"].items() if k != "answer"}
+    ds = _load("vqa", tmp_path, image_root, [test_entry, {**_GOOD["vqa"], "answer": "red", "question_id": 2}],
+               decode_images=False)
+    assert ds["answers"] == [[], ["red"]]
+
+
+@pytest.mark.parametrize("kind", list(_LOADERS))
+@pytest.mark.parametrize("outside", ["../outside.png", "sub/../../outside.png", "ABSOLUTE"])
+def test_image_paths_outside_the_root_are_refused(kind, outside, tmp_path, image_root):
+    outside = str(tmp_path / "outside.png") if outside == "ABSOLUTE" else outside
+    field = "images" if kind == "nlvr2" else "image"
+    bad = {**_GOOD[kind], field: ["a.png", outside] if kind == "nlvr2" else outside}
+    root_name = "vqa_root" if kind == "vqa" else "image_root"
+    verb = "has image path" if kind == "nlvr2" else "is"
+    expected = (rf"entry 1.*'{field}' {verb} '{re.escape(outside)}', which points outside {root_name} "
+                rf"'{re.escape(str(image_root))}'.*allow_outside_root")
+    with pytest.raises(AnnotationError, match=expected):
+        _load(kind, tmp_path, image_root, [_GOOD[kind], bad])
+    ds = _load(kind, tmp_path, image_root, [_GOOD[kind], bad], allow_outside_root=True)
+    image = ds[1]["image_right" if kind == "nlvr2" else "image"]
+    assert image.getpixel((0, 0)) == (255, 0, 0)  # opened from outside the root, as asked
+    inside = {**_GOOD[kind], field: ["a.png", "sub/../a.png"] if kind == "nlvr2" else "sub/../a.png"}
+    assert len(_load(kind, tmp_path, image_root, [inside], decode_images=False)) == 1  # ".." that stays inside
+
+
+@pytest.mark.parametrize("kind, field, id_name", [("vqa", "question_id", "question_id"),
+                                                  ("groups", "image_id", "image_id"),
+                                                  ("nlvr2", "identifier", "identifier")])
+def test_duplicate_ids_are_kept_with_a_warning(kind, field, id_name, tmp_path, image_root, caplog):
+    entries = [{**_GOOD[kind], field: i} for i in ("x1", "x2", "x1", "x3", "x2")]
+    with caplog.at_level(logging.WARNING, logger="efficientvlm.data.loaders"):
+        ds = _load(kind, tmp_path, image_root, entries, decode_images=False)
+    assert len(ds) == 5
+    assert f"2 {id_name} value(s) occur more than once: 'x1', 'x2'" in caplog.text
+    assert str(tmp_path / f"{kind}.json") in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="efficientvlm.data.loaders"):
+        _load(kind, tmp_path, image_root, entries[:2], decode_images=False)
+    assert caplog.text == ""
+
+
+def test_pair_files_repeat_image_ids_and_derived_nlvr2_ids_without_warning(tmp_path, image_root, caplog):
+    with caplog.at_level(logging.WARNING, logger="efficientvlm.data.loaders"):
+        _load("pairs", tmp_path, image_root, [_GOOD["pairs"]] * 3, decode_images=False)
+        no_id = {k: v for k, v in _GOOD["nlvr2"].items() if k != "identifier"}
+        _load("nlvr2", tmp_path, image_root, [no_id] * 2, decode_images=False)
+    assert caplog.text == ""
+
+
+def test_errors_in_later_files_name_that_file_and_its_own_index(tmp_path, image_root):
+    first = _write_json(tmp_path / "one.json", [_GOOD["vqa"]] * 3)
+    second = _write_json(tmp_path / "two.json", [_GOOD["vqa"], {**_GOOD["vqa"], "question": None, "question_id": 9}])
+    with pytest.raises(AnnotationError, match=rf"{re.escape(str(second))}: entry 1 \(question_id=9\): 'question' is"):
+        load_xvlm_vqa([first, second], image_root)
+
+
+def _vqav2_files(tmp_path, questions, annotations):
+    _image(tmp_path / "val2014" / coco_image_filename(7, "val2014"))
+    q = _write_json(tmp_path / "q.json", {"data_subtype": "val2014", "questions": questions})
+    a = _write_json(tmp_path / "a.json", {"annotations": annotations})
+    return q, a
+
+
+def _vqav2_annotation(question_id, answers):
+    return {"question_id": question_id, "image_id": 7, "answer_type": "other", "question_type": "what",
+            "answers": [{"answer": v, "answer_id": i + 1} for i, v in enumerate(answers)]}
+
+
+def test_load_vqav2_validates_entries(tmp_path, caplog):
+    question = {"image_id": 7, "question": "What?", "question_id": 70}
+    q, a = _vqav2_files(tmp_path, [question], [_vqav2_annotation(70, ["2"] * 9 + [2])])
+    with pytest.raises(AnnotationError, match=r"a\.json: annotation 0 \(question_id=70\): 'answers' item 9 has answer "
+                                              r"2, not a string; write every answer as a string"):
+        load_vqav2(q, a, tmp_path / "val2014")
+    q, a = _vqav2_files(tmp_path, [{**question, "question": None}], [_vqav2_annotation(70, ["2"])])
+    with pytest.raises(AnnotationError, match=r"q\.json: question 0 \(question_id=70\): 'question' is null"):
+        load_vqav2(q, a, tmp_path / "val2014")
+    q, a = _vqav2_files(tmp_path, [{**question, "question_id": "70"}], [_vqav2_annotation(70, ["2"])])
+    with pytest.raises(AnnotationError, match=r"'question_id' is str '70', not an integer"):
+        load_vqav2(q, a, tmp_path / "val2014")
+    q, a = _vqav2_files(tmp_path, [question], [_vqav2_annotation(70, [])])
+    with pytest.raises(AnnotationError, match=r"annotation 0 \(question_id=70\): 'answers' is \[\]"):
+        load_vqav2(q, a, tmp_path / "val2014")
+    q, a = _vqav2_files(tmp_path, [question], [_vqav2_annotation(71, ["2"])])
+    with pytest.raises(AnnotationError, match=r"question 0 \(question_id=70\) has no annotation in .*a\.json"):
+        load_vqav2(q, a, tmp_path / "val2014")
+    q, a = _vqav2_files(tmp_path, [], [_vqav2_annotation(70, ["2"])])
+    with pytest.raises(AnnotationError, match=r"q\.json: its 'questions' list has no entries"):
+        load_vqav2(q, a, tmp_path / "val2014")
+    q, _ = _vqav2_files(tmp_path, [question], [])
+    (tmp_path / "broken.json").write_text('{"annotations": [', encoding="utf-8")
+    with pytest.raises(AnnotationError, match=r"broken\.json: not valid JSON at line 1"):
+        load_vqav2(q, tmp_path / "broken.json", tmp_path / "val2014")
+    with pytest.raises(AnnotationError, match=r"expected a VQAv2 annotations file.*got list"):
+        load_vqav2(q, _write_json(tmp_path / "list.json", []), tmp_path / "val2014")
+    q, a = _vqav2_files(tmp_path, [question, question], [_vqav2_annotation(70, ["2"] * 10)])
+    with caplog.at_level(logging.WARNING, logger="efficientvlm.data.loaders"):
+        assert len(load_vqav2(q, a, tmp_path / "val2014", decode_images=False)) == 2
+    assert "1 question_id value(s) occur more than once: 70" in caplog.text
+
+
+def _karpathy_image(filename="COCO_val2014_000000000001.jpg", split="test", cocoid=1, filepath="val2014"):
+    return {"filepath": filepath, "filename": filename, "split": split, "cocoid": cocoid,
+            "sentences": [{"raw": "A cat.", "sentid": 1}]}
+
+
+def test_load_karpathy_validates_entries(tmp_path, caplog):
+    _image(tmp_path / "val2014" / "COCO_val2014_000000000001.jpg")
+    _image(tmp_path / "elsewhere.jpg")
+
+    def load(images, **kwargs):
+        return load_karpathy(_write_json(tmp_path / "k.json", {"images": images}), tmp_path / "val2014/..", **kwargs)
+
+    with pytest.raises(AnnotationError, match=r"no image of split\(s\) \['tset'\]; the file has splits \['test'\]"):
+        load([_karpathy_image()], splits="tset")
+    with pytest.raises(AnnotationError, match=r"image 1 \(cocoid=2\): 'sentences' item 0 has no caption text"):
+        load([_karpathy_image(), {**_karpathy_image(cocoid=2), "sentences": [{"raw": None}]}])
+    with pytest.raises(AnnotationError, match=r"image 0 \(cocoid=1\): 'filename' is null"):
+        load([{**_karpathy_image(), "filename": None}])
+    with pytest.raises(AnnotationError, match=r"'filename' has image path '\.\./elsewhere\.jpg', which points outside"):
+        load([_karpathy_image(filename="../elsewhere.jpg", filepath="")], check_files=False)
+    with pytest.raises(AnnotationError, match=r"its 'images' list has no entries"):
+        load([])
+    with caplog.at_level(logging.WARNING, logger="efficientvlm.data.loaders"):
+        assert len(load([_karpathy_image()] * 2, decode_images=False)) == 2
+    assert "1 image id value(s) occur more than once: 1" in caplog.text
+
+
+def test_load_nlvr2_jsonl_validates_lines(tmp_path, caplog):
+    _image(tmp_path / "dev/dev-1-0-img0.png")
+    _image(tmp_path / "dev/dev-1-0-img1.png")
+    good = {"identifier": "dev-1-0-0", "sentence": "s", "label": "True"}
+
+    def load(lines, **kwargs):
+        path = tmp_path / "dev.json"
+        path.write_text("\n".join(x if isinstance(x, str) else json.dumps(x) for x in lines), encoding="utf-8")
+        return load_nlvr2(path, tmp_path / "dev", **kwargs)
+
+    with pytest.raises(AnnotationError, match=r"dev\.json:2: not a JSON object .*one JSON object per line"):
+        load([good, '{"identifier": '])
+    with pytest.raises(AnnotationError, match=r"dev\.json: line 2 \(identifier='dev-1-0-1'\): 'sentence' is null"):
+        load([good, {**good, "identifier": "dev-1-0-1", "sentence": None}])
+    with pytest.raises(AnnotationError, match=r"line 1: 'identifier' is missing"):
+        load([{"sentence": "s", "label": "True"}])
+    with pytest.raises(AnnotationError, match=r"line 1 \(identifier='dev-1-0-0'\): 'label' is 'yes please'"):
+        load([{**good, "label": "yes please"}])
+    _image(tmp_path / "x/dev-1-0-img0.png")  # the "directory" of a line leads out of the root to this image
+    _image(tmp_path / "x/dev-1-0-img1.png")
+    with pytest.raises(AnnotationError, match=r"'directory' has image path '\.\./x/dev-1-0-img0\.png', which point"):
+        load([{**good, "directory": "../x"}])
+    assert len(load([{**good, "directory": "../x"}], allow_outside_root=True)) == 1
+    with pytest.raises(AnnotationError, match=r"the file has no statements"):
+        load(["", "  "])
+    with caplog.at_level(logging.WARNING, logger="efficientvlm.data.loaders"):
+        assert len(load([good, good], decode_images=False)) == 2
+    assert "1 identifier value(s) occur more than once: 'dev-1-0-0'" in caplog.text
 
 
 # ---------------------------------------------------------------------------------------------- collators

@@ -62,6 +62,30 @@ def test_vqa_accuracy_of_a_constant_answer(setup):
         assert result["vqa_accuracy_color"] == 0.0
 
 
+def test_vqa_accuracy_per_answer_type_and_the_smoothed_option(setup):
+    processor, config, answers = setup
+    dataset = make_vqa_dataset(24, split_seed="test", config=SHAPES)
+    plain = dataset.with_format(None)
+    answer_types = ["yes/no" if a in ("yes", "no") else "other" for a in plain["answer"]]
+    # VQAv2-style columns: an answer type, and references the official rules do not normalise ("Yes").
+    dataset = dataset.add_column("answer_type", answer_types).map(
+        lambda row: {"answers": [a.capitalize() if a == "yes" else a for a in row["answers"]]})
+    model = EfficientVLMForVisualQuestionAnswering(config)
+    _force_class(model.classifier, answers.index("yes"))
+    yes_no = [a for a, t in zip(plain["answer"], answer_types) if t == "yes/no"]
+    assert "yes" in yes_no
+    official = evaluate_vqa(model, processor, dataset, batch_size=12)
+    smoothed = evaluate_vqa(model, processor, dataset, batch_size=12, official=False)
+    # Official: ten "Yes" are compared as they are and never match the prediction "yes"; smoothed: they match.
+    assert official["vqa_accuracy"] == official["vqa_accuracy_answer_type_yes/no"] == 0.0
+    assert smoothed["vqa_accuracy_answer_type_yes/no"] == pytest.approx(yes_no.count("yes") / len(yes_no))
+    assert smoothed["vqa_accuracy"] == pytest.approx(yes_no.count("yes") / 24)
+    if "other" in answer_types:
+        assert official["vqa_accuracy_answer_type_other"] == smoothed["vqa_accuracy_answer_type_other"] == 0.0
+    without = evaluate_vqa(model, processor, dataset, batch_size=12, answer_type_column=None)
+    assert not any(k.startswith("vqa_accuracy_answer_type_") for k in without)
+
+
 def test_nlvr2_accuracy_of_a_constant_answer(setup):
     processor, config, _ = setup
     dataset = make_nlvr2_dataset(12, split_seed="test", config=SHAPES)

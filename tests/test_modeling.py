@@ -322,6 +322,11 @@ def test_from_vision_text_pretrained_copies_clip_and_bert(clip_and_bert):
     torch.testing.assert_close(fusion_layer.mlp.fc1.weight, bert.encoder.layer[3].intermediate.dense.weight)
     torch.testing.assert_close(fusion_layer.self_attn.q_proj.weight, bert.encoder.layer[3].attention.self.query.weight)
     assert fusion_layer.cross_attn.k_proj.in_features == 32
+    # what CLIP and BERT did not provide is random until trained: such a model cannot teach yet
+    random = model.weights_not_loaded()
+    assert {"classifier.0.weight", "efficientvlm.fusion_model.encoder.layers.1.cross_attn.k_proj.weight"} <= set(random)
+    assert not any(".vision_model." in name or ".text_model." in name or ".self_attn." in name for name in random)
+    assert model.loaded_from == f"{root / 'clip'} + {root / 'bert'}"
 
 
 def test_from_vision_text_pretrained_interpolates_to_a_fine_tuning_resolution(clip_and_bert):

@@ -4,7 +4,7 @@ Each ``evaluate_*`` function runs a model in eval mode over a dataset in the for
 (the synthetic shapes benchmark or the real-format loaders) and returns the task metric(s) from
 :mod:`efficientvlm.metrics`:
 
-* :func:`evaluate_vqa` - VQA accuracy (official normalisation and 10-annotator rule), per question type too;
+* :func:`evaluate_vqa` - VQA accuracy (the official evaluation's rules), per question and answer type too;
 * :func:`evaluate_nlvr2` - accuracy;
 * :func:`evaluate_retrieval` - recall@1/5/10 both ways, ITC ranking re-ranked by ITM on the top ``k``;
 * :func:`evaluate_captioning` - CIDEr-D and BLEU-4 of ``generate()`` output (from the captioning prompt, which is
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -26,7 +25,7 @@ import torch
 
 from .data.collators import NLVR2Collator, VQACollator
 from .data.loaders import retrieval_targets
-from .metrics import bleu_scores, cider_d, nlvr2_accuracy, retrieval_recall, vqa_accuracy
+from .metrics import bleu_scores, cider_d, nlvr2_accuracy, retrieval_recall, vqa_accuracy_breakdown
 
 __all__ = [
     "evaluate_vqa",
@@ -66,18 +65,30 @@ def predict_vqa(model, processor, dataset, batch_size: int = 64, max_length: int
 
 
 def evaluate_vqa(model, processor, dataset, batch_size: int = 64, max_length: int = 40,
-                 answers_column: str = "answers", type_column: str | None = "question_type") -> dict[str, float]:
-    """VQA accuracy (fraction in [0, 1]) overall and, when the dataset has ``type_column``, per question type."""
+                 answers_column: str = "answers", type_column: str | None = "question_type",
+                 answer_type_column: str | None = "answer_type", official: bool = True) -> dict[str, float]:
+    """VQA accuracy (fraction in [0, 1]) overall, per question type and per answer type.
+
+    ``vqa_accuracy`` follows the official VQA evaluation (``official=False``: the smoothed rules, see
+    :mod:`efficientvlm.metrics.vqa`). When the dataset has ``type_column`` (VQAv2 and shapes: ``question_type``)
+    the result also has ``vqa_accuracy_<question type>``; when it has ``answer_type_column`` (VQAv2:
+    ``answer_type``), ``vqa_accuracy_answer_type_<answer type>`` -- the official ``perQuestionType`` and
+    ``perAnswerType`` (divided by 100, not rounded).
+    """
     predictions = predict_vqa(model, processor, dataset, batch_size, max_length)
     plain = dataset.with_format(None) if hasattr(dataset, "with_format") else dataset
     references = [list(a) for a in plain[answers_column]]
-    result = {"vqa_accuracy": vqa_accuracy(predictions, references)}
-    if type_column and type_column in getattr(dataset, "column_names", ()):
-        groups: dict[str, list[int]] = defaultdict(list)
-        for i, qtype in enumerate(plain[type_column]):
-            groups[qtype].append(i)
-        for qtype, idx in sorted(groups.items()):
-            result[f"vqa_accuracy_{qtype}"] = vqa_accuracy([predictions[i] for i in idx], [references[i] for i in idx])
+    columns = getattr(dataset, "column_names", ())
+    breakdown = vqa_accuracy_breakdown(
+        predictions, references, official=official,
+        question_types=plain[type_column] if type_column and type_column in columns else None,
+        answer_types=plain[answer_type_column] if answer_type_column and answer_type_column in columns else None,
+    )
+    result = {"vqa_accuracy": breakdown["vqa_accuracy"]}
+    for qtype, accuracy in breakdown.get("per_question_type", {}).items():
+        result[f"vqa_accuracy_{qtype}"] = accuracy
+    for atype, accuracy in breakdown.get("per_answer_type", {}).items():
+        result[f"vqa_accuracy_answer_type_{atype}"] = accuracy
     return result
 
 

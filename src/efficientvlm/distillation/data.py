@@ -3,7 +3,9 @@
 Pairs come from the official X-VLM JSON format (a list of ``{"image": path, "caption": str | list[str]}``) or from
 a ``datasets`` imagefolder (images plus a ``metadata.jsonl`` with a caption column). Each caption becomes one
 example; all captions of an image share its ``image_id``, which the model uses to treat them as positives of each
-other in the contrastive loss and never as hard negatives.
+other in the contrastive loss and never as hard negatives. These loaders hold the annotation list in memory; at the
+paper's scale, stream the pairs from tar shards or a ``datasets`` stream with ``efficientvlm.data.ImageTextStream``,
+which yields the same examples (with decoded images) to the same collator.
 
 Masked language modelling follows the paper's code (X-VLM's text masking): per caption, ``round(p * n)`` of its
 ``n`` maskable tokens (at least 1, at most ``max_masks``) are chosen, with ``p = 0.25`` and ``max_masks = 8`` by

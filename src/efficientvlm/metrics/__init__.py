@@ -13,7 +13,7 @@ from typing import Any
 from .caption import bleu_scores, cider_d, cider_d_scores, corpus_bleu, tokenize_caption
 from .nlvr2 import nlvr2_accuracy, to_binary_label
 from .retrieval import retrieval_recall
-from .vqa import answer_soft_scores, normalize_answer, vqa_accuracy, vqa_score
+from .vqa import answer_soft_scores, normalize_answer, vqa_accuracy, vqa_accuracy_breakdown, vqa_score
 
 __all__ = [
     "METRIC_NAMES",
@@ -30,6 +30,7 @@ __all__ = [
     "to_binary_label",
     "tokenize_caption",
     "vqa_accuracy",
+    "vqa_accuracy_breakdown",
     "vqa_score",
 ]
 

@@ -11,12 +11,15 @@ Every layer is built from the per-layer sizes of the config, so a pruned model i
 layers differ in size. A layer whose attention or FFN has size 0 has no such sub-block: the residual passes
 through.
 
-Pruning hooks. Attention modules, MLPs and layers carry *gate* attributes that are ``None`` by default and are
-not part of the ``state_dict``: ``EfficientVLMAttention.head_gate`` (one value per head, scales each head's context
-vector before the output projection), ``EfficientVLMMLP.neuron_gate`` (one value per FFN neuron, scales the
-activations) and the layer's ``attention_gate`` / ``cross_attention_gate`` / ``ffn_gate`` (one value per
-sub-block). A sub-block whose combined gate is 0 - or all of whose heads / neurons are gated to 0 - behaves exactly
-like an absent one, so a masked model and its materialised (sliced) counterpart compute the same function.
+Pruning hooks. Attention modules, MLPs and layers own *gates*, declared in their ``__init__`` through one mechanism
+(``register_pruning_gates``: non-persistent buffers, ``None`` by default, never in the ``state_dict``, listed in
+``module.pruning_gates``): ``EfficientVLMAttention.head_gate`` (one value per head, scales each head's context vector
+before the output projection), ``EfficientVLMMLP.neuron_gate`` (one value per FFN neuron, scales the activations)
+and the layer's ``attention_gate`` / ``cross_attention_gate`` / ``ffn_gate`` (one value per sub-block). Because the
+gates are state of the gated modules themselves, a gate set on a layer is read by that layer's forward however the
+model is wrapped (DDP, FSDP, DeepSpeed) and is seen again when gradient checkpointing replays the forward. A
+sub-block whose combined gate is 0 - or all of whose heads / neurons are gated to 0 - behaves exactly like an absent
+one, so a masked model and its materialised (sliced) counterpart compute the same function.
 
 Multi-process training. The contrastive heads gather the ITC features (with gradient) and the ITM candidates from
 every process when ``torch.distributed`` is initialised with more than one process, so that W processes of ``b``
@@ -245,6 +248,15 @@ def eager_attention_forward(module, query, key, value, attention_mask, scaling, 
     return output, weights
 
 
+def register_pruning_gates(module: nn.Module, *names: str) -> None:
+    """Declare pruning gates of ``module``: non-persistent buffers that stay ``None`` (ungated) until a pruning tool
+    sets them, e.g. ``module.head_gate = z``. As buffers they are state of the module itself (not of a wrapper around
+    it), move with ``.to()`` and stay out of the ``state_dict``; ``module.pruning_gates`` lists their names."""
+    module.pruning_gates = (*getattr(module, "pruning_gates", ()), *names)
+    for name in names:
+        module.register_buffer(name, None, persistent=False)
+
+
 def _nonempty(gate: torch.Tensor) -> torch.Tensor:
     """1.0 if any entry of ``gate`` is non-zero, else 0.0 - computed on device, without a host sync."""
     return (gate != 0).any().to(gate.dtype)
@@ -292,7 +304,7 @@ class EfficientVLMAttention(nn.Module):
         self.k_proj = nn.Linear(kv_input_size, inner)
         self.v_proj = nn.Linear(kv_input_size, inner)
         self.out_proj = nn.Linear(inner, hidden_size)
-        self.head_gate: torch.Tensor | None = None  # pruning hook, shape (num_heads,)
+        register_pruning_gates(self, "head_gate")  # shape (num_heads,)
 
     def key_value(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of ``states`` ``(batch, seq, kv_input_size)``, each ``(batch, heads, seq, head_dim)``."""
@@ -365,7 +377,7 @@ class EfficientVLMMLP(nn.Module):
         self.fc1 = nn.Linear(hidden_size, intermediate_size)
         self.act = ACT2FN[hidden_act]
         self.fc2 = nn.Linear(intermediate_size, hidden_size)
-        self.neuron_gate: torch.Tensor | None = None  # pruning hook, shape (intermediate_size,)
+        register_pruning_gates(self, "neuron_gate")  # shape (intermediate_size,)
 
     def forward(self, hidden_states):
         hidden_states = self.act(self.fc1(hidden_states))
@@ -393,8 +405,7 @@ class EfficientVLMVisionLayer(GradientCheckpointingLayer):
         )
         self.layer_norm2 = nn.LayerNorm(vc.hidden_size, eps=vc.layer_norm_eps) if ffn else None
         self.mlp = EfficientVLMMLP(vc.hidden_size, ffn, vc.hidden_act) if ffn else None
-        self.attention_gate: torch.Tensor | None = None  # pruning hooks (scalars)
-        self.ffn_gate: torch.Tensor | None = None
+        register_pruning_gates(self, "attention_gate", "ffn_gate")  # scalars
 
     def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None, output_attentions=False):
         attn_weights = None
@@ -443,9 +454,7 @@ class EfficientVLMTextLayer(GradientCheckpointingLayer):
         self.mlp = EfficientVLMMLP(hidden, ffn, sub.hidden_act) if ffn else None
         self.final_layer_norm = layer_norm() if ffn else None
         self.dropout = nn.Dropout(sub.hidden_dropout_prob)
-        self.attention_gate: torch.Tensor | None = None  # pruning hooks (scalars)
-        self.cross_attention_gate: torch.Tensor | None = None
-        self.ffn_gate: torch.Tensor | None = None
+        register_pruning_gates(self, "attention_gate", "cross_attention_gate", "ffn_gate")  # scalars
 
     def _residual(self, residual, branch, layer_norm, gate):
         output = layer_norm(residual + self.dropout(branch))
@@ -674,6 +683,11 @@ class EfficientVLMPreTrainedModel(PreTrainedModel):
         Only safetensors weights are loaded: a checkpoint with pickled weights only (``pytorch_model.bin``) is
         refused with a ``ValueError``, as is one whose config does not match its weights. This override is on every
         loading path (library classes, Auto classes, and Hub remote code, which ships this file).
+
+        transformers reports the weights a checkpoint lacks (initialised at random instead) only through
+        ``output_loading_info=True`` and its log; this override also remembers them on the model, so that
+        ``weights_not_loaded()`` can tell later whether they are still untrained (a base checkpoint loaded as a task
+        teacher has a random head).
         """
         if isinstance(kwargs.get("fusion_config"), dict):
             raise ValueError(
@@ -687,13 +701,17 @@ class EfficientVLMPreTrainedModel(PreTrainedModel):
         from transformers import fusion_mapping
 
         original = getattr(fusion_mapping, "register_fusion_patches", None)
+        want_info = kwargs.pop("output_loading_info", False)
         if original is None:
             try:
-                return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+                model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args,
+                                                      output_loading_info=True, **kwargs)
             except OSError as error:
                 if not _is_missing_safetensors(error):
                     raise
                 raise ValueError(_pickled_weights_message(pretrained_model_name_or_path)) from error
+            model._remember_weights_not_loaded(info, pretrained_model_name_or_path)
+            return (model, info) if want_info else model
 
         def register_fusion_patches(model_class, config, fusion_config=None):
             # Compared by model_type, not isinstance: as Hub remote code, transformers 5 imports
@@ -703,7 +721,6 @@ class EfficientVLMPreTrainedModel(PreTrainedModel):
                 return None
             return original(model_class, config, fusion_config)
 
-        want_info = kwargs.pop("output_loading_info", False)
         fusion_mapping.register_fusion_patches = register_fusion_patches
         try:
             try:
@@ -715,6 +732,8 @@ class EfficientVLMPreTrainedModel(PreTrainedModel):
                 model, info = super().from_pretrained(
                     pretrained_model_name_or_path, *model_args, output_loading_info=True,
                     **{**kwargs, "ignore_mismatched_sizes": True})
+                if not _layer_keys(info):  # only a task head differs in size (e.g. another answer set)
+                    raise ValueError(_head_mismatch_message(pretrained_model_name_or_path, info)) from error
                 raise ValueError(_layer_mismatch_message(pretrained_model_name_or_path, model.config, info)) from error
             except OSError as error:
                 if not _is_missing_safetensors(error):
@@ -724,7 +743,39 @@ class EfficientVLMPreTrainedModel(PreTrainedModel):
             fusion_mapping.register_fusion_patches = original
         if _layer_keys(info):
             raise ValueError(_layer_mismatch_message(pretrained_model_name_or_path, model.config, info))
+        model._remember_weights_not_loaded(info, pretrained_model_name_or_path)
         return (model, info) if want_info else model
+
+    def _remember_weights_not_loaded(self, info: dict, source) -> None:
+        """Keep a sample of every tensor that loading initialised instead of reading it from the checkpoint (missing,
+        or re-initialised for another shape with ``ignore_mismatched_sizes=True``); see ``weights_not_loaded``."""
+        names = set(info.get("missing_keys") or ()) | {entry[0] for entry in info.get("mismatched_keys") or ()}
+        tensors = self.state_dict(keep_vars=True)
+        self._initialised_at_load = {name: _value_sample(tensors[name]) for name in sorted(names)
+                                     if name in tensors and tensors[name].device.type != "meta"}
+        self._loaded_from = None if source is None else str(source)
+
+    def weights_not_loaded(self) -> list[str]:
+        """Names of the tensors that loading did not fill from a checkpoint (``from_pretrained``: missing from it, or
+        re-initialised for another shape; ``from_vision_text_pretrained``: all but the CLIP and BERT weights) and that
+        still hold the values they were initialised with: a task head (or any other part) that is still random.
+
+        Empty for a model built in memory (nothing was loaded), for a checkpoint that holds every tensor, and once the
+        initialised tensors have been trained (a sample of each is compared with its value at load time, with a 1%
+        tolerance, so that a cast to bf16/fp16 still counts as untrained). ``loaded_from`` names the checkpoint(s).
+        """
+        initialised = getattr(self, "_initialised_at_load", None) or {}
+        if not initialised:
+            return []
+        tensors = self.state_dict(keep_vars=True)
+        return [name for name, sample in initialised.items()
+                if name in tensors and torch.allclose(_value_sample(tensors[name]), sample, rtol=1e-2, atol=1e-6)]
+
+    @property
+    def loaded_from(self) -> str | None:
+        """The checkpoint (folder or Hub id) this model was loaded from (``"<vision> + <text>"`` for
+        ``from_vision_text_pretrained``); None if built in memory."""
+        return getattr(self, "_loaded_from", None)
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -809,11 +860,18 @@ class EfficientVLMPreTrainedModel(PreTrainedModel):
         )
         for i in range(text_layers):
             base.text_model.encoder.layers[i].load_state_dict(bert_layer_state_dict(text_state, f"encoder.layer.{i}."))
+        prefix = "" if base is model else f"{model.base_model_prefix}."
+        filled = {f"{prefix}{stack}.{key}" for stack in ("vision_model", "text_model")
+                  for key in getattr(base, stack).state_dict()}
         for i in range(fusion_layers):
             layer_state = bert_layer_state_dict(text_state, f"encoder.layer.{text_layers + i}.")
             result = base.fusion_model.encoder.layers[i].load_state_dict(layer_state, strict=False)
             if result.unexpected_keys or any(not k.startswith("cross_attn") for k in result.missing_keys):
                 raise ValueError(f"BERT layer {text_layers + i} does not fit fusion layer {i}: {result}")
+            filled |= {f"{prefix}fusion_model.encoder.layers.{i}.{key}" for key in layer_state}
+        # the cross-attention, projections and task head start random: remembered for weights_not_loaded()
+        model._remember_weights_not_loaded({"missing_keys": set(model.state_dict()) - filled},
+                                           f"{vision_name_or_path} + {text_name_or_path}")
         if image_size is not None and image_size != config.vision_config.image_size:
             model.resize_position_embeddings(image_size)
         return model
@@ -873,6 +931,24 @@ def _layer_mismatch_message(path, config: EfficientVLMConfig, info: dict) -> str
         f"The checkpoint at {str(path)!r} does not fit its config:\n" + "\n".join(lines)
         + "\nThe config must record the size of every layer of the saved weights (0 = sub-block absent). Fix "
         "config.json, or re-export the model with save_pretrained()."
+    )
+
+
+def _value_sample(tensor: torch.Tensor, size: int = 64) -> torch.Tensor:
+    """Up to ``size`` evenly spaced values of ``tensor``, as float32 on the CPU (a fingerprint of its values)."""
+    flat = tensor.detach().reshape(-1)
+    index = torch.linspace(0, max(flat.numel() - 1, 0), min(flat.numel(), size)).long().to(flat.device)
+    return flat[index].float().cpu()
+
+
+def _head_mismatch_message(path, info: dict) -> str:
+    """Why a checkpoint whose task head has other shapes than the config asks for is refused, and the fix."""
+    shapes = "; ".join(f"{key}: {list(saved)} in the checkpoint, {list(wanted)} from the config"
+                       for key, saved, wanted in sorted(info.get("mismatched_keys") or ()))
+    return (
+        f"The checkpoint at {str(path)!r} has a head of other shapes than the config asks for ({shapes}), e.g. "
+        "another answer set (id2label). Pass ignore_mismatched_sizes=True to initialise a new head instead; it is "
+        "then random and must be trained before it can teach."
     )
 
 
