@@ -105,3 +105,21 @@ def test_deploy_smoke(tmp_path, capsys):
         assert 0 < rows[name]["max_abs_diff"] < 0.05
     assert len(result["goals"]) == 2 and all(isinstance(met, bool) for met in result["goals"].values())
     assert sum(line.startswith("goal ") for line in printed.splitlines()) == 2
+
+def test_captioning_cache_smoke(tmp_path, capsys):
+    bench = _load_benchmark("captioning_cache")
+    threads = torch.get_num_threads()
+    result = bench.main(["--smoke", "--batch-sizes", "1", "2", "--json", str(tmp_path / "captioning.json")])
+    assert torch.get_num_threads() == threads
+    assert json.loads((tmp_path / "captioning.json").read_text()) == json.loads(json.dumps(result))
+    assert result["settings"]["batch_sizes"] == [1, 2] and result["settings"]["threads"] == 1
+    assert set(result["parameters"]) == {"efficientvlm", "blip"}
+    printed = capsys.readouterr().out
+    for row in result["rows"]:
+        seconds = row["seconds"]
+        assert set(seconds) == set(bench.MODELS) and min(seconds.values()) > 0
+        assert row["uncached_over_cached"] == seconds["uncached"] / seconds["cached"]
+        assert row["cached_over_blip"] == seconds["cached"] / seconds["blip"]
+        assert row["same_sequences"]  # the cache does not change what is generated
+        assert row["generated_length"] == 1 + 4  # the start token and exactly --new-tokens tokens
+        assert f"| {row['batch_size']} | " in printed

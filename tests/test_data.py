@@ -832,13 +832,16 @@ def test_nlvr2_collator():
 def test_captioning_collator_masks_padding_and_prompt():
     image = Image.new("RGB", (4, 4))
     rows = [{"image": image, "caption": "a red circle"}, {"image": image, "caption": ["two squares", "ignored"]}]
-    batch = CaptioningCollator(FakeProcessor())(rows)
+    batch = CaptioningCollator(FakeProcessor(), prompt="")(rows)
     # input_ids: [1, 11, 13, 16, 2] and [1, 13, 17, 2, 0]
     assert batch["labels"].tolist() == [[1, 11, 13, 16, 2], [1, 13, 17, 2, -100]]
     processor = FakeProcessor()
-    batch = CaptioningCollator(processor, prompt="a picture of ", prompt_length=4)(rows)
+    batch = CaptioningCollator(processor, prompt_length=4)(rows)  # the default prompt is the paper's
     assert processor.calls[0]["text"][0] == "a picture of a red circle"
     assert batch["labels"][:, :4].eq(-100).all() and batch["labels"][0, 4:].tolist() == [11, 13, 16, 2]
+    # counting the prompt's tokens needs the processor's caption_prompt_ids (tests/test_captioning.py)
+    with pytest.raises(ValueError, match="prompt_length"):
+        CaptioningCollator(FakeProcessor())(rows)
 
 
 def test_retrieval_collator_image_ids():
