@@ -544,6 +544,13 @@ def test_collator_masks_captions_and_keeps_image_ids(tmp_path):
     assert positions.shape == (3, 2)
     for row in range(3):
         assert positions[row, : chosen[row].sum()].tolist() == chosen[row].nonzero().flatten().tolist()
+    # region texts: their boxes and which rows have one (only when some example has a box)
+    examples = [{**pairs[i], "bbox": box} for i, box in enumerate([None, [0.5, 0.4, 0.2, 0.1], None])]
+    boxed = collator(examples)
+    assert boxed["bbox_mask"].tolist() == [False, True, False]
+    assert boxed["target_bbox"][1].tolist() == pytest.approx([0.5, 0.4, 0.2, 0.1])
+    assert not collator([{**pairs[i], "bbox": None} for i in range(3)])["bbox_mask"].any()
+    assert "target_bbox" not in batch
     # over many draws: 80% [MASK], 10% random, 10% unchanged
     many = collator.mask_tokens(ids.repeat(500, 1), batch["attention_mask"].repeat(500, 1))
     picked = many[1] != -100

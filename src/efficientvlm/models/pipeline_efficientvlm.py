@@ -14,6 +14,10 @@ vqa({"image": image, "question": "..."})                # dict, or a list of dic
 Images may be PIL images or file paths. Each input returns ``[{"answer": str, "score": float}, ...]`` (``top_k``
 answers, sorted by score; classifier heads score answers with a sigmoid, as they are trained on soft scores).
 
+The model may also be a deployed one from ``efficientvlm.export`` - the ONNX Runtime model
+(``EfficientVLMOnnxForVisualQuestionAnswering``) or the int8 model - passed as an object with the export folder as
+``tokenizer=`` and ``image_processor=``: the pre- and post-processing are the same.
+
 This file is shipped to the Hub as remote code: it imports only PIL, torch, transformers and its siblings.
 """
 
