@@ -221,6 +221,12 @@ def test_float_images_follow_the_do_rescale_convention(image_processor) -> None:
             warnings.simplefilter("error")  # do_rescale=False says the images are in [0, 1]: no warning
             result = image_processor(image, do_rescale=False, return_tensors="pt")["pixel_values"]
         torch.testing.assert_close(result, expected, atol=1e-5, rtol=0)
+    primaries = np.zeros((24, 32, 3), dtype=np.uint8)  # every value 0 or 1 once scaled: still an image in [0, 1]
+    primaries[..., 2], primaries[4:14, 4:14] = 255, (255, 0, 0)
+    torch.testing.assert_close(
+        image_processor(primaries / 255.0, do_rescale=False, return_tensors="pt")["pixel_values"],
+        image_processor(primaries, return_tensors="pt")["pixel_values"],
+    )
     half = image_processor(to_tensor.to(torch.bfloat16), do_rescale=False, return_tensors="pt")["pixel_values"]
     assert (half - expected).abs().max() < 0.1  # bf16 holds 8 bits of mantissa: within a few grey levels
     with pytest.warns(UserWarning, match=r"already rescaled images.*Pass do_rescale=False"):

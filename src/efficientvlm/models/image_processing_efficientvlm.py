@@ -445,6 +445,17 @@ class EfficientVLMImageProcessor(PilBackend):
             image = convert_pil_to_rgb(image)
         return super().process_image(image, do_convert_rgb=False, **kwargs)
 
+    def resize(self, image: np.ndarray, size: Any, resample: Any = None, reducing_gap: int | None = None,
+               **kwargs: Any) -> np.ndarray:
+        """Resize with Pillow. A float image (values in [0, 1]: only those stay float, see `process_image`) goes
+        through the 8-bit image it stands for, rounded, and comes back in [0, 1]: transformers' own conversion
+        truncates x * 255 and reads a float image whose values are all 0 or 1 as a 0..255 image."""
+        if np.issubdtype(image.dtype, np.floating) and is_scaled_image(image):
+            eight_bit = np.rint(image.astype(np.float64) * 255).astype(np.uint8)
+            resized = super().resize(eight_bit, size, resample=resample, reducing_gap=reducing_gap, **kwargs)
+            return resized.astype(np.float32) / 255
+        return super().resize(image, size, resample=resample, reducing_gap=reducing_gap, **kwargs)
+
     def _preprocess_image_like_inputs(
         self,
         images: ImageInput,
