@@ -649,13 +649,19 @@ class EfficientVLMPreTrainedModel(PreTrainedModel):
         and that still hold those values: a task head that is still untrained.
 
         Empty for a model built in memory, for a checkpoint that holds every tensor, and once the initialised tensors
-        have been trained (a sample of each is compared with its value at load time). ``loaded_from`` names the
-        checkpoint.
+        have been trained (64 values of each are compared with their values at load time, in the tensor's current
+        dtype, so a cast to bf16 / fp16 still counts as untrained and one optimizer step as trained).
+        ``loaded_from`` names the checkpoint.
         """
         initialised = getattr(self, "_initialised_at_load", None) or {}
         tensors = self.state_dict(keep_vars=True)
-        return [name for name, sample in initialised.items()
-                if name in tensors and torch.allclose(_value_sample(tensors[name]), sample, rtol=1e-2, atol=1e-6)]
+        untrained = []
+        for name, sample in initialised.items():
+            if name in tensors:
+                now = _value_sample(tensors[name], as_float=False)
+                if torch.equal(now, sample.to(now.dtype)):
+                    untrained.append(name)
+        return untrained
 
     @property
     def loaded_from(self) -> str | None:
@@ -963,11 +969,12 @@ def _random_weights_message(source, model: EfficientVLMPreTrainedModel, names: l
             "fine-tune the model (e.g. examples/finetune.py).")
 
 
-def _value_sample(tensor: torch.Tensor, size: int = 64) -> torch.Tensor:
-    """Up to ``size`` evenly spaced values of ``tensor``, as float32 on the CPU (a fingerprint of its values)."""
+def _value_sample(tensor: torch.Tensor, size: int = 64, as_float: bool = True) -> torch.Tensor:
+    """Up to ``size`` evenly spaced values of ``tensor`` on the CPU, as float32 or in its dtype (a fingerprint)."""
     flat = tensor.detach().reshape(-1)
     index = torch.linspace(0, max(flat.numel() - 1, 0), min(flat.numel(), size)).long().to(flat.device)
-    return flat[index].float().cpu()
+    sample = flat[index].cpu()
+    return sample.float() if as_float else sample
 
 
 def _is_safetensors_error(error: BaseException) -> bool:
