@@ -22,7 +22,9 @@ one image share its ``image_id`` in every process.
 
 The output folder holds the student and the processor (``AutoModel`` / ``AutoProcessor`` load it after
 ``import efficientvlm``); checkpoints also hold the trainer state, including the hidden-state projections when the
-student is narrower than the teacher (``--resume_from_checkpoint`` restores all of it).
+student is narrower than the teacher (``--resume_from_checkpoint`` restores all of it). ``--seed`` is set before
+the student is built. A user mistake (a missing checkpoint or file, a bad flag value) prints one error message and
+exits with status 2; ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from transformers import HfArgumentParser
+from transformers import HfArgumentParser, set_seed
 
 from efficientvlm.distillation import (
     DistillationConfig,
@@ -40,6 +42,7 @@ from efficientvlm.distillation import (
 )
 from efficientvlm.models.modeling_efficientvlm import EfficientVLMForPreTraining
 from efficientvlm.student import create_student
+from efficientvlm.user_errors import check_checkpoint_argument, run_script
 
 
 @dataclass
@@ -79,6 +82,8 @@ def main(argv: list[str] | None = None) -> DistillationTrainer:
     parser = HfArgumentParser((ModelArguments, DataArguments, DistillationConfig))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
 
+    check_checkpoint_argument(model_args.teacher_name_or_path, "--teacher_name_or_path")
+    set_seed(training_args.seed)  # before the student is built
     teacher = EfficientVLMForPreTraining.from_pretrained(model_args.teacher_name_or_path)
     student = create_student(teacher, model_args.vision_layers, model_args.text_layers, model_args.fusion_layers)
     processor = load_processor(model_args.processor_name_or_path or model_args.teacher_name_or_path)
@@ -104,4 +109,4 @@ def main(argv: list[str] | None = None) -> DistillationTrainer:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_script(main))
