@@ -36,7 +36,15 @@ setup(
         "tensorboardX>=2.6",  # TensorBoard event files from the Trainer (report_to="tensorboard"), without TensorFlow
         "tqdm>=4.66",
     ],
-    extras_require={"dev": ["pytest>=8", "pytest-timeout>=2.3"]},
+    extras_require={
+        # efficientvlm export: ONNX graphs (torch.onnx's dynamo exporter needs onnxscript), ONNX Runtime to verify,
+        # quantise and run them
+        "export": ["onnx>=1.17", "onnxruntime>=1.20", "onnxscript>=0.5"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "onnx>=1.17", "onnxruntime>=1.20", "onnxscript>=0.5"],
+        # DeepSpeed ZeRO-2/3 under accelerate launch (examples/accelerate_configs/deepspeed_zero*.yaml); it compiles
+        # its CUDA ops on first use, DS_BUILD_OPS=0 installs it without building them
+        "deepspeed": ["deepspeed>=0.15"],
+    },
     entry_points={"console_scripts": ["efficientvlm=efficientvlm.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",

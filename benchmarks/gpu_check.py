@@ -8,8 +8,7 @@ CPU bf16 autocast; Accelerate enables fp16 on CUDA only), a smoke test of the sc
 
 Each check is a function ``check_x(args) -> dict`` registered in ``CHECKS``; it returns ``{"status": "passed" |
 "failed" | "skipped", "details": {...}}`` (an exception inside a check, e.g. a failed ``assert``, counts as "failed",
-with its message). ``main()`` runs the selected checks one after the other and prints a summary table. Distributed
-checks (DDP, FSDP, DeepSpeed) belong here too, as further functions in ``CHECKS``.
+with its message). ``main()`` runs the selected checks one after the other and prints a summary table.
 
 Mixed precision (a 2/1/1-layer, width-128 VQA student pruned under a 4/2/2 teacher, random data, a few dozen steps):
 
@@ -24,17 +23,37 @@ Mixed precision (a 2/1/1-layer, width-128 VQA student pruned under a 4/2/2 teach
   AdamW's, which skip inside their own ``step()``).
 * ``fp16_nan_batch``: fp16 with one NaN image: the run stops with ``NonFiniteError`` naming the example; with
   ``skip_nonfinite_batches`` it finishes, counts the step and ends with finite weights and gates.
+
+Distributed (``accelerate launch`` with ``examples/accelerate_configs/``, running ``tests/accelerate_prune_worker.py``
+on a tiny VQA student: 4 pruning steps uninterrupted, 2 + resume from the step-2 checkpoint, then ``prune()``; fp32
+so that the resumed run can equal the uninterrupted one):
+
+* ``fsdp_resume_prune``: FSDP2 (``fsdp.yaml``) with every CUDA device (one is enough: world size 1 still shards
+  through FSDP's code paths): resumed == uninterrupted (student, gates, multipliers, gate optimizer), masked ==
+  materialised after ``prune()`` gathered the full parameters, everything finite, on every process.
+* ``deepspeed_zero2_resume_prune``: the same under DeepSpeed ZeRO-2 (``deepspeed_zero2.yaml``; skipped without
+  deepspeed). transformers resumes DeepSpeed without ``_load_from_checkpoint``: this is where the gates used to be
+  lost.
+* ``ddp_two_processes``: DDP (``ddp.yaml``) on two processes: both end with the same gates and weights, and the
+  checks above. Needs two CUDA devices - NCCL cannot run two ranks on one GPU - and is skipped otherwise (DDP with
+  two gloo processes on the CPU is in the test suite: ``tests/test_pruning_trainer.py``).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
 import platform
+import socket
+import subprocess
+import sys
 import tempfile
 import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
@@ -267,12 +286,95 @@ def check_fp16_nan_batch(args: argparse.Namespace) -> dict:
                                             "skipped_step": counter.last_skipped_step}}
 
 
+# ---- distributed: accelerate launch with the example configs --------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _launch_worker(config: str, processes: int, timeout: int = 900) -> list[dict]:
+    """Run ``tests/accelerate_prune_worker.py`` under ``accelerate launch`` with an example config; the results of
+    every process."""
+    with tempfile.TemporaryDirectory() as folder:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                   str(ROOT / "examples" / "accelerate_configs" / config), "--num_processes", str(processes),
+                   "--mixed_precision", "no", "--main_process_port", str(port),
+                   str(ROOT / "tests" / "accelerate_prune_worker.py"), folder]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+        assert result.returncode == 0, f"the worker failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+        return [torch.load(Path(folder) / f"results_rank{rank}.pt") for rank in range(processes)]
+
+
+def _max_difference(a: dict, b: dict) -> float:
+    return max(float((a[key].float() - b[key].float()).abs().max()) for key in a)
+
+
+def _check_worker_results(results: list[dict]) -> dict:
+    details = {"backend": results[0]["backend"], "sharded": results[0]["sharded"], "processes": len(results)}
+    for rank, result in enumerate(results):
+        resume_gap = _max_difference(result["uninterrupted"], result["resumed"])
+        interrupted_gap = _max_difference(result["uninterrupted"], result["interrupted"])
+        masked_gap = float((result["masked"] - result["materialised"]).abs().max())
+        details[f"rank{rank}"] = {"resumed_vs_uninterrupted_max_abs": resume_gap,
+                                  "stopped_at_2_vs_uninterrupted_max_abs": interrupted_gap,
+                                  "masked_vs_materialised_max_abs": masked_gap, "finite": result["finite"],
+                                  "pruned_parameters": result["pruned_params"],
+                                  "narrow_student_refused": result.get("distill_error", "")[:80]}
+        assert result["finite"], f"rank {rank}: a non-finite weight, gate or logit"
+        assert interrupted_gap > 0, "stopping at step 2 changed nothing: the resume check would prove nothing"
+        assert resume_gap <= 1e-5, f"rank {rank}: resumed run differs from the uninterrupted one by {resume_gap}"
+        assert masked_gap <= 1e-4, f"rank {rank}: masked and materialised logits differ by {masked_gap}"
+    return details
+
+
+def check_fsdp_resume_prune(args: argparse.Namespace) -> dict:
+    if not torch.cuda.is_available():
+        return {"status": "skipped", "details": {"reason": "no CUDA device (accelerate runs FSDP on GPU backends only; "
+                                                           "FSDP2 on two gloo CPU processes is in the test suite)"}}
+    results = _launch_worker("fsdp.yaml", torch.cuda.device_count())
+    details = _check_worker_results(results)
+    assert results[0]["sharded"] == "fsdp", f"the student was not sharded by FSDP: {results[0]['sharded']}"
+    assert "FSDP cannot optimise" in results[0].get("distill_error", ""), "a narrow student was not refused"
+    return {"status": "passed", "details": details}
+
+
+def check_deepspeed_zero2_resume_prune(args: argparse.Namespace) -> dict:
+    if not torch.cuda.is_available():
+        return {"status": "skipped", "details": {"reason": "no CUDA device (ZeRO-2/3 in one CPU process are in the "
+                                                           "test suite when deepspeed is installed)"}}
+    if importlib.util.find_spec("deepspeed") is None:
+        return {"status": "skipped", "details": {"reason": "deepspeed is not installed"}}
+    results = _launch_worker("deepspeed_zero2.yaml", torch.cuda.device_count())
+    details = _check_worker_results(results)
+    assert results[0]["engine"] == "DeepSpeedEngine" and results[0]["zero_stage"] == 2, results[0]["engine"]
+    return {"status": "passed", "details": details}
+
+
+def check_ddp_two_processes(args: argparse.Namespace) -> dict:
+    if torch.cuda.device_count() < 2:
+        return {"status": "skipped", "details": {
+            "reason": f"needs 2 CUDA devices, found {torch.cuda.device_count()} (NCCL cannot run two ranks on one GPU; "
+                      "DDP with two gloo processes on the CPU is in the test suite)"}}
+    results = _launch_worker("ddp.yaml", 2)
+    details = _check_worker_results(results)
+    gap = _max_difference(results[0]["resumed"], results[1]["resumed"])
+    details["rank0_vs_rank1_max_abs"] = gap
+    assert gap == 0, f"the two processes ended with different weights or gates ({gap})"
+    return {"status": "passed", "details": details}
+
+
 #: name -> check; run in this order.
 CHECKS: dict[str, Callable[[argparse.Namespace], dict]] = {
     "bf16_pruning": check_bf16_pruning,
     "fp16_pruning": check_fp16_pruning,
     "fp16_overflow": check_fp16_overflow,
     "fp16_nan_batch": check_fp16_nan_batch,
+    "fsdp_resume_prune": check_fsdp_resume_prune,
+    "deepspeed_zero2_resume_prune": check_deepspeed_zero2_resume_prune,
+    "ddp_two_processes": check_ddp_two_processes,
 }
 
 

@@ -33,6 +33,9 @@ class PredictArguments:
     task: str = field(default="vqa", metadata={"help": "vqa | captioning"})
     question: str | None = field(default=None, metadata={"help": "VQA: the question asked about every image"})
     top_k: int = field(default=3, metadata={"help": "VQA: answers per image"})
+    prompt: str | None = field(default=None, metadata={"help": "captioning: the text captions start with (default: "
+                                                               "the processor's, 'a picture of '); left out of the "
+                                                               "output"})
     batch_size: int = field(default=8, metadata={"help": "images per forward"})
     output: str | None = field(default=None, metadata={"help": "JSON-lines output file (default: stdout)"})
     skip_bad_images: bool = field(default=False, metadata={"help": "report unreadable images and go on"})
@@ -78,9 +81,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         processor = AutoProcessor.from_pretrained(args.model)
         for start in range(0, len(files), args.batch_size):
             chunk = files[start:start + args.batch_size]
-            pixel_values = processor.image_processor([str(f) for f in chunk], return_tensors="pt")["pixel_values"]
+            inputs = processor.caption_inputs([str(f) for f in chunk], prompt=args.prompt)  # images and prompt
             with torch.no_grad():
-                captions = processor.batch_decode(model.generate(pixel_values=pixel_values), skip_special_tokens=True)
+                captions = processor.decode_captions(model.generate(**inputs), prompt=args.prompt)  # prompt removed
             results += [{"image": str(f), "caption": c} for f, c in zip(chunk, captions)]
     else:
         raise ValueError(f"--task must be vqa or captioning, got {args.task!r}.")

@@ -11,15 +11,20 @@ pruning report.
         --student_layers 3,1,1 --target_sparsity 0.5 --output_dir runs/vqa-pruned --max_steps 300 \\
         --export_sparsities 0.25,0.35,0.5
 
-The teacher is a fine-tuned model of the task (``examples/finetune.py`` makes one). The student comes from
-``--model_name_or_path`` (e.g. a distilled student) or, with ``--student_layers V,T,F``, is created from the teacher
-with ``create_student``. The output folder holds the materialised model (reloads with ``from_pretrained``, no masks),
-the processor, ``pruning_report.json`` / ``pruning_report.png`` and ``eval_results.json``. The exported model has
-the target size exactly (``trainer.prune()`` is budget-exact). ``--export_sparsities`` also exports a nested family
-from the same run, one evaluated model per size in ``sparsity-<target>/``, and adds the accuracy-size curve to the
-report (``pruning_report_family.png``). ``--seed`` is set before the student is built. A user mistake (a missing
+The teacher is a fine-tuned model of the task (``examples/finetune.py`` makes one); a checkpoint without the task's
+head (a base or pre-training checkpoint: the head would be random) is refused before any data is read. The student
+comes from ``--model_name_or_path`` (e.g. a distilled student) or, with ``--student_layers V,T,F``, is created from
+the teacher with ``create_student``. The output folder holds the materialised model (reloads with ``from_pretrained``,
+no masks), the processor, ``pruning_report.json`` / ``pruning_report.png`` and ``eval_results.json``. The exported
+model has the target size exactly (``trainer.prune()`` is budget-exact). ``--export_sparsities`` also exports a nested
+family from the same run, one evaluated model per size in ``sparsity-<target>/``, and adds the accuracy-size curve to
+the report (``pruning_report_family.png``). ``--seed`` is set before the student is built. A user mistake (a missing
 checkpoint or file, a bad flag value) prints one error message and exits with status 2; ``--debug`` shows the
 traceback.
+
+Multi-process (DDP, FSDP, DeepSpeed ZeRO-2/3: configs in ``examples/accelerate_configs/``, see the README)::
+
+    accelerate launch --config_file examples/accelerate_configs/fsdp.yaml --num_processes 4 examples/prune.py ...
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from pathlib import Path
 from transformers import AutoProcessor, HfArgumentParser, set_seed
 
 from efficientvlm import create_student
+from efficientvlm.distillation import check_teacher_trained
 from efficientvlm.pruning import ModalAdaptivePruningTrainer, PruningConfig, save_report
 from efficientvlm.tasks import TASKS, TaskDataArguments
 from efficientvlm.user_errors import check_checkpoint_argument, run_script
@@ -64,6 +70,7 @@ class ModelArguments:
 def load_models(task_name: str, args: ModelArguments):
     model_class = TASKS[task_name].model_class
     teacher = model_class.from_pretrained(args.teacher_name_or_path)
+    check_teacher_trained(teacher)  # a checkpoint without this task's head: fail before any data is read
     processor = AutoProcessor.from_pretrained(args.teacher_name_or_path)
     if args.model_name_or_path and args.student_layers:
         raise ValueError("Give either --model_name_or_path or --student_layers, not both.")
@@ -106,15 +113,20 @@ def main(argv: list[str] | None = None) -> dict:
     trainer = ModalAdaptivePruningTrainer(model=student, args=pruning_args, teacher_model=teacher,
                                           train_dataset=data.train, data_collator=collator)
     trainer.train(resume_from_checkpoint=pruning_args.resume_from_checkpoint)
+    # every process prunes (under FSDP / DeepSpeed ZeRO-3 the full parameters are gathered, a collective); the main
+    # process saves, evaluates and reports
     pruned = trainer.prune()
     report = trainer.pruning_report(pruned)
+    members = trainer.prune_family(family) if family else []
+    if not trainer.is_world_process_zero():
+        return {"report": report, "metrics": {}}
     pruned.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
     metrics = task.evaluate(pruned, processor, data.eval) if data.eval is not None else {}
     (output_dir / "eval_results.json").write_text(json.dumps(metrics, indent=2))
     if family:
         report["family"] = []
-        for target, member in zip(family, trainer.prune_family(family)):
+        for target, member in zip(family, members):
             folder = output_dir / f"sparsity-{target:g}"
             member.save_pretrained(folder)
             processor.save_pretrained(folder)

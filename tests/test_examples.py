@@ -104,6 +104,13 @@ def test_prune_example_creates_prunes_and_saves_a_reloadable_student(tmp_path):
         prune.main(["--task", "vqa", "--dataset", "shapes", "--teacher_name_or_path", str(tmp_path / "teacher"),
                     "--student_layers", "1,1,1", "--export_sparsities", "0.4,0.2", "--use_cpu", "true",
                     "--output_dir", str(tmp_path / "bad")])
+    # a teacher checkpoint without the VQA head (random there) fails at load, before any data is made
+    from efficientvlm.models.modeling_efficientvlm import EfficientVLMModel
+
+    EfficientVLMModel.from_pretrained(tmp_path / "teacher").save_pretrained(tmp_path / "base")
+    with pytest.raises(ValueError, match=r"random initialisation: classifier\.0\.bias"):
+        prune.main(["--task", "vqa", "--dataset", "shapes", "--teacher_name_or_path", str(tmp_path / "base"),
+                    "--student_layers", "1,1,1", "--use_cpu", "true", "--output_dir", str(tmp_path / "bad")])
     out = tmp_path / "pruned"
     assert (out / "pruning_report.json").exists() and (out / "pruning_report.png").exists()
     assert json.loads((out / "eval_results.json").read_text()) == result["metrics"]

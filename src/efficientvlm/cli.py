@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .demo import add_demo_arguments, run_demo
+from .export.commands import add_export_arguments, run_export
 from .hub.commands import add_push_arguments, run_push
 from .user_errors import DEBUG_FLAG, USER_ERROR_STATUS, USER_ERRORS, debug_requested, format_user_error
 
@@ -39,6 +40,8 @@ SUBCOMMANDS: list[Subcommand] = [
                "the synthetic shapes VQA benchmark, offline.", add_demo_arguments, run_demo),
     Subcommand("push", "Publish a checkpoint folder to the Hugging Face Hub (model, processor, card, code).",
                add_push_arguments, run_push),
+    Subcommand("export", "Export a checkpoint to ONNX, ONNX int8, int8 or bf16, check each against float32 and "
+               "report size, latency and output differences.", add_export_arguments, run_export),
 ]
 
 

@@ -239,6 +239,8 @@ class EfficientVLMConfig(PreTrainedConfig):
             sub-configs' values are not used for initialisation). BERT's 0.02 suits fine-tuning pre-trained weights;
             training from scratch on little data learns faster from a larger one (``efficientvlm demo`` uses 0.1).
         tie_word_embeddings: tie the MLM / captioning output layer to the word embeddings.
+        caption_label_smoothing: label smoothing of ``EfficientVLMForCaptioning``'s language-modelling loss, in
+            [0, 1); the paper fine-tunes captioning with 0.1 (the default); 0 gives plain cross-entropy.
         pruning_info: optional record of what pruning did (target, achieved sparsity per modality, parameter
             counts). Informational only: shapes are always read from the sub-configs.
 
@@ -263,6 +265,7 @@ class EfficientVLMConfig(PreTrainedConfig):
     itc_temperature: float = 0.07
     initializer_range: float = 0.02
     tie_word_embeddings: bool = True
+    caption_label_smoothing: float = 0.1
     pruning_info: dict | None = None
 
     def __post_init__(self, **kwargs):
@@ -293,6 +296,10 @@ class EfficientVLMConfig(PreTrainedConfig):
             raise ValueError(f"EfficientVLMConfig.projection_dim must be a positive int, got {self.projection_dim!r}.")
         if not 0 < self.itc_temperature:
             raise ValueError(f"EfficientVLMConfig.itc_temperature must be > 0, got {self.itc_temperature!r}.")
+        smoothing = self.caption_label_smoothing
+        if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)) or not 0 <= smoothing < 1:
+            raise ValueError(f"EfficientVLMConfig.caption_label_smoothing must be in [0, 1) (the paper: 0.1), got "
+                             f"{smoothing!r}.")
         super().__post_init__(**kwargs)
 
     @classmethod

@@ -20,6 +20,10 @@ Arguments are checked before anything runs: ``top_k`` must be a positive integer
 of images, ``question`` a non-empty string or list of strings. A classifier model whose head was not loaded from its
 checkpoint (e.g. a pre-training or NLVR2 checkpoint loaded as a VQA model: the head is random) is refused.
 
+The model may also be a deployed one from ``efficientvlm.export`` - the ONNX Runtime model
+(``EfficientVLMOnnxForVisualQuestionAnswering``) or the int8 model - passed as an object with the export folder as
+``tokenizer=`` and ``image_processor=``: the pre- and post-processing are the same.
+
 This file is shipped to the Hub as remote code: it imports only PIL, torch, transformers and its siblings.
 """
 

@@ -42,9 +42,11 @@ from .structure import (
     SubBlockSpec,
     check_budget,
     check_modality,
+    declared_gates,
     encoder_layers,
     layer_sizes,
     sub_block_costs,
+    unwrap,
 )
 
 #: the sub-block specs by their units key
@@ -75,10 +77,13 @@ def _unit_structure(spec: SubBlockSpec) -> str:
 
 
 def apply_gates(model: nn.Module, zs: Gates) -> None:
-    """Set the model's pruning hooks from ``zs`` (replacing any gates set before).
+    """Set the model's pruning gates from ``zs`` (replacing any gates set before).
 
     Unit gates go to ``head_gate`` / ``neuron_gate`` of the sub-block modules, block gates to the layer's
-    ``attention_gate`` / ``cross_attention_gate`` / ``ffn_gate``. Structures absent from ``zs`` stay ungated.
+    ``attention_gate`` / ``cross_attention_gate`` / ``ffn_gate``: the gate buffers those modules declare
+    (``register_pruning_gates``). ``model`` may be wrapped (DDP, FSDP, DeepSpeed, ``torch.compile``): the gates are
+    set on the modules whose ``forward`` runs (``encoder_layers`` looks through the wrappers). Structures absent from
+    ``zs`` stay ungated.
     """
     clear_gates(model)
     for modality, layer_gates in zs.items():
@@ -88,6 +93,7 @@ def apply_gates(model: nn.Module, zs: Gates) -> None:
         for index, (layer, gates) in enumerate(zip(layers, layer_gates)):
             for spec in SUB_BLOCKS[modality]:
                 module = getattr(layer, spec.module)
+                module = None if module is None else unwrap(module)
                 unit_z, block_z = gates.get(spec.units), gates.get(spec.block)
                 if (unit_z is not None or block_z is not None) and module is None:
                     raise ValueError(f"{modality} layer {index} has no {spec.name} sub-block to gate.")
@@ -96,20 +102,23 @@ def apply_gates(model: nn.Module, zs: Gates) -> None:
                     if unit_z.shape != (expected,):
                         raise ValueError(f"{modality} layer {index}: {spec.units} gates of shape "
                                          f"{tuple(unit_z.shape)} for {expected} units.")
-                    setattr(module, spec.unit_gate, unit_z)
+                    _set_gate(module, spec.unit_gate, unit_z)
                 if block_z is not None:
-                    setattr(layer, spec.layer_gate, block_z)
+                    _set_gate(layer, spec.layer_gate, block_z)
+
+
+def _set_gate(module: nn.Module, name: str, value: torch.Tensor) -> None:
+    if name not in declared_gates(module):
+        raise TypeError(f"{type(module).__name__} declares no pruning gate {name!r} (its gates: "
+                        f"{declared_gates(module)}); it must be an EfficientVLM module.")
+    setattr(module, name, value)
 
 
 def clear_gates(model: nn.Module) -> None:
-    """Remove every pruning hook from the model (back to the plain dense forward)."""
-    for modality in MODALITIES:
-        for layer in encoder_layers(model, modality):
-            for spec in SUB_BLOCKS[modality]:
-                setattr(layer, spec.layer_gate, None)
-                module = getattr(layer, spec.module)
-                if module is not None:
-                    setattr(module, spec.unit_gate, None)
+    """Remove every pruning gate from the model (back to the plain dense forward), wrapped or not."""
+    for module in model.modules():  # wrappers hold the modules they wrap as children
+        for name in declared_gates(module):
+            setattr(module, name, None)
 
 
 @contextlib.contextmanager

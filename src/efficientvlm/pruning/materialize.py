@@ -26,17 +26,20 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from .distributed import full_model
 from .l0 import Gates
 from .structure import (
     LAYER_NORMS,
     MODALITIES,
     SUB_BLOCKS,
     check_modality,
+    declared_gates,
     encoder_layers,
     layer_sizes,
     sizes_cost,
     sub_block_costs,
     sub_config,
+    unwrap,
 )
 
 #: ``{modality: [{units key: indices to keep} per layer]}``
@@ -71,7 +74,9 @@ def prune_model(model: nn.Module, keep: Mapping[str, Sequence[Mapping[str, Seque
     """A new model of ``type(model)`` that keeps only the listed heads and FFN neurons (the input is unchanged).
 
     Args:
-        model: any EfficientVLM model (base model or task head).
+        model: any EfficientVLM model (base model or task head), also wrapped or sharded for training (DDP, FSDP,
+            DeepSpeed): its full parameters are gathered first (``efficientvlm.pruning.distributed.full_model``; a
+            collective then, to call on every process) and the result is an ordinary unwrapped model.
         keep: keep-lists, see the module docstring.
         pruning_info: extra JSON-serialisable facts for ``config.pruning_info`` (target, budget, ...). The parameter
             counts of the prunable part before and after, overall and per modality, are always recorded there.
@@ -85,9 +90,10 @@ def prune_model(model: nn.Module, keep: Mapping[str, Sequence[Mapping[str, Seque
         ValueError: a keep-list names an unknown modality or key, has one entry too many or too few, lists an index
             twice, out of range, or not an integer (``2.5`` is refused, not truncated to 2).
     """
-    before = layer_sizes(model.config)
+    source = full_model(model)  # unwrapped; a gathered copy when the parameters are sharded
+    before = layer_sizes(source.config)
     kept = _normalise_keep(keep, before)
-    pruned = _copy_without_gates(model)
+    pruned = _copy_without_gates(source) if source is unwrap(model) else source
     for modality, layers in kept.items():
         for layer, layer_keep in zip(encoder_layers(pruned, modality), layers):
             for spec in SUB_BLOCKS[modality]:
@@ -109,7 +115,7 @@ def prune_model(model: nn.Module, keep: Mapping[str, Sequence[Mapping[str, Seque
         sub = sub_config(config, modality)
         for spec in SUB_BLOCKS[modality]:
             setattr(sub, spec.config_field, [layer[spec.units] for layer in layers])
-    config.pruning_info = {**_size_summary(model.config, before, after), **dict(pruning_info or {})}
+    config.pruning_info = {**_size_summary(source.config, before, after), **dict(pruning_info or {})}
     _check_matches_config(pruned)
     return pruned
 
@@ -125,7 +131,7 @@ def materialize(model: nn.Module, zs: Gates, pruning_info: Mapping | None = None
     anything is copied: they would be baked into the weights.
 
     Args:
-        model: the model the gates were learned on.
+        model: the model the gates were learned on (also wrapped or sharded for training, see ``prune_model``).
         zs: nested gate values as produced by ``ModalAdaptiveL0Module``.
         pruning_info: passed to ``prune_model``.
     """
@@ -231,24 +237,16 @@ def _resolve_all(kept, sizes) -> dict[str, list[dict[str, list[int]]]]:
 
 
 def _copy_without_gates(model: nn.Module) -> nn.Module:
-    """A deep copy of the model without pruning hooks (gate tensors may be non-leaf tensors that cannot be copied);
-    the input keeps its hooks."""
-    hooks = []
-    for modality in MODALITIES:
-        for layer in encoder_layers(model, modality):
-            for spec in SUB_BLOCKS[modality]:
-                module = getattr(layer, spec.module)
-                hooks.append((layer, spec.layer_gate))
-                if module is not None:
-                    hooks.append((module, spec.unit_gate))
-    saved = [(owner, name, getattr(owner, name)) for owner, name in hooks]
-    for owner, name, _ in saved:
-        setattr(owner, name, None)
+    """A deep copy of the model without pruning gates (gate tensors may be non-leaf tensors that cannot be copied);
+    the input keeps its gates."""
+    saved = [(module, name, getattr(module, name)) for module in model.modules() for name in declared_gates(module)]
+    for module, name, _ in saved:
+        setattr(module, name, None)
     try:
         return copy.deepcopy(model)
     finally:
-        for owner, name, value in saved:
-            setattr(owner, name, value)
+        for module, name, value in saved:
+            setattr(module, name, value)
 
 
 def _slice_linear(linear: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:

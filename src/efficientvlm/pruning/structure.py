@@ -119,14 +119,43 @@ def check_budget(budget: str) -> None:
         raise ValueError(f"Unknown budget {budget!r}; expected one of {BUDGETS}.")
 
 
+#: attributes under which wrappers keep the module they wrap: DDP and DeepSpeed engines (``module``), FSDP1
+#: (``_fsdp_wrapped_module``), activation-checkpoint wrappers (``_checkpoint_wrapped_module``), ``torch.compile``
+#: (``_orig_mod``). FSDP2 (``fully_shard``) and DeepSpeed ZeRO-3 do not wrap modules.
+_WRAPPED_MODULE_ATTRIBUTES = ("module", "_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod")
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The module inside any stack of DDP / FSDP1 / DeepSpeed / checkpoint / compile wrappers (itself if none)."""
+    while True:
+        inner = next((module._modules[name] for name in _WRAPPED_MODULE_ATTRIBUTES if name in module._modules), None)
+        if inner is None:
+            return module
+        module = inner
+
+
+def declared_gates(module: nn.Module) -> tuple[str, ...]:
+    """The pruning gates ``module`` itself declares (``register_pruning_gates``); a wrapper declares none, even
+    though FSDP1 and checkpoint wrappers forward attribute reads to the module they wrap."""
+    return module.__dict__.get("pruning_gates", ())
+
+
 def encoder_layers(model: nn.Module, modality: str) -> nn.ModuleList:
-    """The layer list of one encoder of any EfficientVLM model (base model or task head)."""
+    """The layer list of one encoder of any EfficientVLM model (base model or task head), wrapped or not.
+
+    Wrappers are looked through: around the model (DDP, FSDP, DeepSpeed, ``torch.compile``) and around each layer
+    (FSDP1 wraps every layer, activation checkpointing too), so the result holds the layers whose ``forward`` runs -
+    the modules whose pruning gates count. It is the model's own ``ModuleList`` when no layer is wrapped.
+    """
     check_modality(modality)
+    model = unwrap(model)
     base = getattr(model, "base_model", model)
     encoder = getattr(base, _ENCODER[modality], None)
     if encoder is None:
         raise TypeError(f"{type(model).__name__} is not an EfficientVLM model: it has no {_ENCODER[modality]}.")
-    return encoder.encoder.layers
+    layers = encoder.encoder.layers
+    inner = [unwrap(layer) for layer in layers]
+    return layers if all(a is b for a, b in zip(inner, layers)) else nn.ModuleList(inner)
 
 
 def layer_sizes(config: EfficientVLMConfig) -> LayerSizes:

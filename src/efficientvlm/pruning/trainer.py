@@ -6,7 +6,12 @@ student's pruning hooks for the step's forward *and* backward (gradient checkpoi
 the Lagrangian ``lambda_1 (s - t) + lambda_2 (s - t)^2`` to the distillation loss. The gates (``log_alpha``) and the
 multipliers live outside the model, in their own AdamW (the multipliers maximised), stepped at every optimizer
 step: the model's LR schedule, weight decay and gradient clipping never touch them. Checkpoints carry the gates, the
-multipliers and their optimizer state, so a run resumes where it stopped.
+multipliers and their optimizer state (``checkpointed_state``: written on save, restored by ``train`` on resume under
+every backend, DeepSpeed included), so a run resumes where it stopped.
+
+The gates are set on the student's own layers (their gate buffers), so they reach the forward however the student is
+wrapped; ``prune()`` gathers the full parameters of a sharded student first (FSDP, DeepSpeed ZeRO-3) and prunes an
+unwrapped copy.
 
 Mixed precision and non-finite values: before each optimizer step the gates' and multipliers' gradients are averaged
 over processes and, under fp16, unscaled by the GradScaler (``scaler.unscale_(l0_optimizer)``, so their overflow
@@ -25,16 +30,15 @@ same run.
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import TrainerCallback
 
 from ..distillation.numerics import all_finite
 from ..distillation.trainer import DistillationTrainer
 from .config import PruningConfig
+from .distributed import full_model
 from .l0 import Gates, ModalAdaptiveL0Module, gates_applied
 from .materialize import materialize
 from .report import pruning_report
@@ -93,6 +97,11 @@ class ModalAdaptivePruningTrainer(DistillationTrainer):
             droprate_init=args.droprate_init,
         ).to(self.args.device)
         self.l0_optimizer = self.l0_module.create_optimizer(args.reg_learning_rate, args.lambda_learning_rate)
+        self.checkpointed_state.register(
+            L0_STATE_NAME, self.l0_module,
+            missing="it was not written by ModalAdaptivePruningTrainer, so the pruning gates cannot be restored. "
+                    "Resume from one of this trainer's checkpoints.")
+        self.checkpointed_state.register(L0_OPTIMIZER_NAME, self.l0_optimizer)
         self._scale_before_step: float | None = None  # the GradScaler's scale before this optimizer step
         self._final_gates_cache = None
         self.add_callback(_GateOptimizerStep(self))
@@ -106,6 +115,11 @@ class ModalAdaptivePruningTrainer(DistillationTrainer):
 
     def _student(self) -> nn.Module:
         return self.accelerator.unwrap_model(self.model)
+
+    def _full_student(self) -> nn.Module:
+        """The unwrapped student with every parameter whole: itself, or under FSDP / ZeRO-3 a copy loaded with the
+        gathered parameters (a collective: every process calls ``prune()``, and every process gets the model)."""
+        return full_model(self.model_wrapped)
 
     def training_step(self, model: nn.Module, inputs, num_items_in_batch=None):
         """One micro-batch with freshly sampled gates (the exported structure once the gates are frozen)."""
@@ -224,10 +238,11 @@ class ModalAdaptivePruningTrainer(DistillationTrainer):
         """The materialised model at ``target_sparsity`` (default: the trained target): the budget-exact gates
         (``final_gates``) folded into the weights, Linear layers sliced, removed sub-blocks gone, and a config with
         the per-layer sizes (``config.pruning_info`` records the run). Any target in ``[0, 1)`` can be exported
-        from one run; warns when the gates had not converged to the trained target."""
+        from one run; warns when the gates had not converged to the trained target. Under FSDP and DeepSpeed ZeRO-3
+        the full parameters are gathered first, on every process (call it on every process)."""
         info = self.pruning_info(target_sparsity)
         self._warn_if_not_converged(info)
-        return materialize(self._student(), self.final_gates(target_sparsity), pruning_info=info)
+        return materialize(self._full_student(), self.final_gates(target_sparsity), pruning_info=info)
 
     def prune_family(self, targets) -> list[nn.Module]:
         """One materialised model per target (strictly increasing), nested: every unit removed for a target is also
@@ -235,7 +250,8 @@ class ModalAdaptivePruningTrainer(DistillationTrainer):
         family = [_detached(zs) for zs in self.l0_module.budget_gates(list(targets))]
         infos = [{**self.pruning_info(target, zs), "family": list(targets)} for target, zs in zip(targets, family)]
         self._warn_if_not_converged(infos[0])  # learned and trained sparsity are the same for every member
-        return [materialize(self._student(), zs, pruning_info=info) for zs, info in zip(family, infos)]
+        student = self._full_student()
+        return [materialize(student, zs, pruning_info=info) for zs, info in zip(family, infos)]
 
     def _warn_if_not_converged(self, info: dict) -> None:
         learned, trained = info["learned_expected_sparsity"], info["trained_target_sparsity"]
@@ -254,14 +270,14 @@ class ModalAdaptivePruningTrainer(DistillationTrainer):
         target vs achieved (see ``efficientvlm.pruning.pruning_report``)."""
         pruned = self.prune() if pruned is None else pruned
         target = pruned.config.pruning_info.get("target_sparsity", self.args.target())
-        report = pruning_report(self._student(), pruned, target, budget=self.args.budget,
+        report = pruning_report(self._full_student(), pruned, target, budget=self.args.budget,
                                 text_length=self.args.budget_text_length)
         info = pruned.config.pruning_info
         report["learned_expected_sparsity"] = info.get("learned_expected_sparsity")
         report["deterministic_rule_sparsity"] = info.get("deterministic_rule_sparsity")
         return report
 
-    # ---- logging and checkpoints ---------------------------------------------------------------------------------
+    # ---- logging ---------------------------------------------------------------------------------------------
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and not any(key.endswith("_runtime") for key in logs):
@@ -300,28 +316,6 @@ class ModalAdaptivePruningTrainer(DistillationTrainer):
             for key, value in state.items():
                 if isinstance(value, torch.Tensor):
                     yield f"l0_optimizer.state.{index}.{key}", value
-
-    def _save_extra_state(self, folder: str) -> None:
-        """The distillation trainer's, plus the gates, multipliers (safetensors) and their optimizer state."""
-        super()._save_extra_state(folder)
-        state = {key: value.detach().cpu().contiguous() for key, value in self.l0_module.state_dict().items()}
-        save_file(state, os.path.join(folder, L0_STATE_NAME))
-        torch.save(self.l0_optimizer.state_dict(), os.path.join(folder, L0_OPTIMIZER_NAME))
-
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        """The distillation resume plus the gates, multipliers and their optimizer state."""
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
-        path = os.path.join(resume_from_checkpoint, L0_STATE_NAME)
-        if not os.path.isfile(path):
-            raise ValueError(
-                f"{resume_from_checkpoint} has no {L0_STATE_NAME}: it was not written by ModalAdaptivePruningTrainer, "
-                "so the pruning gates cannot be restored. Resume from one of this trainer's checkpoints."
-            )
-        self.l0_module.load_state_dict(load_file(path, device=str(self.args.device)))
-        optimizer_path = os.path.join(resume_from_checkpoint, L0_OPTIMIZER_NAME)
-        if os.path.isfile(optimizer_path):
-            self.l0_optimizer.load_state_dict(torch.load(optimizer_path, map_location=self.args.device,
-                                                         weights_only=True))
 
 
 def _detached(zs: Gates) -> Gates:
