@@ -94,8 +94,9 @@ class DemoConfig:
     pretrain_steps: int = _flag(300, "optimizer steps of image-text pre-training (ITC + ITM with hard negatives + "
                                      "MLM on the scenes' captions) before the teacher's VQA training; 0 skips it")
     pretrain_regions: int = _flag(0, "region texts per pre-training image ('the red circle') with the object's box, "
-                                     "for X-VLM's box regression (L1 + GIoU); 0 leaves it out (measured with the "
-                                     "defaults: 1 or 2 per image lowered the teacher from 66 to 57-59%%)")
+                                     "for X-VLM's box regression (L1 + GIoU); 0 leaves it out (measured on seed 0 with "
+                                     "the defaults: 1 or 2 per image lowered the teacher from 64.0% to 59.4% and "
+                                     "57.2%)")
     pretrain_max_objects: int = _flag(1, "most shapes per pre-training scene: captions of one-object scenes tie each "
                                          "colour and shape word to what the image shows (a curriculum)")
     teacher_layers: tuple[int, int, int] = _flag((6, 2, 2), "teacher layers: vision text fusion", nargs=3)
