@@ -12,6 +12,9 @@ Tasks: ``vqa`` (classifier over the answer vocabulary), ``nlvr2``, ``retrieval``
 The model comes from ``--model_name_or_path`` (any EfficientVLM checkpoint: a pre-trained one gives the encoders,
 the task head is initialised fresh), from ``--vision_model`` + ``--text_model`` (a CLIP and a BERT checkpoint), or,
 with neither, a small random model whose sizes are set by ``--hidden_size`` and the ``--*_layers`` flags.
+``--seed`` is set before the model is built, so two runs with the same seed give the same model. A user mistake (a
+missing checkpoint or file, a bad flag value) prints one error message and exits with status 2; ``--debug`` shows
+the traceback.
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import AutoProcessor, AutoTokenizer, HfArgumentParser, Trainer, TrainingArguments
+from transformers import AutoProcessor, AutoTokenizer, HfArgumentParser, Trainer, TrainingArguments, set_seed
 
 from efficientvlm import EfficientVLMImageProcessor, EfficientVLMProcessor
 from efficientvlm.tasks import TASKS, TaskDataArguments, small_config
+from efficientvlm.user_errors import check_checkpoint_argument, run_script
 
 logger = logging.getLogger("finetune")
 
@@ -81,6 +85,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stdout)
     if task_args.task not in TASKS:
         raise ValueError(f"--task must be one of {sorted(TASKS)}, got {task_args.task!r}.")
+    for flag, value in (("--model_name_or_path", model_args.model_name_or_path),
+                        ("--vision_model", model_args.vision_model), ("--text_model", model_args.text_model)):
+        if value:
+            check_checkpoint_argument(value, flag)
+    set_seed(training_args.seed)  # before the model is built: its initialisation is part of the run
     training_args.remove_unused_columns = False  # the collator reads the raw image/text columns
     output_dir = Path(training_args.output_dir)
     task = TASKS[task_args.task]
@@ -100,4 +109,4 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))
