@@ -9,13 +9,16 @@
         --answer_list data/answer_list.json --output_dir runs/vqa
 
     # LoRA: train rank-8 adapters on the text and fusion encoders (and the task head), save the merged model:
-    python examples/finetune.py --task vqa --model_name_or_path path/to/student --lora_r 8 \
+    python examples/finetune.py --task vqa --model_name_or_path path/to/student --lora_r 8 \\
         --lora_encoders text fusion ... --output_dir runs/vqa-lora
 
 Tasks: ``vqa`` (classifier over the answer vocabulary), ``nlvr2``, ``retrieval`` (ITC + ITM), ``captioning``.
 The model comes from ``--model_name_or_path`` (any EfficientVLM checkpoint: a pre-trained one gives the encoders,
 the task head is initialised fresh), from ``--vision_model`` + ``--text_model`` (a CLIP and a BERT checkpoint), or,
 with neither, a small random model whose sizes are set by ``--hidden_size`` and the ``--*_layers`` flags.
+``--seed`` is set before the model is built, so two runs with the same seed give the same model. A user mistake (a
+missing checkpoint or file, a bad flag value) prints one error message and exits with status 2; ``--debug`` shows
+the traceback.
 
 With ``--lora_r`` > 0 only LoRA adapters (``efficientvlm.lora_config``: attention projections and FFNs of the
 ``--lora_encoders``, surviving layers only in a pruned model) and the task head are trained; the adapters are merged
@@ -31,11 +34,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import AutoProcessor, AutoTokenizer, HfArgumentParser, Trainer, TrainingArguments
+from transformers import AutoProcessor, AutoTokenizer, HfArgumentParser, Trainer, TrainingArguments, set_seed
 
 from efficientvlm import EfficientVLMImageProcessor, EfficientVLMProcessor, lora_config
 from efficientvlm.lora import LORA_ENCODERS
 from efficientvlm.tasks import TASKS, TaskDataArguments, small_config
+from efficientvlm.user_errors import check_checkpoint_argument, run_script
 
 logger = logging.getLogger("finetune")
 
@@ -105,6 +109,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     unknown = sorted(set(lora_args.lora_encoders) - set(LORA_ENCODERS))
     if unknown or not lora_args.lora_encoders:
         raise ValueError(f"--lora_encoders: unknown {unknown or 'empty list'}; choose among {list(LORA_ENCODERS)}.")
+    for flag, value in (("--model_name_or_path", model_args.model_name_or_path),
+                        ("--vision_model", model_args.vision_model), ("--text_model", model_args.text_model)):
+        if value:
+            check_checkpoint_argument(value, flag)
+    set_seed(training_args.seed)  # before the model is built: its initialisation is part of the run
     training_args.remove_unused_columns = False  # the collator reads the raw image/text columns
     output_dir = Path(training_args.output_dir)
     task = TASKS[task_args.task]
@@ -138,4 +147,4 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -5,7 +5,8 @@
 
 Writes one JSON object per image (``{"image": path, "answers": [...]}`` or ``{"image": path, "caption": ...}``) to
 ``--output`` or standard output. Unreadable images are reported with their path and skipped only with
-``--skip_bad_images``; by default the first one stops the run.
+``--skip_bad_images``; by default the first one stops the run. A user mistake (a missing folder, an unreadable
+image, a bad flag value) prints one error message and exits with status 2; ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from transformers import AutoProcessor, HfArgumentParser, pipeline
 
 from efficientvlm import EfficientVLMForCaptioning
 from efficientvlm.models.image_processing_efficientvlm import load_image_file
+from efficientvlm.user_errors import check_checkpoint_argument, run_script
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -63,6 +65,9 @@ def readable(files: list[Path], skip: bool) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     (args,) = HfArgumentParser(PredictArguments).parse_args_into_dataclasses(args=argv)
+    check_checkpoint_argument(args.model, "--model")
+    if args.task not in ("vqa", "captioning"):
+        raise ValueError(f"--task must be vqa or captioning, got {args.task!r}.")
     files = readable(image_files(Path(args.images)), args.skip_bad_images)
     results = []
     if args.task == "vqa":
@@ -91,4 +96,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

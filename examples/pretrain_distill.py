@@ -42,6 +42,8 @@ one image share its ``image_id`` in every process.
 The output folder holds the student and the processor (``AutoModel`` / ``AutoProcessor`` load it after
 ``import efficientvlm``); checkpoints also hold the trainer state, including the hidden-state projections when the
 student is narrower than the teacher (``--resume_from_checkpoint`` restores all of it, under every backend).
+``--seed`` is set before the student is built. A user mistake (a missing checkpoint or file, a bad flag value) prints
+one error message and exits with status 2; ``--debug`` shows the traceback.
 
 With ``examples/accelerate_configs/`` (see the README): ``--config_file .../ddp.yaml``, ``fsdp.yaml`` (FSDP2) or
 ``deepspeed_zero2.yaml`` / ``deepspeed_zero3.yaml`` (``pip install "efficientvlm[deepspeed]"``). A student narrower
@@ -54,7 +56,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from transformers import HfArgumentParser
+from transformers import HfArgumentParser, set_seed
 
 from efficientvlm.data import ImageTextStream
 from efficientvlm.distillation import (
@@ -66,6 +68,7 @@ from efficientvlm.distillation import (
 )
 from efficientvlm.models.modeling_efficientvlm import EfficientVLMForPreTraining
 from efficientvlm.student import create_student
+from efficientvlm.user_errors import check_checkpoint_argument, run_script
 
 
 @dataclass
@@ -157,6 +160,8 @@ def main(argv: list[str] | None = None) -> DistillationTrainer:
             raise ValueError("A stream repeats its epochs without end: give the length of the run with --max_steps.")
         training_args.ignore_data_skip = True  # a resumed stream continues from its own saved position
 
+    check_checkpoint_argument(model_args.teacher_name_or_path, "--teacher_name_or_path")
+    set_seed(training_args.seed)  # before the student is built
     teacher = EfficientVLMForPreTraining.from_pretrained(model_args.teacher_name_or_path)
     check_teacher_trained(teacher)  # e.g. a base checkpoint: random ITC/ITM/MLM heads; fail before reading data
     student = create_student(teacher, model_args.vision_layers, model_args.text_layers, model_args.fusion_layers)
@@ -181,4 +186,4 @@ def main(argv: list[str] | None = None) -> DistillationTrainer:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_script(main))

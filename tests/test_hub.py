@@ -177,7 +177,7 @@ def test_shipped_modules_import_only_torch_numpy_pil_transformers_and_siblings(h
     for path in hub.folder.glob("*.py"):
         assert set(remote_code_imports(path)) <= {p.stem for p in hub.folder.glob("*.py")}
     assert remote_code_imports(hub.folder / "modeling_efficientvlm.py") == ["configuration_efficientvlm"]
-    assert remote_code_imports(hub.folder / "pipeline_efficientvlm.py") == ["image_processing_efficientvlm"]
+    assert remote_code_imports(hub.folder / "pipeline_efficientvlm.py") == []  # images go through the image processor
     for bad, message in (("import efficientvlm.hub", "efficientvlm"), ("from ..models import x", r"\.\.models"),
                          ("import scipy", "scipy"), ("from .missing import x", "not a sibling"),
                          ("def f():\n    from efficientvlm import y", "efficientvlm")):
@@ -822,18 +822,18 @@ def test_cli_push_uploads_one_commit_to_a_private_branch(checkpoint, tmp_path, m
 def test_cli_errors_are_clear(checkpoint, tmp_path, capsys):
     no_processor = tmp_path / "no_processor"
     shutil.copytree(checkpoint, no_processor, ignore=shutil.ignore_patterns("processor_config.json", "tokenizer*"))
-    assert cli.main(["push", str(no_processor), "org/x", "--dry-run", str(tmp_path / "a")]) == 1
+    assert cli.main(["push", str(no_processor), "org/x", "--dry-run", str(tmp_path / "a")]) == 2
     assert "has no processor" in capsys.readouterr().err
     pickled = tmp_path / "pickled"
     shutil.copytree(checkpoint, pickled)
     torch.save({}, pickled / "pytorch_model.bin")
     (pickled / "model.safetensors").unlink()
-    assert cli.main(["push", str(pickled), "org/x", "--dry-run", str(tmp_path / "b")]) == 1
+    assert cli.main(["push", str(pickled), "org/x", "--dry-run", str(tmp_path / "b")]) == 2
     assert "pickled weights only" in capsys.readouterr().err
     readme = tmp_path / "README.md"
     readme.write_text("---\nlicense: mit\n---\n# card\n")
     assert cli.main(["push", str(checkpoint), "org/x", "--card", str(readme), "--tag", "t", "--dry-run",
-                     str(tmp_path / "c")]) == 1
+                     str(tmp_path / "c")]) == 2
     assert "--card uses a finished card" in capsys.readouterr().err
     assert cli.main(["push", str(checkpoint), "org/x", "--card", str(readme), "--dry-run", str(tmp_path / "d")]) == 0
     assert (tmp_path / "d" / "README.md").read_text().startswith("---\nlicense: mit\n---")

@@ -372,8 +372,26 @@ def test_create_student_copies_the_chosen_layers(model_class):
     for name, value in teacher.state_dict().items():
         if ".encoder.layers." not in name:
             assert torch.equal(student.state_dict()[name], value), name
-    with pytest.raises(ValueError, match="does not exist"):
+    with pytest.raises(ValueError, match=r"vision_layers=\[7\]: teacher vision layer 7 does not exist \(the "
+                                         r"teacher's vision encoder has 4 layers: 0 to 3\)"):
         create_student(teacher, vision_layers=[7])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"text_layers": 6}, ValueError, r"text_layers=6: the student's text encoder cannot have 6 layers when the "
+                                         r"teacher's text encoder has 2\. Give a number from 0 to 2"),
+        ({"fusion_layers": -1}, ValueError, r"fusion_layers=-1: the student's fusion encoder cannot have -1 layers"),
+        ({"vision_layers": 2.0}, TypeError, r"vision_layers=2\.0: give the number of vision layers \(an int\)"),
+        ({"text_layers": [0.5]}, TypeError, r"text_layers=\[0\.5\]: teacher layer indices must be integers"),
+        ({"fusion_layers": "1"}, TypeError, r"fusion_layers='1': give the number of fusion layers"),
+    ],
+)
+def test_create_student_errors_name_the_encoder(kwargs, error, message):
+    teacher = EfficientVLMModel(tiny_config())
+    with pytest.raises(error, match=message):
+        create_student(teacher, **{"vision_layers": 1, "text_layers": 1, "fusion_layers": 1, **kwargs})
 
 
 def test_create_student_of_a_heterogeneous_teacher_keeps_its_layer_sizes():

@@ -49,8 +49,11 @@ from transformers.generation import GenerationConfig, GenerationMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ModelOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import logging
 
 from .configuration_efficientvlm import EfficientVLMConfig, EfficientVLMFusionConfig
+
+logger = logging.get_logger(__name__)
 
 
 try:  # the keyword generate() keeps the cache under: "cache" from transformers 5.24 on, "past_key_values" before
@@ -738,13 +741,15 @@ class EfficientVLMPreTrainedModel(PreTrainedModel):
         request, so kernel fusions are skipped for it.
 
         Only safetensors weights are loaded: a checkpoint with pickled weights only (``pytorch_model.bin``) is
-        refused with a ``ValueError``, as is one whose config does not match its weights. This override is on every
-        loading path (library classes, Auto classes, and Hub remote code, which ships this file).
+        refused with a ``ValueError``, as is one whose config does not match its weights (the message names every
+        tensor that does not fit, the config field that sets its shape, and the fix) and one whose safetensors file
+        is truncated or corrupt (the message names the file). This override is on every loading path (library
+        classes, Auto classes, and Hub remote code, which ships this file).
 
         transformers reports the weights a checkpoint lacks (initialised at random instead) only through
-        ``output_loading_info=True`` and its log; this override also remembers them on the model, so that
-        ``weights_not_loaded()`` can tell later whether they are still untrained (a base checkpoint loaded as a task
-        teacher has a random head).
+        ``output_loading_info=True`` and its log table; this override warns, naming the head (e.g. a pre-training or
+        NLVR2 checkpoint loaded as a VQA model), and remembers them on the model, so that ``weights_not_loaded()``
+        can tell later whether they are still untrained (the VQA pipeline and the trainers refuse a random head).
         """
         if isinstance(kwargs.get("fusion_config"), dict):
             raise ValueError(
@@ -768,7 +773,12 @@ class EfficientVLMPreTrainedModel(PreTrainedModel):
                 if not _is_missing_safetensors(error):
                     raise
                 raise ValueError(_pickled_weights_message(pretrained_model_name_or_path)) from error
+            except Exception as error:
+                if not _is_safetensors_error(error):
+                    raise
+                raise ValueError(_corrupt_weights_message(pretrained_model_name_or_path, error)) from error
             model._remember_weights_not_loaded(info, pretrained_model_name_or_path)
+            _warn_weights_not_loaded(model, pretrained_model_name_or_path)
             return (model, info) if want_info else model
 
         def register_fusion_patches(model_class, config, fusion_config=None):
@@ -790,24 +800,28 @@ class EfficientVLMPreTrainedModel(PreTrainedModel):
                 model, info = super().from_pretrained(
                     pretrained_model_name_or_path, *model_args, output_loading_info=True,
                     **{**kwargs, "ignore_mismatched_sizes": True})
-                if not _layer_keys(info):  # only a task head differs in size (e.g. another answer set)
-                    raise ValueError(_head_mismatch_message(pretrained_model_name_or_path, info)) from error
-                raise ValueError(_layer_mismatch_message(pretrained_model_name_or_path, model.config, info)) from error
+                raise ValueError(_mismatch_message(pretrained_model_name_or_path, model, info)) from error
             except OSError as error:
                 if not _is_missing_safetensors(error):
                     raise
                 raise ValueError(_pickled_weights_message(pretrained_model_name_or_path)) from error
+            except Exception as error:
+                if not _is_safetensors_error(error):
+                    raise
+                raise ValueError(_corrupt_weights_message(pretrained_model_name_or_path, error)) from error
         finally:
             fusion_mapping.register_fusion_patches = original
         if _layer_keys(info):
-            raise ValueError(_layer_mismatch_message(pretrained_model_name_or_path, model.config, info))
+            raise ValueError(_mismatch_message(pretrained_model_name_or_path, model, info))
         model._remember_weights_not_loaded(info, pretrained_model_name_or_path)
+        _warn_weights_not_loaded(model, pretrained_model_name_or_path)
         return (model, info) if want_info else model
 
     def _remember_weights_not_loaded(self, info: dict, source) -> None:
         """Keep a sample of every tensor that loading initialised instead of reading it from the checkpoint (missing,
         or re-initialised for another shape with ``ignore_mismatched_sizes=True``); see ``weights_not_loaded``."""
-        names = set(info.get("missing_keys") or ()) | {entry[0] for entry in info.get("mismatched_keys") or ()}
+        names = set(info.get("missing_keys") or ()) | {entry[0] if isinstance(entry, tuple) else entry
+                                                        for entry in info.get("mismatched_keys") or ()}
         tensors = self.state_dict(keep_vars=True)
         self._initialised_at_load = {name: _value_sample(tensors[name]) for name in sorted(names)
                                      if name in tensors and tensors[name].device.type != "meta"}
@@ -819,15 +833,19 @@ class EfficientVLMPreTrainedModel(PreTrainedModel):
         still hold the values they were initialised with: a task head (or any other part) that is still random.
 
         Empty for a model built in memory (nothing was loaded), for a checkpoint that holds every tensor, and once the
-        initialised tensors have been trained (a sample of each is compared with its value at load time, with a 1%
-        tolerance, so that a cast to bf16/fp16 still counts as untrained). ``loaded_from`` names the checkpoint(s).
+        initialised tensors have been trained (64 values of each are compared with their values at load time, in the
+        tensor's current dtype, so a cast to bf16 / fp16 still counts as untrained and one optimizer step as
+        trained). ``loaded_from`` names the checkpoint(s).
         """
         initialised = getattr(self, "_initialised_at_load", None) or {}
-        if not initialised:
-            return []
         tensors = self.state_dict(keep_vars=True)
-        return [name for name, sample in initialised.items()
-                if name in tensors and torch.allclose(_value_sample(tensors[name]), sample, rtol=1e-2, atol=1e-6)]
+        untrained = []
+        for name, sample in initialised.items():
+            if name in tensors:
+                now = _value_sample(tensors[name], as_float=False)
+                if torch.equal(now, sample.to(now.dtype)):
+                    untrained.append(name)
+        return untrained
 
     @property
     def loaded_from(self) -> str | None:
@@ -983,45 +1001,239 @@ def _layer_keys(info: dict) -> list[tuple[str, str, str]]:
     return sorted(found)
 
 
-def _layer_mismatch_message(path, config: EfficientVLMConfig, info: dict) -> str:
-    """Explain, per layer and config field, why a checkpoint's tensors do not fit its config."""
-    groups: dict[tuple[str, int, str], list[str]] = {}
-    for status, key, detail in _layer_keys(info):
+def _mismatch_message(path, model: EfficientVLMPreTrainedModel, info: dict) -> str:
+    """Explain why a checkpoint's tensors do not fit the model its config describes: every tensor, the config field
+    that sets its shape, and the fix. Never fails: if the explanation itself breaks, the raw report is returned."""
+    try:
+        return _explain_mismatch(path, model, info)
+    except Exception as error:  # a bug here must not hide the checkpoint's problem behind another exception
+        raw = {status: [entry if isinstance(entry, str) else f"{entry[0]} {list(entry[1])} -> {list(entry[2])}"
+                        for entry in info.get(status) or ()] for status in ("mismatched_keys", "missing_keys",
+                                                                            "unexpected_keys")}
+        return (f"The checkpoint at {str(path)!r} does not fit the model its config describes: {raw}. Fix "
+                f"config.json, or re-export the model with save_pretrained(). (Explaining it further failed: "
+                f"{type(error).__name__}: {error})")
+
+
+def _explain_mismatch(path, model: EfficientVLMPreTrainedModel, info: dict) -> str:
+    config = model.config
+    lines: list[str] = []
+    model_keys = set(model.state_dict())
+    missing = set(info.get("missing_keys") or ())
+    unexpected = set(info.get("unexpected_keys") or ())
+
+    # Encoder layers: per layer and per-layer config field.
+    layer_entries = _layer_keys(info)
+    by_layer: dict[tuple[str, int], list[tuple[str, str, str]]] = {}
+    for status, key, detail in layer_entries:
         stack, rest = key.split(".encoder.layers.")
-        modality = _STACK_OF_MODULE[stack.split(".")[-1]]
-        index, module = rest.split(".")[:2]
-        name = rest.split(".", 1)[1]
-        what = {"mismatched": f"shape{detail}", "missing": "missing from the checkpoint",
-                "unexpected": "in the checkpoint but not in the config"}[status]
-        groups.setdefault((modality, int(index), _FIELD_OF_MODULE.get(module, "?")), []).append(f"{name} ({what})")
-    lines = []
-    for (modality, index, field), names in sorted(groups.items()):
+        by_layer.setdefault((_STACK_OF_MODULE[stack.split(".")[-1]], int(rest.split(".")[0])), []).append(
+            (status, key, detail))
+    layer_fields = []
+    for (modality, index), entries in sorted(by_layer.items()):
         sub = getattr(config, f"{modality}_config")
-        value = sub.per_layer(field)[index] if field in sub.per_layer_fields else "?"
-        lines.append(f"  {modality} layer {index}, {modality}_config.{field}[{index}] = {value}: " + "; ".join(names))
-    return (
-        f"The checkpoint at {str(path)!r} does not fit its config:\n" + "\n".join(lines)
-        + "\nThe config must record the size of every layer of the saved weights (0 = sub-block absent). Fix "
-        "config.json, or re-export the model with save_pretrained()."
-    )
+        count = sub.num_hidden_layers
+        prefix = entries[0][1].split(".encoder.layers.")[0] + f".encoder.layers.{index}."
+        saved = sorted({int(k.split(".encoder.layers.")[1].split(".")[0]) for k in (model_keys - missing) | unexpected
+                        if k.startswith(entries[0][1].split(".encoder.layers.")[0] + ".encoder.layers.")})
+        if index >= count:
+            lines.append(f"  {modality} layer {index}: {len(entries)} tensors in the checkpoint, but "
+                         f"{modality}_config.num_hidden_layers = {count} (the checkpoint has {len(saved)} {modality} "
+                         "layers)")
+            layer_fields.append(f"{modality}_config.num_hidden_layers")
+            continue
+        layer_keys = {k for k in model_keys if k.startswith(prefix)}
+        if layer_keys and layer_keys <= missing and not any(status == "unexpected" for status, _, _ in entries):
+            lines.append(f"  {modality} layer {index}: missing from the checkpoint, but "
+                         f"{modality}_config.num_hidden_layers = {count} (the checkpoint has {len(saved)} {modality} "
+                         "layers)")
+            layer_fields.append(f"{modality}_config.num_hidden_layers")
+            continue
+        groups: dict[str, list[str]] = {}
+        for status, key, detail in entries:
+            rest = key.split(".encoder.layers.")[1]
+            module, name = rest.split(".")[1], rest.split(".", 1)[1]
+            what = {"mismatched": f"shape{detail}", "missing": "missing from the checkpoint",
+                    "unexpected": "in the checkpoint but not in the config"}[status]
+            groups.setdefault(_FIELD_OF_MODULE.get(module, "?"), []).append(f"{name} ({what})")
+        for field, names in sorted(groups.items()):
+            values = sub.per_layer(field) if field in sub.per_layer_fields else []
+            value = values[index] if index < len(values) else "?"
+            lines.append(f"  {modality} layer {index}, {modality}_config.{field}[{index}] = {value}: "
+                         + "; ".join(names))
+            layer_fields.append(f"{modality}_config.{field}")
+
+    # Everything else: embeddings, projections and task heads.
+    head_lines = []
+    in_layers = {layer_key for _, layer_key, _ in layer_entries}
+    for entry in sorted(info.get("mismatched_keys") or (), key=str):
+        key, saved, wanted = entry if isinstance(entry, tuple) else (entry, "?", "?")
+        if key in in_layers:
+            continue
+        head_lines.append(f"  {key}: {list(saved)} in the checkpoint, {list(wanted)} from the config "
+                          f"({_shape_source(key, model)})")
+    lines += head_lines
+    other_missing = sorted(missing - in_layers)
+    if other_missing and lines:
+        lines.append(f"  also missing from the checkpoint (they would be initialised at random): "
+                     f"{_summarise_keys(other_missing)}")
+
+    fixes = []
+    if layer_fields:
+        fields = ", ".join(dict.fromkeys(layer_fields))
+        fixes.append(f"The config must record the size of every layer of the saved weights ({fields}; 0 = "
+                     "sub-block absent). Fix config.json, or re-export the model with save_pretrained().")
+    if head_lines:
+        fixes.append(_head_fix(model, info))
+    return (f"The checkpoint at {str(path)!r} does not fit its config ({type(model).__name__}):\n" + "\n".join(lines)
+            + "\n" + " ".join(fixes))
 
 
-def _value_sample(tensor: torch.Tensor, size: int = 64) -> torch.Tensor:
-    """Up to ``size`` evenly spaced values of ``tensor``, as float32 on the CPU (a fingerprint of its values)."""
+def _head_fix(model: EfficientVLMPreTrainedModel, info: dict) -> str:
+    """The fix for task-head (or embedding) tensors whose shapes differ from what the config builds."""
+    this = type(model).__name__
+    saved_as = (model.config.architectures or [None])[0]
+    if saved_as and saved_as != this:
+        return (f"The checkpoint was saved from {saved_as}, not {this}: load it with {saved_as}.from_pretrained() "
+                f"(or its Auto class), or pass ignore_mismatched_sizes=True to put a new {this} head (random until "
+                "fine-tuned) on its encoders.")
+    answers = [entry for entry in info.get("mismatched_keys") or ()
+               if isinstance(entry, tuple) and entry[0].startswith("classifier.3.")]
+    if answers and "VisualQuestionAnswering" in this:
+        saved = answers[0][1][0]
+        return (f"config.id2label lists {model.config.num_labels} answers, but the checkpoint's classifier has "
+                f"{saved} outputs: load it without overriding id2label / num_labels (its config.json lists its "
+                "answers), or pass ignore_mismatched_sizes=True to initialise a new classifier for the new answer set "
+                "(random until fine-tuned).")
+    return ("Load the checkpoint with the config it was saved with (do not override these sizes), or pass "
+            "ignore_mismatched_sizes=True to initialise the listed tensors at random.")
+
+
+def _shape_source(key: str, model: EfficientVLMPreTrainedModel) -> str:
+    """The config fields that set the shape of a tensor outside the encoder layers."""
+    config, head = model.config, type(model).__name__
+    hidden = config.text_config.hidden_size
+    if key.startswith("classifier."):
+        index = key.split(".")[1]
+        if "NLVR2" in head:
+            if index == "3":
+                return "2 outputs: false / true"
+            return f"the two fused [CLS] vectors: 2 x text_config.hidden_size = {2 * hidden}"
+        if index == "3":
+            return f"one output per answer: config.id2label has {config.num_labels} answers"
+        if index == "0" and key.endswith("weight"):
+            return f"input text_config.hidden_size = {hidden}, width 2 x {hidden}"
+        return f"width 2 x text_config.hidden_size = {2 * hidden}"
+    if key.startswith("itm_head."):
+        return f"image-text matching head on text_config.hidden_size = {hidden}"
+    if "_proj." in key and key.split(".")[0] in ("vision_proj", "text_proj"):
+        modality = key.split("_")[0]
+        return (f"{modality}_config.hidden_size = {getattr(config, f'{modality}_config').hidden_size} -> "
+                f"projection_dim = {config.projection_dim}")
+    if "position_embedding." in key:
+        vc = config.vision_config
+        return f"vision_config.image_size / patch_size = {vc.image_size} / {vc.patch_size}, plus [CLS]"
+    if "patch_embedding." in key:
+        vc = config.vision_config
+        return f"vision_config.hidden_size = {vc.hidden_size}, num_channels, patch_size = {vc.patch_size}"
+    if "word_embeddings." in key or key.startswith("lm_head."):
+        return f"text_config.vocab_size = {config.text_config.vocab_size}"
+    if "position_embeddings." in key:
+        return f"text_config.max_position_embeddings = {config.text_config.max_position_embeddings}"
+    if "token_type_embeddings." in key:
+        return f"text_config.type_vocab_size = {config.text_config.type_vocab_size}"
+    return "the hidden sizes in the config"
+
+
+def _summarise_keys(keys: list[str], shown: int = 6) -> str:
+    """``a, b, c, ... (n tensors)`` for a message."""
+    more = f", ... ({len(keys)} tensors)" if len(keys) > shown else ""
+    return ", ".join(keys[:shown]) + more
+
+
+def _weight_groups(names: list[str], base_prefix: str) -> list[str]:
+    """The modules a list of tensor names belongs to: a head's top-level name (``classifier``), or the encoder part
+    (``efficientvlm.text_model.embeddings``)."""
+    groups = []
+    for name in names:
+        parts = name.split(".")
+        group = ".".join(parts[:3]) if parts[0] == base_prefix and len(parts) > 3 else parts[0]
+        if group not in groups:
+            groups.append(group)
+    return groups
+
+
+def _warn_weights_not_loaded(model: EfficientVLMPreTrainedModel, source) -> None:
+    """Warn, naming the head, when ``from_pretrained`` initialised tensors at random instead of loading them."""
+    names = model.weights_not_loaded()
+    if names:
+        logger.warning(_random_weights_message(source, model, names))
+
+
+def _random_weights_message(source, model: EfficientVLMPreTrainedModel, names: list[str]) -> str:
+    """The warning for tensors that ``from_pretrained`` initialised at random instead of loading."""
+    this = type(model).__name__
+    saved_as = (model.config.architectures or [None])[0]
+    saved = f" (saved from {saved_as})" if saved_as and saved_as != this else ""
+    groups = ", ".join(_weight_groups(names, model.base_model_prefix))
+    return (f"{this}: the checkpoint at {str(source)!r}{saved} has no weights for {groups} "
+            f"({_summarise_keys(names)}); they were initialised at random, so the model's outputs mean nothing until "
+            f"it is fine-tuned. To use a trained {this}, load a checkpoint saved from {this}; to train this head, "
+            "fine-tune the model (e.g. examples/finetune.py).")
+
+
+def _value_sample(tensor: torch.Tensor, size: int = 64, as_float: bool = True) -> torch.Tensor:
+    """Up to ``size`` evenly spaced values of ``tensor`` on the CPU, as float32 or in its dtype (a fingerprint)."""
     flat = tensor.detach().reshape(-1)
     index = torch.linspace(0, max(flat.numel() - 1, 0), min(flat.numel(), size)).long().to(flat.device)
-    return flat[index].float().cpu()
+    sample = flat[index].cpu()
+    return sample.float() if as_float else sample
 
 
-def _head_mismatch_message(path, info: dict) -> str:
-    """Why a checkpoint whose task head has other shapes than the config asks for is refused, and the fix."""
-    shapes = "; ".join(f"{key}: {list(saved)} in the checkpoint, {list(wanted)} from the config"
-                       for key, saved, wanted in sorted(info.get("mismatched_keys") or ()))
-    return (
-        f"The checkpoint at {str(path)!r} has a head of other shapes than the config asks for ({shapes}), e.g. "
-        "another answer set (id2label). Pass ignore_mismatched_sizes=True to initialise a new head instead; it is "
-        "then random and must be trained before it can teach."
-    )
+def _is_safetensors_error(error: BaseException) -> bool:
+    """Whether the safetensors library could not read a weights file (truncated, corrupt)."""
+    return type(error).__name__ == "SafetensorError" or type(error).__module__.split(".")[0] == "safetensors"
+
+
+def _safetensors_problem(file: str) -> str | None:
+    """What is wrong with a safetensors file, read from its header alone; None if it looks complete."""
+    import json
+
+    size = os.path.getsize(file)
+    if size < 8:
+        return f"it holds {size} bytes, fewer than the 8 of a safetensors header"
+    with open(file, "rb") as handle:
+        header_size = int.from_bytes(handle.read(8), "little")
+        if 8 + header_size > size:
+            return f"it holds {size} bytes, fewer than its {8 + header_size}-byte header"
+        try:
+            header = json.loads(handle.read(header_size))
+        except ValueError:
+            return "its header is not valid JSON"
+    ends = [entry["data_offsets"][1] for name, entry in header.items()
+            if name != "__metadata__" and isinstance(entry, dict) and "data_offsets" in entry]
+    expected = 8 + header_size + max(ends, default=0)
+    if size != expected:
+        return f"it holds {size} bytes where its header describes {expected}"
+    return None
+
+
+def _corrupt_weights_message(path, error: BaseException) -> str:
+    """Why a checkpoint whose safetensors file cannot be read is refused, naming the file."""
+    cause = f"{type(error).__name__}: {error}"
+    if path is not None and os.path.isdir(path):
+        single = os.path.join(path, "model.safetensors")
+        candidates = [single] if os.path.isfile(single) else sorted(
+            os.path.join(path, name) for name in os.listdir(path) if name.endswith(".safetensors"))
+        problems = [(file, _safetensors_problem(file)) for file in candidates]
+        broken = [(file, problem) for file, problem in problems if problem] or [(file, None) for file in candidates]
+        named = "; ".join(f"'{file}'" + (f" ({problem})" if problem else "") for file, problem in broken)
+        return (f"The weights file {named} of the checkpoint at {str(path)!r} cannot be read ({cause}): it is "
+                "truncated or corrupt, e.g. by an interrupted download, copy or save. Copy or download it again, or "
+                "re-save the model with save_pretrained().")
+    return (f"The safetensors weights of {str(path)!r} (model.safetensors in the Hugging Face cache) cannot be read "
+            f"({cause}): the file is truncated or corrupt. Download it again with from_pretrained(..., "
+            "force_download=True).")
 
 
 def _is_missing_safetensors(error: OSError) -> bool:

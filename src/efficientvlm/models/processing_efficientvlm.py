@@ -106,10 +106,11 @@ class EfficientVLMProcessor(ProcessorMixin):
         """Tokenize `text` and preprocess `images`.
 
         Args:
-            images: One image or a list of images (PIL, numpy, torch, or file paths), or a list of (left, right)
-                pairs for NLVR2; see [`EfficientVLMImageProcessor`].
+            images: One image or a list of images (PIL, numpy, torch, file paths, URLs or data URIs), or a list of
+                (left, right) pairs for NLVR2; see [`EfficientVLMImageProcessor`].
             text: One question/text or a list of them, one per example. None may be empty.
-            **kwargs: Tokenizer or image processor arguments, e.g. `padding`, `max_length`, `return_tensors`.
+            **kwargs: Tokenizer or image processor arguments, e.g. `padding`, `max_length`, `return_tensors`,
+                `do_rescale=False` (float images in [0, 1]) or `input_data_format`.
 
         Returns:
             A [`BatchFeature`] with `input_ids` and `attention_mask` when `text` is given, and `pixel_values`
