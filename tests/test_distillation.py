@@ -345,6 +345,18 @@ def test_teacher_stays_frozen_and_every_term_is_logged(tmp_path):
     assert {f"eval_{name}" for name in expected} <= set(metrics)
 
 
+def test_evaluation_gathers_the_logits_not_the_states_or_the_image_tokens(tmp_path):
+    torch.manual_seed(0)
+    teacher = EfficientVLMForCaptioning(tiny_config())
+    student = narrow_student(teacher.config, EfficientVLMForCaptioning)
+    trainer = DistillationTrainer(model=student, args=make_args(tmp_path, per_device_eval_batch_size=4),
+                                  teacher_model=teacher)
+    predictions = trainer.predict(BatchDataset(EfficientVLMForCaptioning, size=8)).predictions
+    # captioning's forward also returns image_outputs (the image tower's tokens): left out like the per-layer states
+    assert not isinstance(predictions, tuple)  # the logits alone (an array), no nested image outputs
+    assert predictions.shape == (8, 7, teacher.config.text_config.vocab_size)
+
+
 def test_a_few_hundred_steps_lower_the_kd_loss(tmp_path):
     torch.manual_seed(0)
     teacher = EfficientVLMForPreTraining(tiny_config())

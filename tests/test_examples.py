@@ -173,3 +173,40 @@ def test_finetune_with_the_same_seed_gives_the_same_model(tmp_path):
     finetune.main(["--task", "vqa", "--output_dir", str(tmp_path / "c"), "--seed", "2", *TINY])
     other = load_file(tmp_path / "c" / "model.safetensors")
     assert any(not torch.equal(first[name], other[name]) for name in first)
+
+
+def test_finetune_with_lora_saves_the_merged_model_as_a_plain_checkpoint(tmp_path, caplog):
+    import logging
+
+    from safetensors.torch import load_file
+    from transformers import AutoModelForVisualQuestionAnswering
+
+    from efficientvlm import EfficientVLMForVisualQuestionAnswering
+
+    finetune = _load_example("finetune")
+    with caplog.at_level(logging.INFO, logger="finetune"):
+        metrics = finetune.main(["--task", "vqa", "--output_dir", str(tmp_path / "text_fusion"), "--lora_r", "4",
+                                 "--lora_encoders", "text", "fusion", "--seed", "1", *TINY])
+    assert "vqa_accuracy" in metrics
+    assert any(message.startswith("LoRA (r=4, text+fusion): ") for message in caplog.messages)
+    files = {path.name for path in (tmp_path / "text_fusion").iterdir()}
+    assert "model.safetensors" in files and not any(name.startswith("adapter_") for name in files)
+    model = AutoModelForVisualQuestionAnswering.from_pretrained(tmp_path / "text_fusion")  # strict: plain weights
+    assert type(model) is EfficientVLMForVisualQuestionAnswering
+    assert not any("lora" in name for name, _ in model.named_parameters())
+
+    # Same seed, same initial model (--seed is set before it is built): a run with adapters on the fusion encoder
+    # only leaves the same weights as the first run wherever neither trained (vision, embeddings), and other text
+    # layers (the first run merged its text adapters into them).
+    finetune.main(["--task", "vqa", "--output_dir", str(tmp_path / "fusion"), "--lora_r", "4", "--lora_encoders",
+                   "fusion", "--seed", "1", *TINY])
+    first, second = (load_file(tmp_path / run / "model.safetensors") for run in ("text_fusion", "fusion"))
+    assert first.keys() == second.keys()
+    untouched = [name for name in first if ".vision_model." in name or ".embeddings." in name]
+    assert untouched and all(torch.equal(first[name], second[name]) for name in untouched)
+    merged_text = [name for name in first if ".text_model.encoder.layers." in name and name.endswith("proj.weight")]
+    assert merged_text and all(not torch.equal(first[name], second[name]) for name in merged_text)
+
+    with pytest.raises(ValueError, match=r"--lora_encoders: unknown \['audio'\]"):
+        finetune.main(["--task", "vqa", "--output_dir", str(tmp_path / "bad"), "--lora_r", "4",
+                       "--lora_encoders", "audio", *TINY])

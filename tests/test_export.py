@@ -131,8 +131,10 @@ def test_retrieval_encoders_and_itm_equal_pytorch(tmp_path):
     image = onnx_model.run_graph("vision", {"pixel_values": inputs["pixel_values"]})
     text = onnx_model.run_graph("text", inputs)
     with torch.no_grad():
-        expected = model.get_image_features(inputs["pixel_values"]) @ model.get_text_features(
-            inputs["input_ids"], inputs["attention_mask"]).t()
+        image_features = model.get_image_features(inputs["pixel_values"]).pooler_output  # CLIP-style: projected,
+        text_features = model.get_text_features(inputs["input_ids"], inputs["attention_mask"]).pooler_output
+        expected = (torch.nn.functional.normalize(image_features, dim=-1)  # not normalised
+                    @ torch.nn.functional.normalize(text_features, dim=-1).t())
     torch.testing.assert_close(image["image_features"] @ text["text_features"].t(), expected, atol=1e-5, rtol=0)
 
 

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -221,8 +222,9 @@ def test_retrieval_rank_rescores_top_k_with_itm():
         assert i2t.shape == (4, 4) and t2i.shape == (4, 4)
         assert (torch.isfinite(i2t).sum(1) == 2).all() and (torch.isfinite(t2i).sum(1) == 2).all()
         # the re-scored candidates are the ITC top 2, scored with the ITM match logit
-        sim = model.get_image_features(inputs["pixel_values"]) @ model.get_text_features(
-            inputs["input_ids"], inputs["attention_mask"]).t()
+        image = model.get_image_features(inputs["pixel_values"]).pooler_output
+        text = model.get_text_features(inputs["input_ids"], inputs["attention_mask"]).pooler_output
+        sim = F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).t()
         top = sim.topk(2, dim=1).indices
         assert torch.equal(torch.isfinite(i2t).nonzero()[:, 1].view(4, 2).sort(1).values, top.sort(1).values)
         text_embeds = model.efficientvlm.encode_text(inputs["input_ids"], inputs["attention_mask"]).last_hidden_state

@@ -31,6 +31,7 @@ from .models import (
     EfficientVLMVisionConfig,
     EfficientVLMVQAPipeline,
 )
+from .lora import default_lora_targets, lora_config
 from .student import create_student, uniform_layer_choice
 
 __version__ = "0.1.0.dev0"
@@ -76,5 +77,7 @@ __all__ = [
     "EfficientVLMProcessor",
     "EfficientVLMVQAPipeline",
     "create_student",
+    "default_lora_targets",
+    "lora_config",
     "uniform_layer_choice",
 ]

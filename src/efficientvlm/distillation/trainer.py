@@ -52,6 +52,7 @@ from ..models.modeling_efficientvlm import (
     EfficientVLMForVisualQuestionAnswering,
     EfficientVLMPreTrainedModel,
 )
+from ..lora import unwrap_lora
 from .checkpointing import CheckpointedState
 from .config import MODALITIES, DistillationConfig, LayerPairs, resolve_layer_map
 from .losses import attention_map_mse, hidden_state_mse, logits_kd_loss, multilabel_logits_kd_loss
@@ -154,7 +155,9 @@ def _logit_rows(rows: str, inputs: dict[str, torch.Tensor], student_logits: torc
 
 
 def task_of(model: nn.Module) -> str:
-    """The distillation task of an EfficientVLM head (``"pretraining"``, ``"vqa"``, ...)."""
+    """The distillation task of an EfficientVLM head (``"pretraining"``, ``"vqa"``, ...), also inside a PEFT
+    wrapper (a LoRA student or teacher, see ``efficientvlm.lora_config``)."""
+    model = unwrap_lora(model)
     for cls, task in _TASK_OF_CLASS:
         if isinstance(model, cls):
             return task
@@ -249,7 +252,9 @@ class DistillationTrainer(Trainer):
     """Distil ``teacher_model`` into ``model`` (the student) with the EfficientVLM loss.
 
     Args:
-        model: the student, any EfficientVLM task head (``EfficientVLMForPreTraining`` for general distillation).
+        model: the student, any EfficientVLM task head (``EfficientVLMForPreTraining`` for general distillation),
+            or one wrapped by ``peft.get_peft_model`` to train LoRA adapters only (``efficientvlm.lora_config``;
+            ``model.merge_and_unload()`` after training gives a plain student).
         args: a ``DistillationConfig``.
         teacher_model: a model of the same head class: frozen here (``requires_grad_(False)``, eval mode), moved to
             the training device, and cast to bf16 / fp16 when ``args.bf16`` / ``args.fp16`` is set; it runs under
@@ -393,9 +398,9 @@ class DistillationTrainer(Trainer):
         self._record(recorded, "train" if model.training else "eval")
         if not return_outputs:
             return loss
-        # Evaluation gathers every output tensor: drop the per-layer states.
+        # Evaluation gathers every output tensor: drop the per-layer states (and captioning's image-tower output).
         return loss, type(student_outputs)(**{key: value for key, value in student_outputs.items()
-                                              if not key.endswith(("_hidden_states", "_attentions"))})
+                                              if not key.endswith(("_hidden_states", "_attentions", "image_outputs"))})
 
     def training_step(self, model: nn.Module, inputs: dict[str, torch.Tensor], num_items_in_batch=None
                       ) -> torch.Tensor:

@@ -436,6 +436,8 @@ def assemble_repo_folder(model: Any, processor: Any, folder: str | os.PathLike, 
     model.save_pretrained(folder)
     config = copy.deepcopy(model.config)  # the user's model keeps its config untouched
     config.auto_map = auto_map_of(model)
+    # entries a loaded config set aside because this process serves them (see EfficientVLMConfig): decided afresh
+    config.__dict__.pop("_installed_custom_pipelines", None)
     pipelines = custom_pipelines_of(model)
     if pipelines:
         config.custom_pipelines = pipelines

@@ -30,6 +30,8 @@ This file is shipped to the Hub as remote code: it imports only torch, transform
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import os
 from dataclasses import dataclass
@@ -45,7 +47,7 @@ from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 from transformers.generation import GenerationConfig, GenerationMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import ModelOutput
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ModelOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import logging
 
@@ -198,7 +200,8 @@ class EfficientVLMPreTrainingOutput(EfficientVLMRetrievalOutput):
 
 @dataclass
 class EfficientVLMCaptioningOutput(EfficientVLMHeadOutput):
-    """Output of ``EfficientVLMForCaptioning``: the head's fields plus the generation cache.
+    """Output of ``EfficientVLMForCaptioning``: the head's fields plus the generation cache and the image tower's
+    output, as transformers 5 vision-language models return it.
 
     Args:
         loss: language-modelling loss (label-smoothed by ``config.caption_label_smoothing``).
@@ -208,9 +211,18 @@ class EfficientVLMCaptioningOutput(EfficientVLMHeadOutput):
             the image's cross-attention keys and values (one slot per fusion layer with cross-attention). Pass it back
             as ``cache=`` together with the next tokens only. transformers calls it ``past_key_values`` before 5.24;
             ``output.past_key_values`` reads it in every 5.x version.
+        image_outputs: the vision tower's ``BaseModelOutputWithPooling`` (``last_hidden_state``: the image tokens
+            the decoder cross-attends to; ``pooler_output``: their ``[CLS]`` token; ``hidden_states`` and
+            ``attentions`` when requested, the same tensors as ``vision_hidden_states`` / ``vision_attentions``).
+            ``None`` when the images came already encoded (``image_embeds``) or cached, as during ``generate``.
     """
 
     cache: Cache | None = None
+    image_outputs: BaseModelOutputWithPooling | None = None
+
+    def to_tuple(self) -> tuple:
+        # as transformers' multimodal outputs: the nested encoder output becomes a tuple too
+        return tuple(self[k].to_tuple() if k == "image_outputs" else self[k] for k in self.keys())
 
 
 if not hasattr(ModelOutput, "past_key_values"):  # transformers < 5.24: no alias of the older name yet
@@ -668,6 +680,43 @@ class EfficientVLMFusionEncoder(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def output_conventions(method):
+    """transformers' calling conventions for a ``forward`` or ``get_*_features`` method of an EfficientVLM model.
+
+    * ``output_attentions`` / ``output_hidden_states`` left at ``None`` take the config's value
+      (``config.output_attentions``, ``config.output_hidden_states``);
+    * ``return_dict`` left at ``None`` takes ``config.return_dict``; when it is False the output is returned as
+      ``output.to_tuple()`` (``None`` fields left out, as transformers does), so that
+      ``loss, logits = model(..., labels=labels, return_dict=False)[:2]`` works.
+
+    The method itself always builds its ``ModelOutput``; calls between EfficientVLM modules pass ``return_dict=True``.
+    """
+    names = list(inspect.signature(method).parameters)[1:]  # after self
+    position = {name: names.index(name) for name in ("output_attentions", "output_hidden_states", "return_dict")
+                if name in names}
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        def given(name):  # the argument, passed by position or by name
+            index = position[name]
+            return args[index] if index < len(args) else kwargs.get(name)
+
+        for flag in ("output_attentions", "output_hidden_states"):
+            if flag in position and given(flag) is None:
+                value = bool(getattr(self.config, flag, False))
+                if position[flag] < len(args):
+                    args = (*args[:position[flag]], value, *args[position[flag] + 1:])
+                else:
+                    kwargs[flag] = value
+        return_dict = given("return_dict")
+        if return_dict is None:
+            return_dict = getattr(self.config, "return_dict", True)
+        output = method(self, *args, **kwargs)
+        return output if return_dict or isinstance(output, tuple) else output.to_tuple()
+
+    return wrapper
+
+
 class EfficientVLMPreTrainedModel(PreTrainedModel):
     """Weight init, Auto-class plumbing and checkpoint-initialisation helpers shared by every EfficientVLM class."""
 
@@ -902,6 +951,20 @@ class EfficientVLMPreTrainedModel(PreTrainedModel):
         if image_size is not None and image_size != config.vision_config.image_size:
             model.resize_position_embeddings(image_size)
         return model
+
+    def get_image_features(self, pixel_values, output_attentions=None, output_hidden_states=None, return_dict=None):
+        """The vision tower's output (``EfficientVLMModel.get_image_features``); the contrastive heads (retrieval,
+        pre-training) return their ITC projection as ``pooler_output`` instead."""
+        return self.base_model.get_image_features(pixel_values, output_attentions=output_attentions,
+                                                  output_hidden_states=output_hidden_states, return_dict=return_dict)
+
+    def get_text_features(self, input_ids, attention_mask=None, token_type_ids=None, output_attentions=None,
+                          output_hidden_states=None, return_dict=None):
+        """The text encoder's output (``EfficientVLMModel.get_text_features``); the contrastive heads (retrieval,
+        pre-training) return their ITC projection as ``pooler_output`` instead."""
+        return self.base_model.get_text_features(input_ids, attention_mask, token_type_ids,
+                                                 output_attentions=output_attentions,
+                                                 output_hidden_states=output_hidden_states, return_dict=return_dict)
 
     def resize_position_embeddings(self, image_size: int) -> None:
         """Interpolate the vision position embeddings to ``image_size`` and record it in the config
@@ -1275,6 +1338,38 @@ class EfficientVLMModel(EfficientVLMPreTrainedModel):
         return self.fusion_model(text_embeds, attention_mask, image_embeds, causal, output_attentions,
                                  output_hidden_states)
 
+    @output_conventions
+    def get_image_features(self, pixel_values, output_attentions=None, output_hidden_states=None,
+                           return_dict=None) -> BaseModelOutputWithPooling:
+        """The vision tower's output, as transformers 5 models return it (with gradient).
+
+        Returns:
+            ``BaseModelOutputWithPooling``: ``last_hidden_state`` the image tokens ``(batch, image_seq,
+            vision_hidden)`` (``image_embeds``), ``pooler_output`` their ``[CLS]`` token ``(batch, vision_hidden)``,
+            ``hidden_states`` / ``attentions`` when requested. The contrastive heads project ``pooler_output``.
+        """
+        vision = self.encode_image(pixel_values, output_attentions, output_hidden_states)
+        return BaseModelOutputWithPooling(last_hidden_state=vision.last_hidden_state,
+                                          pooler_output=vision.last_hidden_state[:, 0],
+                                          hidden_states=vision.hidden_states, attentions=vision.attentions)
+
+    @output_conventions
+    def get_text_features(self, input_ids, attention_mask=None, token_type_ids=None, output_attentions=None,
+                          output_hidden_states=None, return_dict=None) -> BaseModelOutputWithPooling:
+        """The text encoder's output, as transformers 5 models return it (with gradient).
+
+        Returns:
+            ``BaseModelOutputWithPooling``: ``last_hidden_state`` the text tokens ``(batch, seq, hidden)``
+            (``text_embeds``), ``pooler_output`` their ``[CLS]`` token ``(batch, hidden)``, ``hidden_states`` /
+            ``attentions`` when requested. The contrastive heads project ``pooler_output``.
+        """
+        text = self.encode_text(input_ids, attention_mask, token_type_ids, False, output_attentions,
+                                output_hidden_states)
+        return BaseModelOutputWithPooling(last_hidden_state=text.last_hidden_state,
+                                          pooler_output=text.last_hidden_state[:, 0],
+                                          hidden_states=text.hidden_states, attentions=text.attentions)
+
+    @output_conventions
     def forward(self, pixel_values=None, input_ids=None, attention_mask=None, token_type_ids=None,
                 image_embeds=None, causal=False, output_attentions=None, output_hidden_states=None,
                 return_dict=None, **kwargs) -> EfficientVLMModelOutput:
@@ -1395,11 +1490,12 @@ class EfficientVLMForVisualQuestionAnswering(EfficientVLMPreTrainedModel):
         self.classifier = _classifier(hidden, 2 * hidden, config.num_labels)
         self.post_init()
 
+    @output_conventions
     def forward(self, pixel_values=None, input_ids=None, attention_mask=None, token_type_ids=None, labels=None,
                 output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs) -> EfficientVLMHeadOutput:
         outputs = self.efficientvlm(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask,
                                     token_type_ids=token_type_ids, output_attentions=output_attentions,
-                                    output_hidden_states=output_hidden_states)
+                                    output_hidden_states=output_hidden_states, return_dict=True)
         logits = self.classifier(outputs.pooler_output)
         loss = None
         if labels is not None:
@@ -1529,16 +1625,28 @@ class EfficientVLMContrastiveMixin(nn.Module):
     def text_features(self, text_embeds: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.text_proj(text_embeds[:, 0]), dim=-1)
 
-    @torch.no_grad()
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """L2-normalised ITC image features ``(batch, projection_dim)``."""
-        return self.image_features(self.efficientvlm.encode_image(pixel_values).last_hidden_state)
+    @output_conventions
+    def get_image_features(self, pixel_values, output_attentions=None, output_hidden_states=None,
+                           return_dict=None) -> BaseModelOutputWithPooling:
+        """The vision tower's output with the ITC projection of its ``[CLS]`` token as ``pooler_output``
+        ``(batch, projection_dim)``, as ``CLIPModel.get_image_features`` returns it: with gradient and not
+        normalised. ``F.normalize(pooler_output, dim=-1)`` is the ITC image feature (``image_features``)."""
+        outputs = self.efficientvlm.get_image_features(pixel_values, output_attentions=output_attentions,
+                                                       output_hidden_states=output_hidden_states, return_dict=True)
+        outputs.pooler_output = self.vision_proj(outputs.pooler_output)
+        return outputs
 
-    @torch.no_grad()
-    def get_text_features(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
-        """L2-normalised ITC text features ``(batch, projection_dim)``."""
-        return self.text_features(self.efficientvlm.encode_text(input_ids, attention_mask, token_type_ids)
-                                  .last_hidden_state)
+    @output_conventions
+    def get_text_features(self, input_ids, attention_mask=None, token_type_ids=None, output_attentions=None,
+                          output_hidden_states=None, return_dict=None) -> BaseModelOutputWithPooling:
+        """The text encoder's output with the ITC projection of its ``[CLS]`` token as ``pooler_output``
+        ``(batch, projection_dim)``, as ``CLIPModel.get_text_features`` returns it: with gradient and not
+        normalised. ``F.normalize(pooler_output, dim=-1)`` is the ITC text feature (``text_features``)."""
+        outputs = self.efficientvlm.get_text_features(input_ids, attention_mask, token_type_ids,
+                                                      output_attentions=output_attentions,
+                                                      output_hidden_states=output_hidden_states, return_dict=True)
+        outputs.pooler_output = self.text_proj(outputs.pooler_output)
+        return outputs
 
     def itm_logits(self, image_embeds, text_embeds, attention_mask, output_attentions=False,
                    output_hidden_states=False):
@@ -1686,6 +1794,7 @@ class EfficientVLMForImageTextRetrieval(EfficientVLMContrastiveMixin, EfficientV
         self._init_contrastive(config)
         self.post_init()
 
+    @output_conventions
     def forward(self, pixel_values=None, input_ids=None, attention_mask=None, token_type_ids=None, image_ids=None,
                 itm_negative_text_index=None, itm_negative_image_index=None, output_attentions=None,
                 output_hidden_states=None, return_dict=None, **kwargs) -> EfficientVLMRetrievalOutput:
@@ -1742,6 +1851,7 @@ class EfficientVLMForPreTraining(EfficientVLMContrastiveMixin, EfficientVLMPreTr
     def set_output_embeddings(self, value):
         self.lm_head.decoder = value
 
+    @output_conventions
     def forward(self, pixel_values=None, input_ids=None, attention_mask=None, token_type_ids=None, mlm_input_ids=None,
                 mlm_labels=None, image_ids=None, itm_negative_text_index=None, itm_negative_image_index=None,
                 target_bbox=None, bbox_mask=None, output_attentions=None, output_hidden_states=None,
@@ -1790,6 +1900,7 @@ class EfficientVLMForNLVR2(EfficientVLMPreTrainedModel):
         self.classifier = _classifier(2 * hidden, 2 * hidden, 2)
         self.post_init()
 
+    @output_conventions
     def forward(self, pixel_values=None, input_ids=None, attention_mask=None, token_type_ids=None, labels=None,
                 output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs) -> EfficientVLMHeadOutput:
         if pixel_values is None or pixel_values.dim() != 5 or pixel_values.shape[1] != 2:
@@ -1827,6 +1938,10 @@ class EfficientVLMForCaptioning(EfficientVLMPreTrainedModel, GenerationMixin):
     and values of earlier positions and the image's cross-attention keys and values (computed once per image, shared
     by its beams) come from an ``EncoderDecoderCache``; ``use_cache=False`` recomputes the whole prefix at every step
     and gives the same sequences.
+
+    As in transformers 5 vision-language models, ``get_image_features(pixel_values)`` returns the image tower's
+    output and ``forward`` returns it as ``image_outputs``; its ``last_hidden_state`` can be passed back as
+    ``image_embeds`` to decode without running the tower again.
     """
 
     _tied_weights_keys = _TIED_DECODER
@@ -1896,6 +2011,7 @@ class EfficientVLMForCaptioning(EfficientVLMPreTrainedModel, GenerationMixin):
 
     # -- forward ---------------------------------------------------------------------------------------------------
 
+    @output_conventions
     def forward(self, pixel_values=None, input_ids=None, attention_mask=None, labels=None, image_embeds=None,
                 cache: Cache | None = None, use_cache: bool | None = None, output_attentions=None,
                 output_hidden_states=None, return_dict=None, past_key_values: Cache | None = None,
@@ -1950,8 +2066,14 @@ class EfficientVLMForCaptioning(EfficientVLMPreTrainedModel, GenerationMixin):
         if labels is not None:
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100,
                                    label_smoothing=self.config.caption_label_smoothing)
-        return EfficientVLMCaptioningOutput(loss=loss, logits=logits, cache=cache, **_encoder_fields("vision", vision),
-                                            **_encoder_fields("text", text), **_encoder_fields("fusion", fusion))
+        image_outputs = None
+        if vision is not None:  # the vision tower ran in this forward
+            image_outputs = BaseModelOutputWithPooling(
+                last_hidden_state=vision.last_hidden_state, pooler_output=vision.last_hidden_state[:, 0],
+                hidden_states=vision.hidden_states, attentions=vision.attentions)
+        return EfficientVLMCaptioningOutput(loss=loss, logits=logits, cache=cache, image_outputs=image_outputs,
+                                            **_encoder_fields("vision", vision), **_encoder_fields("text", text),
+                                            **_encoder_fields("fusion", fusion))
 
     # -- generation ------------------------------------------------------------------------------------------------
 
@@ -2017,6 +2139,9 @@ class EfficientVLMForCaptioning(EfficientVLMPreTrainedModel, GenerationMixin):
         batch = image_embeds.shape[0]
         tc = self.config.text_config
         if input_ids is None:
+            if tc.bos_token_id is None:
+                raise ValueError("generate() starts from config.text_config.bos_token_id, which is None: set it to "
+                                 "the tokenizer's [CLS] id, or pass a prompt as input_ids.")
             input_ids = torch.full((batch, 1), tc.bos_token_id, dtype=torch.long, device=image_embeds.device)
         elif tc.eos_token_id is not None and input_ids.shape[1] > 1 and (input_ids[:, -1] == tc.eos_token_id).all():
             input_ids = input_ids[:, :-1]  # the tokenizer's final [SEP]: the prompt goes on
@@ -2059,4 +2184,5 @@ __all__ = [
     "EfficientVLMRetrievalOutput",
     "EfficientVLMPreTrainingOutput",
     "EfficientVLMCaptioningOutput",
+    "output_conventions",
 ]
