@@ -397,9 +397,10 @@ def test_bbox_head_is_placed_into_the_pretraining_head(vocab_file):
         ours = result.model.bbox_head(fused)
     torch.testing.assert_close(ours, hidden @ bbox["bbox_head.3.weight"].T + bbox["bbox_head.3.bias"])
 
-    # without one, the head keeps its initialisation: a note, not a missing weight (strict conversion passes)
-    plain = convert_official_checkpoint(state, vocab_file, head_dim=D, strict=True).report
-    assert not plain.missing and any("bbox_head" in note for note in plain.notes)
+    assert result.model.config.use_bbox_head
+    # without one, the converted pre-training head has none (strict conversion passes)
+    plain = convert_official_checkpoint(state, vocab_file, head_dim=D, strict=True)
+    assert not plain.report.missing and plain.model.bbox_head is None and not plain.model.config.use_bbox_head
     # a retrieval conversion has no place for it
     retrieval = convert_official_checkpoint({**state, **bbox}, vocab_file, head="retrieval", head_dim=D).report
     assert "only the pretraining head" in retrieval.unplaced["bbox_head.0.weight"]

@@ -423,9 +423,13 @@ def test_box_losses_by_hand():
 
 def test_pretraining_box_regression_reads_the_fused_cls_of_each_region_text():
     torch.manual_seed(0)
-    model = EfficientVLMForPreTraining(tiny_config()).eval()
+    model = EfficientVLMForPreTraining(tiny_config(use_bbox_head=True)).eval()
     inputs = tiny_inputs(EfficientVLMForPreTraining, model.config)
     target = torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.6, 0.5, 0.3, 0.1], [0.5, 0.5, 1.0, 1.0]])
+    without = EfficientVLMForPreTraining(tiny_config())  # off by default (X-VLM's use_bbox_loss)
+    assert without.bbox_head is None
+    with pytest.raises(ValueError, match="use_bbox_head=True"):
+        without(**inputs, target_bbox=target)
     mask = torch.tensor([True, True, False])
     with torch.no_grad():
         plain = model(**inputs)

@@ -328,7 +328,9 @@ def run(cfg: DemoConfig) -> dict:
                                         regions_per_image=cfg.pretrain_regions,
                                         config=replace(shapes, max_objects=cfg.pretrain_max_objects))
         torch.manual_seed(cfg.seed)
-        pretrained = EfficientVLMForPreTraining(config)
+        pretraining_config = copy.deepcopy(config)
+        pretraining_config.use_bbox_head = cfg.pretrain_regions > 0  # the box head only with region texts
+        pretrained = EfficientVLMForPreTraining(pretraining_config)
         stages.run("pretraining", pretrained, 1.0, train_dataset=captions,
                    collator=ImageTextPretrainingCollator(processor), max_steps=cfg.pretrain_steps)
         teacher.efficientvlm.load_state_dict(pretrained.efficientvlm.state_dict())

@@ -10,8 +10,8 @@ The official checkpoints are PyTorch state dicts (possibly wrapped as ``{"model"
   the only ones with ``crossattention.*``, are the fusion encoder;
 * ``vision_proj``, ``text_proj``, ``temp`` (ITC) and ``itm_head.{0,1,3}`` (ITM);
 * ``bbox_head.{0,1,3}`` (X-VLM's box regression, in checkpoints pre-trained with region data): placed into the
-  pre-training head's ``bbox_head``. A pre-training checkpoint without one (EfficientVLM's own pre-training has no box
-  loss) leaves ``bbox_head`` at its initialisation; the report says so in its notes, and strict conversion accepts it.
+  pre-training head's ``bbox_head``, which the converted config then has (``use_bbox_head=True``); a checkpoint
+  without one converts into a pre-training head without it (the default).
 
 Every shape of the efficientvlm config is read from the tensors, so a checkpoint whose heads or FFN neurons were
 physically removed (smaller q/k/v/out, fc1/fc2, intermediate/output tensors; missing tensors for a removed
@@ -419,6 +419,8 @@ def convert_official_state_dict(state_dict: Mapping[str, torch.Tensor], *, head:
         config_kwargs["tie_word_embeddings"] = tied
         report.notes.append("MLM decoder tied to the word embeddings" if tied
                             else "MLM decoder differs from the word embeddings: kept untied")
+    if head == "pretraining" and any(_BBOX.match(key) for key in state):
+        config_kwargs["use_bbox_head"] = True  # X-VLM pre-trained with region data: keep its box head
     config = EfficientVLMConfig(**config_kwargs, **dict(config_overrides or {}))
     mapped = _map_keys(state, text_prefix, fusion_layer, sizes, head, report)
 
@@ -438,10 +440,6 @@ def convert_official_state_dict(state_dict: Mapping[str, torch.Tensor], *, head:
         result = model.load_state_dict(mapped, strict=False)
     tied = set(getattr(model, "_tied_weights_keys", None) or {}) if config.tie_word_embeddings else set()
     report.missing = sorted(k for k in result.missing_keys if k not in tied)
-    if not any(_BBOX.match(key) for key in state) and any(k.startswith("bbox_head.") for k in report.missing):
-        report.missing = [k for k in report.missing if not k.startswith("bbox_head.")]
-        report.notes.append("no bbox_head in the checkpoint: the box-regression head keeps its initialisation "
-                            "(it is used only by pre-training batches with region boxes)")
     if config.tie_word_embeddings:
         model.tie_weights()
     return model.eval(), report

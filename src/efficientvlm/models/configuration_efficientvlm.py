@@ -265,6 +265,9 @@ class EfficientVLMConfig(PreTrainedConfig):
         tie_word_embeddings: tie the MLM / captioning output layer to the word embeddings.
         caption_label_smoothing: label smoothing of ``EfficientVLMForCaptioning``'s language-modelling loss, in
             [0, 1); the paper fine-tunes captioning with 0.1 (the default); 0 gives plain cross-entropy.
+        use_bbox_head: give ``EfficientVLMForPreTraining`` X-VLM's box-regression head (``bbox_head``), trained on
+            batches with region texts (``target_bbox``). Off by default, as in X-VLM (``use_bbox_loss``): a head that
+            a batch does not use leaves DDP's gradient buckets unreduced unless ``find_unused_parameters`` is set.
         pruning_info: optional record of what pruning did (target, achieved sparsity per modality, parameter
             counts). Informational only: shapes are always read from the sub-configs.
 
@@ -298,6 +301,7 @@ class EfficientVLMConfig(PreTrainedConfig):
     initializer_range: float = 0.02
     tie_word_embeddings: bool = True
     caption_label_smoothing: float = 0.1
+    use_bbox_head: bool = False
     pruning_info: dict | None = None
 
     def __post_init__(self, **kwargs):

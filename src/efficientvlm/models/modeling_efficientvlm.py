@@ -1831,7 +1831,8 @@ class EfficientVLMForPreTraining(EfficientVLMContrastiveMixin, EfficientVLMPreTr
     very same masks as the student. ``target_bbox`` ``(batch, 4)`` holds each text's region as ``(cx, cy, w, h)``
     fractions of the image side and ``bbox_mask`` ``(batch,)`` which examples have one (default: all): the
     ``bbox_head`` reads the fused ``[CLS]`` of the (whole image, region text) pair and is trained with an L1 and a
-    GIoU loss (X-VLM's ``bbox_head``, which ``convert`` maps from official pre-training checkpoints).
+    GIoU loss (X-VLM's ``bbox_head``, which ``convert`` maps from official pre-training checkpoints). The head exists
+    when ``config.use_bbox_head`` is set (off by default, as X-VLM's ``use_bbox_loss``).
     """
 
     _tied_weights_keys = _TIED_DECODER
@@ -1842,7 +1843,7 @@ class EfficientVLMForPreTraining(EfficientVLMContrastiveMixin, EfficientVLMPreTr
         self._init_contrastive(config)
         self.lm_head = EfficientVLMLMHead(config)
         text_hidden = config.text_config.hidden_size
-        self.bbox_head = _classifier(text_hidden, 2 * text_hidden, 4)
+        self.bbox_head = _classifier(text_hidden, 2 * text_hidden, 4) if config.use_bbox_head else None
         self.post_init()
 
     def get_output_embeddings(self):
@@ -1873,6 +1874,9 @@ class EfficientVLMForPreTraining(EfficientVLMContrastiveMixin, EfficientVLMPreTr
                 mlm_loss = F.cross_entropy(mlm_logits.flatten(0, 1).float(), mlm_labels.flatten(), ignore_index=-100)
                 fields["mlm_loss"] = mlm_loss
                 loss = loss + mlm_loss
+        if target_bbox is not None and self.bbox_head is None:
+            raise ValueError("The batch has region boxes (target_bbox) but the model has no box-regression head: build "
+                             "it with config.use_bbox_head=True (or drop the bbox column from the data).")
         if target_bbox is not None:  # the head runs on every row (DDP sees it used); unboxed rows weigh 0
             fused = self.efficientvlm.fuse(
                 self.efficientvlm.encode_text(input_ids, attention_mask, token_type_ids).last_hidden_state,
