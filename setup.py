@@ -37,7 +37,10 @@ setup(
         "tqdm>=4.66",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-timeout>=2.3"],
+        # efficientvlm export: ONNX graphs (torch.onnx's dynamo exporter needs onnxscript), ONNX Runtime to verify,
+        # quantise and run them
+        "export": ["onnx>=1.17", "onnxruntime>=1.20", "onnxscript>=0.5"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "onnx>=1.17", "onnxruntime>=1.20", "onnxscript>=0.5"],
         # DeepSpeed ZeRO-2/3 under accelerate launch (examples/accelerate_configs/deepspeed_zero*.yaml); it compiles
         # its CUDA ops on first use, DS_BUILD_OPS=0 installs it without building them
         "deepspeed": ["deepspeed>=0.15"],

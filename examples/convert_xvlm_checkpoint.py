@@ -6,7 +6,9 @@
 
 The folder then loads with ``AutoModel.from_pretrained`` (after ``import efficientvlm``) and can be published with
 ``efficientvlm push``. Every tensor that could not be placed is listed (and written to ``conversion_report.json``);
-``--strict`` turns any of them into an error. The logic lives in ``efficientvlm.hub.convert``.
+``--strict`` turns any of them into an error. The logic lives in ``efficientvlm.hub.convert``. Weights the checkpoint
+lacks are initialised from ``--seed``. A user mistake (a missing file, a bad flag value) prints one error message and
+exits with status 2; ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from transformers import HfArgumentParser
+from transformers import HfArgumentParser, set_seed
 
-from efficientvlm.hub.convert import HEAD_CLASSES, ConversionError, convert_official_checkpoint
+from efficientvlm.hub.convert import HEAD_CLASSES, convert_official_checkpoint
+from efficientvlm.user_errors import run_script
 
 
 @dataclass
@@ -33,17 +36,14 @@ class ConversionArguments:
     head_dim: int = field(default=64, metadata={"help": "Width of one attention head (heads = query rows / head_dim)."})
     strict: bool = field(default=False, metadata={
         "help": "Fail if any tensor cannot be placed or any model weight is missing."})
+    seed: int = field(default=0, metadata={"help": "Seed of the initialisation of weights the checkpoint lacks."})
 
 
 def main(argv: list[str] | None = None) -> int:
     (args,) = HfArgumentParser(ConversionArguments).parse_args_into_dataclasses(args=argv)
-    try:
-        result = convert_official_checkpoint(args.checkpoint, args.vocab_file, head=args.head,
-                                             fusion_layer=args.fusion_layer, head_dim=args.head_dim,
-                                             strict=args.strict)
-    except ConversionError as error:
-        print(error, file=sys.stderr)
-        return 1
+    set_seed(args.seed)  # before the model is built
+    result = convert_official_checkpoint(args.checkpoint, args.vocab_file, head=args.head,
+                                         fusion_layer=args.fusion_layer, head_dim=args.head_dim, strict=args.strict)
     print(result.report)
     result.save_pretrained(args.output_dir)
     print(f"Saved {type(result.model).__name__} and its processor to {args.output_dir}")
@@ -51,4 +51,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

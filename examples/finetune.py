@@ -8,10 +8,22 @@
         --train_file data/vqa_train.json --eval_file data/vqa_val.json --image_root images/ \\
         --answer_list data/answer_list.json --output_dir runs/vqa
 
+    # LoRA: train rank-8 adapters on the text and fusion encoders (and the task head), save the merged model:
+    python examples/finetune.py --task vqa --model_name_or_path path/to/student --lora_r 8 \\
+        --lora_encoders text fusion ... --output_dir runs/vqa-lora
+
 Tasks: ``vqa`` (classifier over the answer vocabulary), ``nlvr2``, ``retrieval`` (ITC + ITM), ``captioning``.
 The model comes from ``--model_name_or_path`` (any EfficientVLM checkpoint: a pre-trained one gives the encoders,
 the task head is initialised fresh), from ``--vision_model`` + ``--text_model`` (a CLIP and a BERT checkpoint), or,
 with neither, a small random model whose sizes are set by ``--hidden_size`` and the ``--*_layers`` flags.
+``--seed`` is set before the model is built, so two runs with the same seed give the same model. A user mistake (a
+missing checkpoint or file, a bad flag value) prints one error message and exits with status 2; ``--debug`` shows
+the traceback.
+
+With ``--lora_r`` > 0 only LoRA adapters (``efficientvlm.lora_config``: attention projections and FFNs of the
+``--lora_encoders``, surviving layers only in a pruned model) and the task head are trained; the adapters are merged
+before evaluation and saving, so the output is a plain EfficientVLM checkpoint (e.g. a task teacher for
+``examples/prune.py``).
 """
 
 from __future__ import annotations
@@ -22,10 +34,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import AutoProcessor, AutoTokenizer, HfArgumentParser, Trainer, TrainingArguments
+from transformers import AutoProcessor, AutoTokenizer, HfArgumentParser, Trainer, TrainingArguments, set_seed
 
-from efficientvlm import EfficientVLMImageProcessor, EfficientVLMProcessor
+from efficientvlm import EfficientVLMImageProcessor, EfficientVLMProcessor, lora_config
+from efficientvlm.lora import LORA_ENCODERS
 from efficientvlm.tasks import TASKS, TaskDataArguments, small_config
+from efficientvlm.user_errors import check_checkpoint_argument, run_script
 
 logger = logging.getLogger("finetune")
 
@@ -46,6 +60,15 @@ class ModelArguments:
     fusion_layers: int = field(default=2, metadata={"help": "random init: fusion layers"})
     image_size: int | None = field(default=None, metadata={"help": "fine-tuning resolution (position embeddings "
                                                                     "are interpolated to it)"})
+
+
+@dataclass
+class LoraArguments:
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank; 0 fine-tunes every weight instead"})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (updates scaled by alpha / r)"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA adapters' input"})
+    lora_encoders: list[str] = field(default_factory=lambda: list(LORA_ENCODERS),
+                                     metadata={"help": "encoders that get adapters (vision, text, fusion)"})
 
 
 def build_model(task: str, args: ModelArguments, labels, tokenizer):
@@ -76,11 +99,21 @@ def build_model(task: str, args: ModelArguments, labels, tokenizer):
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = HfArgumentParser((TaskArguments, TaskDataArguments, ModelArguments, TrainingArguments))
-    task_args, data_args, model_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    parser = HfArgumentParser((TaskArguments, TaskDataArguments, ModelArguments, LoraArguments, TrainingArguments))
+    task_args, data_args, model_args, lora_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stdout)
     if task_args.task not in TASKS:
         raise ValueError(f"--task must be one of {sorted(TASKS)}, got {task_args.task!r}.")
+    if lora_args.lora_r < 0:
+        raise ValueError(f"--lora_r must be >= 0 (0: no LoRA), got {lora_args.lora_r}.")
+    unknown = sorted(set(lora_args.lora_encoders) - set(LORA_ENCODERS))
+    if unknown or not lora_args.lora_encoders:
+        raise ValueError(f"--lora_encoders: unknown {unknown or 'empty list'}; choose among {list(LORA_ENCODERS)}.")
+    for flag, value in (("--model_name_or_path", model_args.model_name_or_path),
+                        ("--vision_model", model_args.vision_model), ("--text_model", model_args.text_model)):
+        if value:
+            check_checkpoint_argument(value, flag)
+    set_seed(training_args.seed)  # before the model is built: its initialisation is part of the run
     training_args.remove_unused_columns = False  # the collator reads the raw image/text columns
     output_dir = Path(training_args.output_dir)
     task = TASKS[task_args.task]
@@ -89,15 +122,29 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     collator = task.collator(processor, data.labels, data_args.max_length)
     logger.info("%s: %.1fM parameters, %d training examples", type(model).__name__,
                 sum(p.numel() for p in model.parameters()) / 1e6, len(data.train))
+    if lora_args.lora_r:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, lora_config(model, r=lora_args.lora_r, lora_alpha=lora_args.lora_alpha,
+                                                  lora_dropout=lora_args.lora_dropout,
+                                                  encoders=lora_args.lora_encoders))
+        trainable, total = model.get_nb_trainable_parameters()
+        logger.info("LoRA (r=%d, %s): %d of %d parameters trained", lora_args.lora_r,
+                    "+".join(lora_args.lora_encoders), trainable, total)
     trainer = Trainer(model=model, args=training_args, train_dataset=data.train, data_collator=collator)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    if lora_args.lora_r:
+        model = trainer.model.merge_and_unload()  # a plain model of the task's class, adapters folded in
     metrics = task.evaluate(model, processor, data.eval) if data.eval is not None else {}
     logger.info("evaluation: %s", json.dumps(metrics, indent=2))
-    trainer.save_model(str(output_dir))
+    if lora_args.lora_r:
+        model.save_pretrained(output_dir)  # the merged model (trainer.save_model would write the adapters only)
+    else:
+        trainer.save_model(str(output_dir))
     processor.save_pretrained(output_dir)
     (output_dir / "eval_results.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -5,7 +5,8 @@
 
 Writes one JSON object per image (``{"image": path, "answers": [...]}`` or ``{"image": path, "caption": ...}``) to
 ``--output`` or standard output. Unreadable images are reported with their path and skipped only with
-``--skip_bad_images``; by default the first one stops the run.
+``--skip_bad_images``; by default the first one stops the run. A user mistake (a missing folder, an unreadable
+image, a bad flag value) prints one error message and exits with status 2; ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from transformers import AutoProcessor, HfArgumentParser, pipeline
 
 from efficientvlm import EfficientVLMForCaptioning
 from efficientvlm.models.image_processing_efficientvlm import load_image_file
+from efficientvlm.user_errors import check_checkpoint_argument, run_script
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -31,6 +33,9 @@ class PredictArguments:
     task: str = field(default="vqa", metadata={"help": "vqa | captioning"})
     question: str | None = field(default=None, metadata={"help": "VQA: the question asked about every image"})
     top_k: int = field(default=3, metadata={"help": "VQA: answers per image"})
+    prompt: str | None = field(default=None, metadata={"help": "captioning: the text captions start with (default: "
+                                                               "the processor's, 'a picture of '); left out of the "
+                                                               "output"})
     batch_size: int = field(default=8, metadata={"help": "images per forward"})
     output: str | None = field(default=None, metadata={"help": "JSON-lines output file (default: stdout)"})
     skip_bad_images: bool = field(default=False, metadata={"help": "report unreadable images and go on"})
@@ -60,6 +65,9 @@ def readable(files: list[Path], skip: bool) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     (args,) = HfArgumentParser(PredictArguments).parse_args_into_dataclasses(args=argv)
+    check_checkpoint_argument(args.model, "--model")
+    if args.task not in ("vqa", "captioning"):
+        raise ValueError(f"--task must be vqa or captioning, got {args.task!r}.")
     files = readable(image_files(Path(args.images)), args.skip_bad_images)
     results = []
     if args.task == "vqa":
@@ -73,9 +81,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         processor = AutoProcessor.from_pretrained(args.model)
         for start in range(0, len(files), args.batch_size):
             chunk = files[start:start + args.batch_size]
-            pixel_values = processor.image_processor([str(f) for f in chunk], return_tensors="pt")["pixel_values"]
+            inputs = processor.caption_inputs([str(f) for f in chunk], prompt=args.prompt)  # images and prompt
             with torch.no_grad():
-                captions = processor.batch_decode(model.generate(pixel_values=pixel_values), skip_special_tokens=True)
+                captions = processor.decode_captions(model.generate(**inputs), prompt=args.prompt)  # prompt removed
             results += [{"image": str(f), "caption": c} for f, c in zip(chunk, captions)]
     else:
         raise ValueError(f"--task must be vqa or captioning, got {args.task!r}.")
@@ -88,4 +96,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -11,13 +11,16 @@ pruning report.
         --student_layers 3,1,1 --target_sparsity 0.5 --output_dir runs/vqa-pruned --max_steps 300 \\
         --export_sparsities 0.25,0.35,0.5
 
-The teacher is a fine-tuned model of the task (``examples/finetune.py`` makes one). The student comes from
-``--model_name_or_path`` (e.g. a distilled student) or, with ``--student_layers V,T,F``, is created from the teacher
-with ``create_student``. The output folder holds the materialised model (reloads with ``from_pretrained``, no masks),
-the processor, ``pruning_report.json`` / ``pruning_report.png`` and ``eval_results.json``. The exported model has
-the target size exactly (``trainer.prune()`` is budget-exact). ``--export_sparsities`` also exports a nested family
-from the same run, one evaluated model per size in ``sparsity-<target>/``, and adds the accuracy-size curve to the
-report (``pruning_report_family.png``).
+The teacher is a fine-tuned model of the task (``examples/finetune.py`` makes one); a checkpoint without the task's
+head (a base or pre-training checkpoint: the head would be random) is refused before any data is read. The student
+comes from ``--model_name_or_path`` (e.g. a distilled student) or, with ``--student_layers V,T,F``, is created from
+the teacher with ``create_student``. The output folder holds the materialised model (reloads with ``from_pretrained``,
+no masks), the processor, ``pruning_report.json`` / ``pruning_report.png`` and ``eval_results.json``. The exported
+model has the target size exactly (``trainer.prune()`` is budget-exact). ``--export_sparsities`` also exports a nested
+family from the same run, one evaluated model per size in ``sparsity-<target>/``, and adds the accuracy-size curve to
+the report (``pruning_report_family.png``). ``--seed`` is set before the student is built. A user mistake (a missing
+checkpoint or file, a bad flag value) prints one error message and exits with status 2; ``--debug`` shows the
+traceback.
 
 Multi-process (DDP, FSDP, DeepSpeed ZeRO-2/3: configs in ``examples/accelerate_configs/``, see the README)::
 
@@ -32,11 +35,13 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import AutoProcessor, HfArgumentParser
+from transformers import AutoProcessor, HfArgumentParser, set_seed
 
 from efficientvlm import create_student
+from efficientvlm.distillation import check_teacher_trained
 from efficientvlm.pruning import ModalAdaptivePruningTrainer, PruningConfig, save_report
 from efficientvlm.tasks import TASKS, TaskDataArguments
+from efficientvlm.user_errors import check_checkpoint_argument, run_script
 
 logger = logging.getLogger("prune")
 
@@ -65,6 +70,7 @@ class ModelArguments:
 def load_models(task_name: str, args: ModelArguments):
     model_class = TASKS[task_name].model_class
     teacher = model_class.from_pretrained(args.teacher_name_or_path)
+    check_teacher_trained(teacher)  # a checkpoint without this task's head: fail before any data is read
     processor = AutoProcessor.from_pretrained(args.teacher_name_or_path)
     if args.model_name_or_path and args.student_layers:
         raise ValueError("Give either --model_name_or_path or --student_layers, not both.")
@@ -72,7 +78,11 @@ def load_models(task_name: str, args: ModelArguments):
         return teacher, model_class.from_pretrained(args.model_name_or_path), processor
     if not args.student_layers:
         raise ValueError("Give the student: --model_name_or_path, or --student_layers V,T,F to create it.")
-    vision, text, fusion = (int(n) for n in args.student_layers.split(","))
+    try:
+        vision, text, fusion = (int(n) for n in args.student_layers.split(","))
+    except ValueError as error:
+        raise ValueError(f"--student_layers {args.student_layers!r}: give three layer counts, vision,text,fusion, "
+                         "e.g. 6,3,3.") from error
     return teacher, create_student(teacher, vision, text, fusion), processor
 
 
@@ -89,6 +99,10 @@ def main(argv: list[str] | None = None) -> dict:
     if family:  # checked before any training: increasing, and each a valid target
         if any(b <= a for a, b in zip(family, family[1:])) or not all(0 <= t < 1 for t in family):
             raise ValueError(f"--export_sparsities {family}: give strictly increasing fractions in [0, 1).")
+    check_checkpoint_argument(model_args.teacher_name_or_path, "--teacher_name_or_path")
+    if model_args.model_name_or_path:
+        check_checkpoint_argument(model_args.model_name_or_path, "--model_name_or_path")
+    set_seed(pruning_args.seed)  # before the student is built
     teacher, student, processor = load_models(task.name, model_args)
     data = data_args.load(task.name, output_dir)
     labels = data.labels
@@ -133,4 +147,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -10,11 +10,11 @@ weights are random, so the answers are too - this shows the plumbing (config, mo
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-import torch
 from PIL import Image, ImageDraw
-from transformers import BertTokenizer, pipeline
+from transformers import BertTokenizer, pipeline, set_seed
 
 import efficientvlm  # noqa: F401  (registers the Auto classes and the VQA pipeline)
 from efficientvlm import (
@@ -23,6 +23,7 @@ from efficientvlm import (
     EfficientVLMImageProcessor,
     EfficientVLMProcessor,
 )
+from efficientvlm.user_errors import run_script
 
 WORDS = ("what color is the shape circle square triangle how many are there a an of in on left right red green "
          "blue yellow yes no one two three ?").split()
@@ -43,12 +44,12 @@ def draw_image(path: Path) -> Path:
     return path
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", type=Path, default=Path("quickstart-model"))
     parser.add_argument("--image", type=Path, default=None)
     parser.add_argument("--question", default="what color is the circle?")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     tokenizer = build_tokenizer(args.output_dir / "vocab")
     # The paper's student (6 vision / 3 text / 3 fusion layers) at a reduced width, so it builds in a second.
@@ -61,7 +62,7 @@ def main() -> None:
                        "intermediate_size": 1024},
         id2label=dict(enumerate(ANSWERS)),
     )
-    torch.manual_seed(0)
+    set_seed(0)  # before the model is built
     model = EfficientVLMForVisualQuestionAnswering(config)
     processor = EfficientVLMProcessor(EfficientVLMImageProcessor(), tokenizer)
     model.save_pretrained(args.output_dir)
@@ -78,4 +79,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

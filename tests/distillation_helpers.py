@@ -1,9 +1,18 @@
-"""Tiny teachers, students and batches for the distillation tests (also imported by the DDP worker script)."""
+"""Tiny teachers, students and batches for the distillation tests, a stand-in processor and tar shards of image-text
+pairs (also imported by the DDP worker scripts)."""
 
 from __future__ import annotations
 
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
+from transformers import BertTokenizer
 
 from efficientvlm.models.configuration_efficientvlm import EfficientVLMConfig
 from efficientvlm.models.modeling_efficientvlm import (
@@ -176,3 +185,76 @@ def one_distillation_step(output_dir: str, per_device_batch: int) -> dict:
     state = {f"student.{k}": v.clone() for k, v in student.state_dict().items()}
     state.update({f"projections.{k}": v.clone() for k, v in trainer.kd_projections.state_dict().items()})
     return {"state": state, "logs": trainer.state.log_history}
+
+
+# ---- pre-training data -------------------------------------------------------------------------------------------
+
+WORDS = ["a", "dog", "cat", "on", "the", "grass", "red", "ball", "sits", "runs", "with", "blue", "sky", "##s"]
+
+
+class StandInProcessor:
+    """The EfficientVLMProcessor call interface, from a BertTokenizer and a tiny image-to-tensor function."""
+
+    def __init__(self):
+        vocab = {token: i for i, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS])}
+        self.tokenizer = BertTokenizer(vocab=vocab, model_max_length=40)
+
+    def __call__(self, images, text, padding, truncation, max_length, return_tensors):
+        batch = dict(self.tokenizer(text, padding=padding, truncation=truncation, max_length=max_length,
+                                    return_tensors=return_tensors, return_token_type_ids=False))
+        pixels = [torch.from_numpy(np.asarray(image.resize((32, 32)), dtype=np.float32)).permute(2, 0, 1)
+                  for image in images]
+        batch["pixel_values"] = torch.stack(pixels) / 255.0
+        return batch
+
+    def save_pretrained(self, path, **kwargs):
+        return self.tokenizer.save_pretrained(path)
+
+
+def sample_colour(shard: int, index: int) -> tuple[int, int, int]:
+    """The flat colour of sample ``index`` of shard ``shard`` in ``write_tar_shards`` (PNG: exact after decoding)."""
+    return (40 * shard % 256, 16 * index % 256, 200)
+
+
+def write_tar_shards(folder: Path, sizes: list[int], bad: dict | None = None) -> tuple[list[Path], dict]:
+    """Tar shards in img2dataset's layout: ``<folder>/{00000..}.tar`` holding, per sample ``<key>.png`` (8x8, one
+    colour per sample), ``<key>.txt`` (a caption of three ``WORDS``) and ``<key>.json``, plus a ``.parquet``-style
+    sidecar name beside each shard (ignored by readers).
+
+    ``sizes``: samples per shard. ``bad``: ``{(shard, index): kind}`` with kind ``"no_caption"``, ``"empty_caption"``,
+    ``"no_image"`` or ``"corrupt_image"``. Returns the shard paths and ``{(shard path, key): caption}`` of the good
+    samples.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    bad = bad or {}
+    paths, good = [], {}
+    for shard, size in enumerate(sizes):
+        path = folder / f"{shard:05d}.tar"
+        with tarfile.open(path, "w") as tar:
+            for index in range(size):
+                key = f"{shard:05d}{index:04d}"
+                caption = " ".join(WORDS[(shard * 7 + index * 3 + j) % 13] for j in range(3))
+                buffer = io.BytesIO()
+                Image.new("RGB", (8, 8), sample_colour(shard, index)).save(buffer, format="PNG")
+                kind = bad.get((shard, index))
+                members = {"png": buffer.getvalue(), "txt": caption.encode(),
+                           "json": json.dumps({"key": key, "caption": caption, "status": "success"}).encode()}
+                if kind == "no_caption":
+                    del members["txt"]
+                elif kind == "empty_caption":
+                    members["txt"] = b"  "
+                elif kind == "no_image":
+                    del members["png"]
+                elif kind == "corrupt_image":
+                    members["png"] = b"\x89PNG not really"
+                elif kind is not None:
+                    raise ValueError(kind)
+                for extension, data in members.items():
+                    info = tarfile.TarInfo(f"{key}.{extension}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+                if kind is None:
+                    good[(str(path), key)] = caption
+        (folder / f"{shard:05d}.parquet").write_bytes(b"sidecar")
+        paths.append(path)
+    return paths, good

@@ -36,6 +36,10 @@ class LocalFolderHfApi(HfApi):
         self.repos: dict[str, dict] = {}  # repo_id -> {"private": bool, "branches": {branch: commit oid}}
         self.commits: list[dict] = []
 
+    def whoami(self, token=None, *, cache: bool = False) -> dict:
+        """The account of the (pretend) token: pushes check it first, as they do on the Hub."""
+        return {"type": "user", "name": self.user, "auth": {"accessToken": {"role": "write"}}}
+
     # -- repositories and branches ----------------------------------------------------------------------------
 
     def _repo(self, repo_id: str) -> dict:

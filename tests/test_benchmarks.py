@@ -70,6 +70,61 @@ def test_gpu_check_runs_its_bf16_check_on_the_cpu_and_skips_the_rest_without_cud
         assert {r["status"] for r in check.main(["--only", "fp16_overflow"]).values()} == {"skipped"}
 
 
+def test_deploy_smoke(tmp_path, capsys):
+    bench = _load_benchmark("deploy")
+    threads = torch.get_num_threads()
+    out = tmp_path / "deploy.json"
+    returned = bench.main(["--smoke", "--json", str(out)])
+    assert torch.get_num_threads() == threads  # the run's single thread is not left behind
+    printed = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert result == json.loads(json.dumps(returned))
+    assert result["settings"]["threads"] == 1 and result["settings"]["batch_sizes"] == [1, 2]
+    rows = result["models"]
+    assert list(rows) == ["ViLT-B/32", "teacher", "student", "pruned, uniform", "pruned, FLOPs budget",
+                          "pruned + int8", "pruned + bf16", "pruned, ONNX Runtime", "pruned, ONNX Runtime int8"]
+    for name, row in rows.items():
+        assert sum(line.startswith(f"| {name} |") for line in printed.splitlines()) == 1
+        for batch in ("1", "2"):
+            assert row["latency_s"][batch] > 0
+            assert row["ratio_to_reference"][batch] == pytest.approx(
+                row["latency_s"][batch] / rows["ViLT-B/32"]["latency_s"][batch])
+    # both pruned students have the asked size; the FLOPs-budget split takes more of the vision tower
+    uniform, flops = rows["pruned, uniform"], rows["pruned, FLOPs budget"]
+    assert abs(uniform["parameters"] - flops["parameters"]) < 0.02 * uniform["parameters"]
+    assert uniform["parameters"] < rows["student"]["parameters"] < rows["teacher"]["parameters"]
+
+    def vision_units(row):
+        return sum(map(sum, row["layer_sizes"]["vision"].values()))
+
+    assert vision_units(flops) < vision_units(uniform)
+    assert flops["params_sparsity"] == pytest.approx(uniform["params_sparsity"])
+    # the deployed forms compute the FLOPs-budget model's logits
+    assert rows["pruned, ONNX Runtime"]["max_abs_diff"] < 1e-4
+    for name in ("pruned + int8", "pruned + bf16", "pruned, ONNX Runtime int8"):
+        assert 0 < rows[name]["max_abs_diff"] < 0.05
+    assert len(result["goals"]) == 2 and all(isinstance(met, bool) for met in result["goals"].values())
+    assert sum(line.startswith("goal ") for line in printed.splitlines()) == 2
+
+def test_captioning_cache_smoke(tmp_path, capsys):
+    bench = _load_benchmark("captioning_cache")
+    threads = torch.get_num_threads()
+    result = bench.main(["--smoke", "--batch-sizes", "1", "2", "--json", str(tmp_path / "captioning.json")])
+    assert torch.get_num_threads() == threads
+    assert json.loads((tmp_path / "captioning.json").read_text()) == json.loads(json.dumps(result))
+    assert result["settings"]["batch_sizes"] == [1, 2] and result["settings"]["threads"] == 1
+    assert set(result["parameters"]) == {"efficientvlm", "blip"}
+    printed = capsys.readouterr().out
+    for row in result["rows"]:
+        seconds = row["seconds"]
+        assert set(seconds) == set(bench.MODELS) and min(seconds.values()) > 0
+        assert row["uncached_over_cached"] == seconds["uncached"] / seconds["cached"]
+        assert row["cached_over_blip"] == seconds["cached"] / seconds["blip"]
+        assert row["same_sequences"]  # the cache does not change what is generated
+        assert row["generated_length"] == 1 + 4  # the start token and exactly --new-tokens tokens
+        assert f"| {row['batch_size']} | " in printed
+
+
 def test_vqa_heads_smoke(tmp_path, capsys):
     bench = _load_benchmark("vqa_heads")
     threads = torch.get_num_threads()

@@ -381,6 +381,31 @@ def test_unknown_and_unplaceable_keys_are_reported_never_dropped(vocab_file):
     assert set(info.value.report.unplaced) == set(extra)
 
 
+def test_bbox_head_is_placed_into_the_pretraining_head(vocab_file):
+    state = official_state_dict(seed=3)
+    g = torch.Generator().manual_seed(1)
+    bbox = {"bbox_head.0.weight": torch.randn(2 * T, T, generator=g) * 0.2, "bbox_head.0.bias": torch.randn(2 * T, generator=g),
+            "bbox_head.1.weight": 1 + torch.randn(2 * T, generator=g) * 0.1, "bbox_head.1.bias": torch.randn(2 * T, generator=g),
+            "bbox_head.3.weight": torch.randn(4, 2 * T, generator=g) * 0.2, "bbox_head.3.bias": torch.randn(4, generator=g)}
+    result = convert_official_checkpoint({**state, **bbox}, vocab_file, head_dim=D, strict=True)
+    assert isinstance(result.model, EfficientVLMForPreTraining)
+    assert all(result.report.placed[key] == key for key in bbox)
+    fused = converted_outputs(result.model, *inputs())["fused"][:, 0]
+    hidden = F.gelu(F.layer_norm(fused @ bbox["bbox_head.0.weight"].T + bbox["bbox_head.0.bias"], (2 * T,),
+                                 bbox["bbox_head.1.weight"], bbox["bbox_head.1.bias"], 1e-5))
+    with torch.no_grad():
+        ours = result.model.bbox_head(fused)
+    torch.testing.assert_close(ours, hidden @ bbox["bbox_head.3.weight"].T + bbox["bbox_head.3.bias"])
+
+    assert result.model.config.use_bbox_head
+    # without one, the converted pre-training head has none (strict conversion passes)
+    plain = convert_official_checkpoint(state, vocab_file, head_dim=D, strict=True)
+    assert not plain.report.missing and plain.model.bbox_head is None and not plain.model.config.use_bbox_head
+    # a retrieval conversion has no place for it
+    retrieval = convert_official_checkpoint({**state, **bbox}, vocab_file, head="retrieval", head_dim=D).report
+    assert "only the pretraining head" in retrieval.unplaced["bbox_head.0.weight"]
+
+
 def test_heads_without_a_place_in_the_base_model_are_reported(vocab_file):
     state = official_state_dict()
     model, report = convert_official_state_dict(state, head="model", head_dim=D)
@@ -433,14 +458,15 @@ def test_example_script_converts_a_checkpoint_file(tmp_path, vocab_file, capsys,
     monkeypatch.setitem(sys.modules, spec.name, script)  # dataclasses look their module up
     spec.loader.exec_module(script)
     state = official_state_dict(seed=7)
-    state["bbox_head.0.weight"] = torch.zeros(2, 2)
+    state["cls_head.0.weight"] = torch.zeros(2, 2)
     torch.save(state, tmp_path / "teacher.th")
     argv = ["--checkpoint", str(tmp_path / "teacher.th"), "--vocab_file", str(vocab_file), "--output_dir",
             str(tmp_path / "out"), "--head_dim", str(D)]
-    assert script.main([*argv, "--strict"]) == 1
-    assert "bbox_head.0.weight" in capsys.readouterr().err
+    assert script.run_script(script.main, [*argv, "--strict"], prog="convert_xvlm_checkpoint.py") == 2
+    error = capsys.readouterr().err
+    assert error.startswith("convert_xvlm_checkpoint.py: error: ") and "cls_head.0.weight" in error
     assert script.main(argv) == 0
-    assert "NOT PLACED bbox_head.0.weight" in capsys.readouterr().out
+    assert "NOT PLACED cls_head.0.weight" in capsys.readouterr().out
     model = EfficientVLMForPreTraining.from_pretrained(tmp_path / "out")
     assert model.config.vision_config.image_size == IMAGE
     assert (tmp_path / "out" / "processor_config.json").is_file()

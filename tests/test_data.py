@@ -181,6 +181,33 @@ def test_shapes_captions_describe_the_scene():
     assert set(flat["image_id"][:5]) == {0}
 
 
+def test_shapes_region_texts_name_one_object_and_its_box():
+    config = ShapesConfig(image_size=128, max_objects=4, noise_prob=0.0, color_jitter=0)
+    data = make_caption_dataset(30, "train", config, one_row_per_caption=True, regions_per_image=2)
+    rows = data.to_list()
+    regions = [row for row in rows if row["bbox"] is not None]
+    assert len(regions) >= 30 and all(row["caption"].startswith("the ") for row in regions)
+    plain = make_caption_dataset(30, "train", config, one_row_per_caption=True)
+    assert "bbox" not in plain.column_names  # without region rows, no box column
+    assert [{k: v for k, v in row.items() if k != "bbox"} for row in rows if row["bbox"] is None] == plain.to_list()
+    for row in regions:
+        scene = Scene.from_json(row["scene"])
+        words = row["caption"][len("the "):].split()
+        named = [o for o in scene.objects
+                 if all(w in (o.color, o.shape, o.size) or (w == "object" and len(words) == 2) for w in words)]
+        assert len(named) == 1, (row["caption"], scene)
+        assert row["bbox"] == pytest.approx(named[0].bbox(), abs=1e-4)
+    # the box is the shape's drawn extent: rendered alone, its pixels fill exactly that box (to a pixel)
+    for shape in ("circle", "square", "triangle"):
+        obj = next(o for row in regions for o in Scene.from_json(row["scene"]).objects if o.shape == shape)
+        alone = Scene(objects=[obj], background=(255, 255, 255))
+        pixels = np.abs(np.asarray(render_scene(alone, config)).astype(int) - 255).sum(-1) > 60
+        ys, xs = np.nonzero(pixels)
+        drawn = ((xs.min() + xs.max() + 1) / 2, (ys.min() + ys.max() + 1) / 2, xs.max() - xs.min() + 1,
+                 ys.max() - ys.min() + 1)
+        assert np.abs(np.array(drawn) / 128 - np.array(obj.bbox())).max() <= 1.5 / 128, shape
+
+
 def test_shapes_nlvr2_balanced_and_correct():
     data = make_nlvr2_dataset(120, "train", CONFIG)
     labels = data["label"]
@@ -805,13 +832,16 @@ def test_nlvr2_collator():
 def test_captioning_collator_masks_padding_and_prompt():
     image = Image.new("RGB", (4, 4))
     rows = [{"image": image, "caption": "a red circle"}, {"image": image, "caption": ["two squares", "ignored"]}]
-    batch = CaptioningCollator(FakeProcessor())(rows)
+    batch = CaptioningCollator(FakeProcessor(), prompt="")(rows)
     # input_ids: [1, 11, 13, 16, 2] and [1, 13, 17, 2, 0]
     assert batch["labels"].tolist() == [[1, 11, 13, 16, 2], [1, 13, 17, 2, -100]]
     processor = FakeProcessor()
-    batch = CaptioningCollator(processor, prompt="a picture of ", prompt_length=4)(rows)
+    batch = CaptioningCollator(processor, prompt_length=4)(rows)  # the default prompt is the paper's
     assert processor.calls[0]["text"][0] == "a picture of a red circle"
     assert batch["labels"][:, :4].eq(-100).all() and batch["labels"][0, 4:].tolist() == [11, 13, 16, 2]
+    # counting the prompt's tokens needs the processor's caption_prompt_ids (tests/test_captioning.py)
+    with pytest.raises(ValueError, match="prompt_length"):
+        CaptioningCollator(FakeProcessor())(rows)
 
 
 def test_retrieval_collator_image_ids():

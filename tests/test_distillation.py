@@ -10,13 +10,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from tests.distillation_helpers import HEADS, MASK, BatchDataset, narrow_student, tiny_batch, tiny_config
+from tests.distillation_helpers import (
+    HEADS,
+    MASK,
+    WORDS,
+    BatchDataset,
+    StandInProcessor,
+    narrow_student,
+    tiny_batch,
+    tiny_config,
+)
 from PIL import Image
 from torch import nn
-from transformers import BertTokenizer
 
 from efficientvlm.distillation import (
     TASK_DEFAULT_WEIGHTS,
@@ -24,6 +31,7 @@ from efficientvlm.distillation import (
     DistillationTrainer,
     ImageTextPretrainingCollator,
     attention_map_mse,
+    check_teacher_trained,
     hidden_state_mse,
     load_image_text_pairs,
     logits_kd_loss,
@@ -34,9 +42,12 @@ from efficientvlm.distillation import (
 from efficientvlm.distillation.trainer import PROJECTIONS_NAME
 from efficientvlm.models.modeling_efficientvlm import (
     EfficientVLMForCaptioning,
+    EfficientVLMForNLVR2,
     EfficientVLMForPreTraining,
     EfficientVLMForVisualQuestionAnswering,
+    EfficientVLMModel,
 )
+from efficientvlm.pruning import ModalAdaptivePruningTrainer, PruningConfig
 from efficientvlm.student import create_student
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -334,6 +345,18 @@ def test_teacher_stays_frozen_and_every_term_is_logged(tmp_path):
     assert {f"eval_{name}" for name in expected} <= set(metrics)
 
 
+def test_evaluation_gathers_the_logits_not_the_states_or_the_image_tokens(tmp_path):
+    torch.manual_seed(0)
+    teacher = EfficientVLMForCaptioning(tiny_config())
+    student = narrow_student(teacher.config, EfficientVLMForCaptioning)
+    trainer = DistillationTrainer(model=student, args=make_args(tmp_path, per_device_eval_batch_size=4),
+                                  teacher_model=teacher)
+    predictions = trainer.predict(BatchDataset(EfficientVLMForCaptioning, size=8)).predictions
+    # captioning's forward also returns image_outputs (the image tower's tokens): left out like the per-layer states
+    assert not isinstance(predictions, tuple)  # the logits alone (an array), no nested image outputs
+    assert predictions.shape == (8, 7, teacher.config.text_config.vocab_size)
+
+
 def test_a_few_hundred_steps_lower_the_kd_loss(tmp_path):
     torch.manual_seed(0)
     teacher = EfficientVLMForPreTraining(tiny_config())
@@ -428,29 +451,49 @@ def test_teacher_and_student_must_share_the_head(tmp_path):
                             teacher_model=EfficientVLMForVisualQuestionAnswering(tiny_config()))
 
 
+@pytest.mark.parametrize("source", [EfficientVLMModel, EfficientVLMForPreTraining])
+def test_a_teacher_whose_checkpoint_lacks_the_task_head_is_refused(tmp_path, source):
+    torch.manual_seed(0)
+    source(tiny_config()).save_pretrained(tmp_path / "base")
+    teacher = EfficientVLMForVisualQuestionAnswering.from_pretrained(tmp_path / "base")
+    student = EfficientVLMForVisualQuestionAnswering(tiny_config(2, 1, 1))
+    head = sorted(name for name, _ in teacher.named_parameters() if name.startswith("classifier."))
+    assert teacher.weights_not_loaded() == head and teacher.loaded_from == str(tmp_path / "base")
+    with pytest.raises(ValueError, match="random initialisation") as error:
+        DistillationTrainer(model=student, args=make_args(tmp_path), teacher_model=teacher)
+    message = str(error.value)
+    assert all(name in message for name in head) and "examples/finetune.py" in message
+    with pytest.raises(ValueError, match="classifier.0.weight"):  # the pruning trainer inherits the check
+        ModalAdaptivePruningTrainer(model=student, teacher_model=teacher,
+                                    args=PruningConfig(output_dir=str(tmp_path / "p"), use_cpu=True, report_to=[]))
+    with torch.no_grad():  # fine-tuned in memory after loading: no longer random, accepted
+        for name in head:
+            teacher.get_parameter(name).add_(0.05)
+    assert teacher.weights_not_loaded() == []
+    DistillationTrainer(model=student, args=make_args(tmp_path), teacher_model=teacher)
+
+
+def test_a_teacher_saved_with_its_head_or_built_in_memory_is_accepted(tmp_path):
+    torch.manual_seed(0)
+    EfficientVLMForVisualQuestionAnswering(tiny_config()).save_pretrained(tmp_path / "vqa")
+    loaded = EfficientVLMForVisualQuestionAnswering.from_pretrained(tmp_path / "vqa")
+    assert loaded.weights_not_loaded() == [] and loaded.loaded_from == str(tmp_path / "vqa")
+    in_memory = EfficientVLMForVisualQuestionAnswering(tiny_config())
+    assert in_memory.weights_not_loaded() == [] and in_memory.loaded_from is None
+    for teacher in (loaded, in_memory):
+        DistillationTrainer(model=EfficientVLMForVisualQuestionAnswering(tiny_config(2, 1, 1)),
+                            args=make_args(tmp_path), teacher_model=teacher)
+    # a head of another shape: refused at load with the fix; re-initialised on request, then refused as a teacher
+    with pytest.raises(ValueError, match=r"(?s)classifier.3.weight: \[3, 48\] in the checkpoint, \[2, 48\].*"
+                                         "ignore_mismatched_sizes=True"):
+        EfficientVLMForNLVR2.from_pretrained(tmp_path / "vqa")
+    nlvr2 = EfficientVLMForNLVR2.from_pretrained(tmp_path / "vqa", ignore_mismatched_sizes=True)
+    assert {"classifier.3.weight", "classifier.3.bias"} <= set(nlvr2.weights_not_loaded())
+    with pytest.raises(ValueError, match="classifier.3.bias"):
+        check_teacher_trained(nlvr2)
+
+
 # ---- data and the example script -----------------------------------------------------------------------------
-
-WORDS = ["a", "dog", "cat", "on", "the", "grass", "red", "ball", "sits", "runs", "with", "blue", "sky", "##s"]
-
-
-class StandInProcessor:
-    """The EfficientVLMProcessor call interface, from a BertTokenizer and a tiny image-to-tensor function."""
-
-    def __init__(self):
-        vocab = {token: i for i, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS])}
-        self.tokenizer = BertTokenizer(vocab=vocab, model_max_length=40)
-
-    def __call__(self, images, text, padding, truncation, max_length, return_tensors):
-        batch = dict(self.tokenizer(text, padding=padding, truncation=truncation, max_length=max_length,
-                                    return_tensors=return_tensors, return_token_type_ids=False))
-        pixels = [torch.from_numpy(np.asarray(image.resize((32, 32)), dtype=np.float32)).permute(2, 0, 1)
-                  for image in images]
-        batch["pixel_values"] = torch.stack(pixels) / 255.0
-        return batch
-
-    def save_pretrained(self, path, **kwargs):
-        return self.tokenizer.save_pretrained(path)
-
 
 def write_pairs(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
@@ -501,6 +544,13 @@ def test_collator_masks_captions_and_keeps_image_ids(tmp_path):
     assert positions.shape == (3, 2)
     for row in range(3):
         assert positions[row, : chosen[row].sum()].tolist() == chosen[row].nonzero().flatten().tolist()
+    # region texts: their boxes and which rows have one (only when some example has a box)
+    examples = [{**pairs[i], "bbox": box} for i, box in enumerate([None, [0.5, 0.4, 0.2, 0.1], None])]
+    boxed = collator(examples)
+    assert boxed["bbox_mask"].tolist() == [False, True, False]
+    assert boxed["target_bbox"][1].tolist() == pytest.approx([0.5, 0.4, 0.2, 0.1])
+    assert not collator([{**pairs[i], "bbox": None} for i in range(3)])["bbox_mask"].any()
+    assert "target_bbox" not in batch
     # over many draws: 80% [MASK], 10% random, 10% unchanged
     many = collator.mask_tokens(ids.repeat(500, 1), batch["attention_mask"].repeat(500, 1))
     picked = many[1] != -100
@@ -517,7 +567,6 @@ def test_pretrain_distill_example_end_to_end(tmp_path, monkeypatch):
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     from efficientvlm.models.configuration_efficientvlm import EfficientVLMConfig
-    from efficientvlm.models.modeling_efficientvlm import EfficientVLMModel
 
     torch.manual_seed(0)
     teacher_dir = tmp_path / "teacher"

@@ -101,7 +101,7 @@ def test_two_processes_compute_the_contrastive_losses_and_gradients_of_the_whole
     for part in shares:
         assert part["grads"].keys() == grads.keys()
         for name, grad in grads.items():
-            torch.testing.assert_close(part["grads"][name], grad, rtol=1e-4, atol=5e-5, msg=name)
+            torch.testing.assert_close(part["grads"][name], grad, rtol=1e-4, atol=5e-5, msg=lambda m: f"{name}: {m}")
 
 
 def test_sampled_hard_negatives_come_from_every_process(ranks):

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -103,8 +104,109 @@ def test_prune_example_creates_prunes_and_saves_a_reloadable_student(tmp_path):
         prune.main(["--task", "vqa", "--dataset", "shapes", "--teacher_name_or_path", str(tmp_path / "teacher"),
                     "--student_layers", "1,1,1", "--export_sparsities", "0.4,0.2", "--use_cpu", "true",
                     "--output_dir", str(tmp_path / "bad")])
+    # a teacher checkpoint without the VQA head (random there) fails at load, before any data is made
+    from efficientvlm.models.modeling_efficientvlm import EfficientVLMModel
+
+    EfficientVLMModel.from_pretrained(tmp_path / "teacher").save_pretrained(tmp_path / "base")
+    with pytest.raises(ValueError, match=r"random initialisation: classifier\.0\.bias"):
+        prune.main(["--task", "vqa", "--dataset", "shapes", "--teacher_name_or_path", str(tmp_path / "base"),
+                    "--student_layers", "1,1,1", "--use_cpu", "true", "--output_dir", str(tmp_path / "bad")])
     out = tmp_path / "pruned"
     assert (out / "pruning_report.json").exists() and (out / "pruning_report.png").exists()
     assert json.loads((out / "eval_results.json").read_text()) == result["metrics"]
     reloaded = AutoModelForVisualQuestionAnswering.from_pretrained(out)
     assert reloaded.config.pruning_info["target_sparsity"] == 0.3
+
+
+def test_a_user_mistake_is_one_error_line_and_debug_shows_the_traceback(tmp_path):
+    (tmp_path / "images").mkdir()
+    Image = pytest.importorskip("PIL.Image")
+    Image.new("RGB", (8, 8)).save(tmp_path / "images" / "a.png")
+    command = [sys.executable, str(ROOT / "examples" / "predict.py"), "--model", "/nonexistent", "--images",
+               str(tmp_path / "images"), "--question", "what color?"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "predict.py: error: --model /nonexistent: no such folder (resolved as '/nonexistent'), and not a Hub id. "
+        "Pass a checkpoint folder written by save_pretrained() or a Hub id such as org/name. (--debug shows the "
+        "traceback)"]
+    result = subprocess.run([*command, "--debug"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" in result.stderr and "FileNotFoundError" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("script", "argv", "message"),
+    [
+        ("finetune", ["--model_name_or_path", "./runs/missing", "--output_dir", "out"],
+         "--model_name_or_path ./runs/missing: no such folder"),
+        ("finetune", ["--task", "vqa", "--dataset", "files", "--output_dir", "out"],
+         "--dataset files needs --train_file and --image_root"),
+        ("prune", ["--task", "vqa", "--teacher_name_or_path", "/no/teacher", "--output_dir", "out"],
+         "--teacher_name_or_path /no/teacher: no such folder"),
+        ("pretrain_distill", ["--teacher_name_or_path", "/no/teacher", "--train_file", "x.json", "--output_dir", "out"],
+         "--teacher_name_or_path /no/teacher: no such folder"),
+        ("predict", ["--model", "EXISTING", "--images", "/no/images", "--question", "q"],
+         "--images /no/images is not a folder"),
+    ],
+)
+def test_example_scripts_report_user_mistakes_in_one_line(script, argv, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "existing").mkdir()
+    (tmp_path / "existing" / "config.json").write_text("{}")
+    module = _load_example(script)
+    argv = [str(tmp_path / "existing") if a == "EXISTING" else a for a in argv]
+    assert module.run_script(module.main, argv, prog=f"{script}.py") == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{script}.py: error: ") and message in lines[0], lines
+
+
+def test_finetune_with_the_same_seed_gives_the_same_model(tmp_path):
+    from safetensors.torch import load_file
+
+    finetune = _load_example("finetune")
+    for run in ("a", "b"):
+        finetune.main(["--task", "vqa", "--output_dir", str(tmp_path / run), "--seed", "1", *TINY])
+    first, second = (load_file(tmp_path / run / "model.safetensors") for run in ("a", "b"))
+    assert first.keys() == second.keys()
+    for name in first:
+        assert torch.equal(first[name], second[name]), name
+    finetune.main(["--task", "vqa", "--output_dir", str(tmp_path / "c"), "--seed", "2", *TINY])
+    other = load_file(tmp_path / "c" / "model.safetensors")
+    assert any(not torch.equal(first[name], other[name]) for name in first)
+
+
+def test_finetune_with_lora_saves_the_merged_model_as_a_plain_checkpoint(tmp_path, caplog):
+    import logging
+
+    from safetensors.torch import load_file
+    from transformers import AutoModelForVisualQuestionAnswering
+
+    from efficientvlm import EfficientVLMForVisualQuestionAnswering
+
+    finetune = _load_example("finetune")
+    with caplog.at_level(logging.INFO, logger="finetune"):
+        metrics = finetune.main(["--task", "vqa", "--output_dir", str(tmp_path / "text_fusion"), "--lora_r", "4",
+                                 "--lora_encoders", "text", "fusion", "--seed", "1", *TINY])
+    assert "vqa_accuracy" in metrics
+    assert any(message.startswith("LoRA (r=4, text+fusion): ") for message in caplog.messages)
+    files = {path.name for path in (tmp_path / "text_fusion").iterdir()}
+    assert "model.safetensors" in files and not any(name.startswith("adapter_") for name in files)
+    model = AutoModelForVisualQuestionAnswering.from_pretrained(tmp_path / "text_fusion")  # strict: plain weights
+    assert type(model) is EfficientVLMForVisualQuestionAnswering
+    assert not any("lora" in name for name, _ in model.named_parameters())
+
+    # Same seed, same initial model (--seed is set before it is built): a run with adapters on the fusion encoder
+    # only leaves the same weights as the first run wherever neither trained (vision, embeddings), and other text
+    # layers (the first run merged its text adapters into them).
+    finetune.main(["--task", "vqa", "--output_dir", str(tmp_path / "fusion"), "--lora_r", "4", "--lora_encoders",
+                   "fusion", "--seed", "1", *TINY])
+    first, second = (load_file(tmp_path / run / "model.safetensors") for run in ("text_fusion", "fusion"))
+    assert first.keys() == second.keys()
+    untouched = [name for name in first if ".vision_model." in name or ".embeddings." in name]
+    assert untouched and all(torch.equal(first[name], second[name]) for name in untouched)
+    merged_text = [name for name in first if ".text_model.encoder.layers." in name and name.endswith("proj.weight")]
+    assert merged_text and all(not torch.equal(first[name], second[name]) for name in merged_text)
+
+    with pytest.raises(ValueError, match=r"--lora_encoders: unknown \['audio'\]"):
+        finetune.main(["--task", "vqa", "--output_dir", str(tmp_path / "bad"), "--lora_r", "4",
+                       "--lora_encoders", "audio", *TINY])

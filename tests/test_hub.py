@@ -177,7 +177,7 @@ def test_shipped_modules_import_only_torch_numpy_pil_transformers_and_siblings(h
     for path in hub.folder.glob("*.py"):
         assert set(remote_code_imports(path)) <= {p.stem for p in hub.folder.glob("*.py")}
     assert remote_code_imports(hub.folder / "modeling_efficientvlm.py") == ["configuration_efficientvlm"]
-    assert remote_code_imports(hub.folder / "pipeline_efficientvlm.py") == ["image_processing_efficientvlm"]
+    assert remote_code_imports(hub.folder / "pipeline_efficientvlm.py") == []  # images go through the image processor
     for bad, message in (("import efficientvlm.hub", "efficientvlm"), ("from ..models import x", r"\.\.models"),
                          ("import scipy", "scipy"), ("from .missing import x", "not a sibling"),
                          ("def f():\n    from efficientvlm import y", "efficientvlm")):
@@ -688,12 +688,47 @@ def test_with_efficientvlm_hub_ids_load_offline_from_the_cache(hub, processor, o
     explicit = EfficientVLMForVisualQuestionAnswering.from_pretrained("org/vqa", cache_dir=offline_cache,
                                                                      local_files_only=True)
     torch.testing.assert_close(vqa_logits(explicit, processor, image), vqa_logits(hub.vqa, processor, image))
-    vqa = pipeline("visual-question-answering", model="org/vqa", pipeline_class=EfficientVLMVQAPipeline)
-    assert vqa(image, QUESTION, top_k=1)[0]["answer"] in ANSWERS
-    # transformers 5: a custom_pipelines entry in config.json takes precedence over the pipeline registry, so even with
-    # the library imported the task name alone asks for trust_remote_code (or pipeline_class, as above).
-    with pytest.raises(ValueError, match="trust_remote_code"):
-        pipeline("visual-question-answering", model="org/vqa")
+    explicit = pipeline("visual-question-answering", model="org/vqa", pipeline_class=EfficientVLMVQAPipeline)
+    assert explicit(image, QUESTION, top_k=1)[0]["answer"] in ANSWERS
+
+
+def _vqa_answers(hub, processor, image):
+    """The answers and sigmoid scores the published VQA model gives, best first."""
+    probabilities = vqa_logits(hub.vqa, processor, image).sigmoid()
+    order = probabilities.argsort(descending=True)[:3]
+    return [ANSWERS[i] for i in order], probabilities[order]
+
+
+def test_with_efficientvlm_a_pushed_repository_answers_through_the_pipeline_without_a_flag(hub, processor,
+                                                                                          offline_cache):
+    """config.json declares the custom pipeline for users without the library, which transformers would always run
+    behind trust_remote_code=True; the library's config sets the entry aside because the registered pipeline is the
+    same class, and writes it back on save."""
+    image = Image.open(hub.images["rgb.png"])
+    expected_answers, expected_scores = _vqa_answers(hub, processor, image)
+    for model_id in ("org/vqa", str(hub.folder)):  # a Hub id (from the cache) and a local folder
+        vqa = pipeline("visual-question-answering", model=model_id)
+        assert type(vqa) is EfficientVLMVQAPipeline  # the installed class, not the repository's copy
+        assert type(vqa.model) is EfficientVLMForVisualQuestionAnswering
+        answers = vqa(image, QUESTION, top_k=3)
+        assert [a["answer"] for a in answers] == expected_answers
+        torch.testing.assert_close(torch.tensor([a["score"] for a in answers]), expected_scores, atol=1e-5,
+                                   rtol=1e-4)
+        # trust_remote_code=True changes nothing: the installed classes win, as for the Auto classes
+        assert type(pipeline("visual-question-answering", model=model_id, trust_remote_code=True)) is \
+            EfficientVLMVQAPipeline
+
+    config = vqa.model.config
+    assert not hasattr(config, "custom_pipelines")
+    published = json.loads((hub.folder / "config.json").read_text())["custom_pipelines"]
+    assert config.to_dict()["custom_pipelines"] == published
+    folder = hub.root / "resaved"
+    vqa.model.save_pretrained(folder)  # the entry is written back for users without the library
+    assert json.loads((folder / "config.json").read_text())["custom_pipelines"] == published
+    # an entry this process does not serve (another class, or another task) stays where transformers reads it
+    foreign = {"visual-question-answering": {"impl": "pipeline_other.OtherPipeline", "pt": []},
+               "other-task": {"impl": "pipeline_efficientvlm.EfficientVLMVQAPipeline", "pt": []}}
+    assert efficientvlm.EfficientVLMConfig(custom_pipelines=foreign).custom_pipelines == foreign
 
 
 def test_the_cards_library_snippets_run_as_written(hub, offline_cache, capsys):
@@ -787,18 +822,18 @@ def test_cli_push_uploads_one_commit_to_a_private_branch(checkpoint, tmp_path, m
 def test_cli_errors_are_clear(checkpoint, tmp_path, capsys):
     no_processor = tmp_path / "no_processor"
     shutil.copytree(checkpoint, no_processor, ignore=shutil.ignore_patterns("processor_config.json", "tokenizer*"))
-    assert cli.main(["push", str(no_processor), "org/x", "--dry-run", str(tmp_path / "a")]) == 1
+    assert cli.main(["push", str(no_processor), "org/x", "--dry-run", str(tmp_path / "a")]) == 2
     assert "has no processor" in capsys.readouterr().err
     pickled = tmp_path / "pickled"
     shutil.copytree(checkpoint, pickled)
     torch.save({}, pickled / "pytorch_model.bin")
     (pickled / "model.safetensors").unlink()
-    assert cli.main(["push", str(pickled), "org/x", "--dry-run", str(tmp_path / "b")]) == 1
+    assert cli.main(["push", str(pickled), "org/x", "--dry-run", str(tmp_path / "b")]) == 2
     assert "pickled weights only" in capsys.readouterr().err
     readme = tmp_path / "README.md"
     readme.write_text("---\nlicense: mit\n---\n# card\n")
     assert cli.main(["push", str(checkpoint), "org/x", "--card", str(readme), "--tag", "t", "--dry-run",
-                     str(tmp_path / "c")]) == 1
+                     str(tmp_path / "c")]) == 2
     assert "--card uses a finished card" in capsys.readouterr().err
     assert cli.main(["push", str(checkpoint), "org/x", "--card", str(readme), "--dry-run", str(tmp_path / "d")]) == 0
     assert (tmp_path / "d" / "README.md").read_text().startswith("---\nlicense: mit\n---")

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -221,8 +222,9 @@ def test_retrieval_rank_rescores_top_k_with_itm():
         assert i2t.shape == (4, 4) and t2i.shape == (4, 4)
         assert (torch.isfinite(i2t).sum(1) == 2).all() and (torch.isfinite(t2i).sum(1) == 2).all()
         # the re-scored candidates are the ITC top 2, scored with the ITM match logit
-        sim = model.get_image_features(inputs["pixel_values"]) @ model.get_text_features(
-            inputs["input_ids"], inputs["attention_mask"]).t()
+        image = model.get_image_features(inputs["pixel_values"]).pooler_output
+        text = model.get_text_features(inputs["input_ids"], inputs["attention_mask"]).pooler_output
+        sim = F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).t()
         top = sim.topk(2, dim=1).indices
         assert torch.equal(torch.isfinite(i2t).nonzero()[:, 1].view(4, 2).sort(1).values, top.sort(1).values)
         text_embeds = model.efficientvlm.encode_text(inputs["input_ids"], inputs["attention_mask"]).last_hidden_state
@@ -322,6 +324,11 @@ def test_from_vision_text_pretrained_copies_clip_and_bert(clip_and_bert):
     torch.testing.assert_close(fusion_layer.mlp.fc1.weight, bert.encoder.layer[3].intermediate.dense.weight)
     torch.testing.assert_close(fusion_layer.self_attn.q_proj.weight, bert.encoder.layer[3].attention.self.query.weight)
     assert fusion_layer.cross_attn.k_proj.in_features == 32
+    # what CLIP and BERT did not provide is random until trained: such a model cannot teach yet
+    random = model.weights_not_loaded()
+    assert {"classifier.0.weight", "efficientvlm.fusion_model.encoder.layers.1.cross_attn.k_proj.weight"} <= set(random)
+    assert not any(".vision_model." in name or ".text_model." in name or ".self_attn." in name for name in random)
+    assert model.loaded_from == f"{root / 'clip'} + {root / 'bert'}"
 
 
 def test_from_vision_text_pretrained_interpolates_to_a_fine_tuning_resolution(clip_and_bert):
@@ -365,8 +372,26 @@ def test_create_student_copies_the_chosen_layers(model_class):
     for name, value in teacher.state_dict().items():
         if ".encoder.layers." not in name:
             assert torch.equal(student.state_dict()[name], value), name
-    with pytest.raises(ValueError, match="does not exist"):
+    with pytest.raises(ValueError, match=r"vision_layers=\[7\]: teacher vision layer 7 does not exist \(the "
+                                         r"teacher's vision encoder has 4 layers: 0 to 3\)"):
         create_student(teacher, vision_layers=[7])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"text_layers": 6}, ValueError, r"text_layers=6: the student's text encoder cannot have 6 layers when the "
+                                         r"teacher's text encoder has 2\. Give a number from 0 to 2"),
+        ({"fusion_layers": -1}, ValueError, r"fusion_layers=-1: the student's fusion encoder cannot have -1 layers"),
+        ({"vision_layers": 2.0}, TypeError, r"vision_layers=2\.0: give the number of vision layers \(an int\)"),
+        ({"text_layers": [0.5]}, TypeError, r"text_layers=\[0\.5\]: teacher layer indices must be integers"),
+        ({"fusion_layers": "1"}, TypeError, r"fusion_layers='1': give the number of fusion layers"),
+    ],
+)
+def test_create_student_errors_name_the_encoder(kwargs, error, message):
+    teacher = EfficientVLMModel(tiny_config())
+    with pytest.raises(error, match=message):
+        create_student(teacher, **{"vision_layers": 1, "text_layers": 1, "fusion_layers": 1, **kwargs})
 
 
 def test_create_student_of_a_heterogeneous_teacher_keeps_its_layer_sizes():
@@ -375,3 +400,54 @@ def test_create_student_of_a_heterogeneous_teacher_keeps_its_layer_sizes():
     assert student.config.vision_config.per_layer("num_attention_heads") == [0, 3]
     assert student.config.vision_config.per_layer("intermediate_size") == [16, 8]
     assert student.config.fusion_config.per_layer("num_cross_attention_heads") == [1]
+
+
+def test_box_losses_by_hand():
+    from efficientvlm.models.modeling_efficientvlm import box_losses
+
+    pred = torch.tensor([[0.5, 0.5, 0.2, 0.2], [0.3, 0.3, 0.2, 0.4], [0.9, 0.9, 0.1, 0.1]])
+    target = torch.tensor([[0.5, 0.5, 0.2, 0.2], [0.4, 0.3, 0.2, 0.2], [0.1, 0.1, 0.1, 0.1]])
+    l1, giou = box_losses(pred, target, torch.tensor([True, True, False]))
+    # row 0: identical (L1 0, GIoU 1); row 1: L1 = 0.1 + 0 + 0 + 0.2 = 0.3; boxes [0.2, 0.1, 0.4, 0.5] and
+    # [0.3, 0.2, 0.5, 0.4]: intersection 0.1 * 0.2 = 0.02, union 0.08 + 0.04 - 0.02 = 0.10, enclosing
+    # [0.2, 0.1, 0.5, 0.5] = 0.12, GIoU = 0.2 - 0.02 / 0.12; row 2 is masked out
+    assert l1.item() == pytest.approx(0.3 / 2)
+    assert giou.item() == pytest.approx((0 + 1 - (0.2 - 0.02 / 0.12)) / 2)
+    l1_all, _ = box_losses(pred, target)
+    assert l1_all.item() == pytest.approx((0.3 + 1.6) / 3)
+    none = box_losses(pred, target, torch.zeros(3, dtype=torch.bool))
+    assert none[0].item() == none[1].item() == 0.0
+    with pytest.raises(ValueError, match="zero or negative width"):
+        box_losses(pred, torch.zeros(3, 4))
+
+
+def test_pretraining_box_regression_reads_the_fused_cls_of_each_region_text():
+    torch.manual_seed(0)
+    model = EfficientVLMForPreTraining(tiny_config(use_bbox_head=True)).eval()
+    inputs = tiny_inputs(EfficientVLMForPreTraining, model.config)
+    target = torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.6, 0.5, 0.3, 0.1], [0.5, 0.5, 1.0, 1.0]])
+    without = EfficientVLMForPreTraining(tiny_config())  # off by default (X-VLM's use_bbox_loss)
+    assert without.bbox_head is None
+    with pytest.raises(ValueError, match="use_bbox_head=True"):
+        without(**inputs, target_bbox=target)
+    mask = torch.tensor([True, True, False])
+    with torch.no_grad():
+        plain = model(**inputs)
+        out = model(**inputs, target_bbox=target, bbox_mask=mask)
+        base = model.efficientvlm
+        fused = base.fuse(base.encode_text(inputs["input_ids"], inputs["attention_mask"]).last_hidden_state,
+                          inputs["attention_mask"], base.encode_image(inputs["pixel_values"]).last_hidden_state)
+        expected = model.bbox_head(fused.last_hidden_state[:, 0]).sigmoid()
+    torch.testing.assert_close(out.pred_boxes, expected)
+    from efficientvlm.models.modeling_efficientvlm import box_losses
+
+    l1, giou = box_losses(expected, target, mask)
+    torch.testing.assert_close(out.bbox_loss, l1)
+    torch.testing.assert_close(out.giou_loss, giou)
+    torch.testing.assert_close(out.loss, plain.loss + l1 + giou)
+    assert plain.bbox_loss is None and plain.pred_boxes is None
+    # the unboxed row does not move the loss
+    moved = target.clone()
+    moved[2] = torch.tensor([0.1, 0.9, 0.05, 0.05])
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs, target_bbox=moved, bbox_mask=mask).loss, out.loss)

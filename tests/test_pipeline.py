@@ -1,5 +1,9 @@
 """pipeline("visual-question-answering") on a saved tiny checkpoint, with image files written by the test."""
 
+import base64
+import re
+
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -8,11 +12,12 @@ from transformers import AutoImageProcessor, AutoProcessor, pipeline
 from efficientvlm import (
     EfficientVLMForVisualQuestionAnswering,
     EfficientVLMImageProcessor,
+    EfficientVLMModel,
     EfficientVLMProcessor,
     EfficientVLMVQAPipeline,
 )
 from tests.tiny_models import ANSWERS, tiny_config
-from tests.utils import make_test_images, make_tiny_tokenizer
+from tests.utils import make_test_images, make_tiny_tokenizer, serve_folder
 
 
 @pytest.fixture(scope="module")
@@ -92,3 +97,72 @@ def test_bad_inputs_give_clear_errors(vqa, images, tmp_path):
         vqa(str(images["rgb.png"]), "   ")
     with pytest.raises(ValueError, match="top_k"):
         vqa(str(images["rgb.png"]), "what color?", top_k=0)
+
+
+def test_urls_and_data_uris_are_loaded_not_taken_for_paths(vqa, images):
+    expected = vqa(str(images["rgb.png"]), "what color is the circle?", top_k=5)
+    with serve_folder(images["rgb.png"].parent) as base:
+        assert vqa(f"{base}/rgb.png", "what color is the circle?", top_k=5) == expected
+    uri = "data:image/png;base64," + base64.b64encode(images["rgb.png"].read_bytes()).decode()
+    assert vqa(uri, "what color is the circle?", top_k=5) == expected
+    with pytest.raises(ConnectionError, match=r"Could not download the image at URL 'http://127\.0\.0\.1:1/x\.jpg'"):
+        vqa("http://127.0.0.1:1/x.jpg", "what color is the circle?")
+
+
+def test_float_images_in_0_1_with_do_rescale_false_answer_like_the_file(vqa, images):
+    expected = vqa(str(images["rgb.png"]), "what color is the circle?", top_k=5)
+    as_tensor = torch.from_numpy(np.asarray(Image.open(images["rgb.png"]).convert("RGB")).copy()).permute(2, 0, 1)
+    answers = vqa(as_tensor.float() / 255, "what color is the circle?", top_k=5, do_rescale=False)
+    assert [a["answer"] for a in answers] == [a["answer"] for a in expected]
+    assert [a["score"] for a in answers] == pytest.approx([a["score"] for a in expected], abs=1e-5)
+    with pytest.warns(UserWarning, match="do_rescale=False"):
+        vqa(as_tensor.float() / 255, "what color is the circle?")
+
+
+@pytest.mark.parametrize("top_k", [2.5, "3", True, 0, -1])
+def test_top_k_must_be_a_positive_integer(vqa, images, top_k):
+    with pytest.raises(ValueError, match=rf"top_k must be a positive integer .*got {re.escape(repr(top_k))}"):
+        vqa(str(images["rgb.png"]), "what color?", top_k=top_k)
+
+
+@pytest.mark.parametrize(
+    ("args", "error", "message"),
+    [
+        (([], "what color?"), ValueError, r"`image` is an empty list"),
+        ((None, "what color?"), ValueError, r"`image` is missing"),
+        (("IMAGE", []), ValueError, r"`question` is an empty list"),
+        (("IMAGE", None), ValueError, r"`question` is missing"),
+        (("IMAGE", 5), TypeError, r"`question` must be a string \(a question about the image\), got int \(5\)"),
+        (("IMAGE", ["what color?", None]), TypeError, r"`question\[1\]` must be a string .*got NoneType"),
+        (("IMAGE", "  "), ValueError, r"`question` is empty \('  '\)"),
+        (([{"image": "IMAGE", "question": 7}],), TypeError, r"The 'question' of input 0 must be a string"),
+        (([{"image": "IMAGE"}],), ValueError, r"input 0 needs an 'image' and a 'question' key"),
+    ],
+)
+def test_arguments_are_checked_and_errors_name_them(vqa, images, args, error, message):
+    args = tuple(str(images["rgb.png"]) if a == "IMAGE" else a for a in args)
+    args = tuple([{k: (str(images["rgb.png"]) if v == "IMAGE" else v) for k, v in a[0].items()}]
+                 if isinstance(a, list) and a and isinstance(a[0], dict) else a for a in args)
+    with pytest.raises(error, match=message):
+        vqa(*args)
+
+
+def test_a_vqa_model_whose_classifier_was_not_loaded_is_refused(checkpoint, tmp_path):
+    _, model, processor = checkpoint
+    folder = tmp_path / "pretrained-only"
+    EfficientVLMModel(model.config).save_pretrained(folder)  # encoders only: no VQA classifier
+    processor.save_pretrained(folder)
+    with pytest.raises(ValueError) as error:
+        pipeline("visual-question-answering", model=str(folder))
+    message = str(error.value)
+    assert f"was not loaded from the checkpoint at '{folder}', which was saved from EfficientVLMModel" in message
+    assert "classifier.0.weight" in message and "classifier.3.bias" in message
+    assert "fine-tune this one first (examples/finetune.py --task vqa" in message
+    # once the head is trained (here: changed), the same model is served
+    loaded = EfficientVLMForVisualQuestionAnswering.from_pretrained(folder)
+    with torch.no_grad():
+        for parameter in loaded.classifier.parameters():
+            parameter.mul_(0.5).add_(0.1)
+    served = pipeline("visual-question-answering", model=loaded, tokenizer=processor.tokenizer,
+                      image_processor=processor.image_processor)
+    assert isinstance(served, EfficientVLMVQAPipeline)

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ from efficientvlm.models.image_processing_efficientvlm import (
     load_image_file,
 )
 from efficientvlm.models.processing_efficientvlm import EfficientVLMProcessor
-from tests.utils import VOCAB, make_test_images, make_tiny_tokenizer
+from tests.utils import VOCAB, make_test_images, make_tiny_tokenizer, serve_folder
 
 MEAN = np.array(OPENAI_CLIP_MEAN, dtype=np.float32)
 STD = np.array(OPENAI_CLIP_STD, dtype=np.float32)
@@ -181,6 +182,131 @@ def test_data_uri_input(image_processor, images) -> None:
         image_processor(uri, return_tensors="pt")["pixel_values"],
         image_processor(images["rgb.png"], return_tensors="pt")["pixel_values"],
     )
+
+
+def test_urls_load_through_transformers_and_errors_name_the_url(image_processor, images) -> None:
+    expected = image_processor(images["rgb.png"], return_tensors="pt")["pixel_values"]
+    with serve_folder(images["rgb.png"].parent) as base:
+        torch.testing.assert_close(image_processor(f"{base}/rgb.png", return_tensors="pt")["pixel_values"], expected)
+        mixed = image_processor([f"{base}/rgb.png", images["rgb.png"]], return_tensors="pt")["pixel_values"]
+        torch.testing.assert_close(mixed, expected.repeat(2, 1, 1, 1))
+        with pytest.raises(ValueError, match=rf"The URL '{base}/missing.png' did not serve an image"):
+            image_processor(f"{base}/missing.png")  # the server answers 404 with an HTML page
+        with pytest.raises(ValueError, match=rf"'{base}/corrupt.png' did not serve an image"):
+            image_processor(f"{base}/corrupt.png")
+    for unreachable in ("http://127.0.0.1:1/photo.png", "https://images.example.invalid/x.jpg"):
+        with pytest.raises(ConnectionError, match=rf"Could not download the image at URL '{unreachable}'"):
+            image_processor(unreachable)
+
+
+def test_bad_data_uris_are_named(image_processor) -> None:
+    with pytest.raises(ValueError, match=r"Unsupported data URI 'data:text/plain;base64,aGk='"):
+        image_processor("data:text/plain;base64,aGk=")
+    with pytest.raises(ValueError, match=r"The data URI 'data:image/png;base64,aGVsbG8=' could not be decoded"):
+        image_processor("data:image/png;base64,aGVsbG8=")
+
+
+def _picture() -> np.ndarray:
+    """A random 24x32 RGB uint8 image, channels-last."""
+    return np.random.default_rng(1).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+
+
+def test_float_images_follow_the_do_rescale_convention(image_processor) -> None:
+    hwc = _picture()
+    expected = image_processor(hwc, return_tensors="pt")["pixel_values"]
+    scaled = hwc.astype(np.float32) / 255  # what ToTensor() holds, channels-last
+    to_tensor = torch.from_numpy(scaled).permute(2, 0, 1)  # ... and as ToTensor() returns it
+    for image in (scaled, to_tensor, scaled.astype(np.float64)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # do_rescale=False says the images are in [0, 1]: no warning
+            result = image_processor(image, do_rescale=False, return_tensors="pt")["pixel_values"]
+        torch.testing.assert_close(result, expected, atol=1e-5, rtol=0)
+    primaries = np.zeros((24, 32, 3), dtype=np.uint8)  # every value 0 or 1 once scaled: still an image in [0, 1]
+    primaries[..., 2], primaries[4:14, 4:14] = 255, (255, 0, 0)
+    torch.testing.assert_close(
+        image_processor(primaries / 255.0, do_rescale=False, return_tensors="pt")["pixel_values"],
+        image_processor(primaries, return_tensors="pt")["pixel_values"],
+    )
+    half = image_processor(to_tensor.to(torch.bfloat16), do_rescale=False, return_tensors="pt")["pixel_values"]
+    assert (half - expected).abs().max() < 0.1  # bf16 holds 8 bits of mantissa: within a few grey levels
+    with pytest.warns(UserWarning, match=r"already rescaled images.*Pass do_rescale=False"):
+        nearly_black = image_processor(scaled, return_tensors="pt")["pixel_values"]
+    assert (nearly_black - expected).abs().max() > 1  # the transformers convention: warned, not second-guessed
+    # float images in 0..255 are 8-bit images: the same result as uint8, no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for image in (hwc.astype(np.float32), torch.from_numpy(hwc.astype(np.float64)).permute(2, 0, 1)):
+            torch.testing.assert_close(image_processor(image, return_tensors="pt")["pixel_values"], expected)
+    with pytest.warns(UserWarning, match=r"do_rescale=False, but an image has 8-bit values"):
+        image_processor(hwc, do_rescale=False)
+    with pytest.warns(UserWarning, match=r"do_rescale=False, but a PIL image \(mode RGB\)"):
+        image_processor(Image.fromarray(hwc), do_rescale=False)
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        (np.full((4, 4, 3), -0.5, dtype=np.float32), r"\[0, 1\].*or \[0, 255\]; got values in \[-0.5, -0.5\]"),
+        (np.full((4, 4, 3), np.nan, dtype=np.float32), "NaN or infinite"),
+        (np.full((4, 4, 3), 300, dtype=np.int32), r"0\.\.255 \(8-bit\).*int32 array with values in \[300, 300\]"),
+        (np.zeros((4, 4, 3), dtype=np.complex64), "Unsupported image array dtype complex64"),
+    ],
+)
+def test_values_that_are_not_an_image_are_refused(image_processor, image, message: str) -> None:
+    with pytest.raises((ValueError, TypeError), match=message):
+        image_processor(image)
+
+
+def test_ambiguous_layouts_follow_the_documented_default(image_processor) -> None:
+    pixel = np.array([[[10, 200, 30]]], dtype=np.uint8)  # a 1x1 RGB image, (H, W, C) = (1, 1, 3)
+    raw = {"do_resize": False, "do_normalize": False, "return_tensors": "np"}
+    values = np.array([10, 200, 30]) / 255
+    np.testing.assert_allclose(image_processor(pixel, **raw)["pixel_values"][0, :, 0, 0], values)
+    # torch tensors are channels-first when ambiguous: (1, 1, 3) is a 1x3 greyscale image
+    grey = image_processor(torch.from_numpy(pixel), **raw)["pixel_values"][0]
+    assert grey.shape == (3, 1, 3) and np.allclose(grey[0], grey[1]) and np.allclose(grey[0, 0], values)
+    # input_data_format decides, as in transformers
+    first = image_processor(pixel, input_data_format="channels_first", **raw)["pixel_values"]
+    np.testing.assert_allclose(first, grey[None])
+    last = image_processor(torch.from_numpy(pixel), input_data_format="channels_last", return_tensors="pt")
+    torch.testing.assert_close(last["pixel_values"], image_processor(pixel, return_tensors="pt")["pixel_values"])
+    chw = np.ascontiguousarray(np.random.default_rng(0).integers(0, 256, (3, 5, 4), dtype=np.uint8))  # ambiguous too
+    torch.testing.assert_close(
+        image_processor(chw, input_data_format="channels_first", return_tensors="pt")["pixel_values"],
+        image_processor(np.ascontiguousarray(chw.transpose(1, 2, 0)), return_tensors="pt")["pixel_values"],
+    )
+    message = r"input_data_format='channels_last' reads the image array of shape \(3, 10, 12\) as having 12 channels"
+    with pytest.raises(ValueError, match=message):
+        image_processor(np.zeros((3, 10, 12), dtype=np.uint8), input_data_format="channels_last")
+
+
+def test_sixteen_bit_arrays_read_like_the_sixteen_bit_file(image_processor, tmp_path: Path) -> None:
+    grey = np.random.default_rng(2).integers(0, 65536, (24, 32)).astype(np.uint16)
+    Image.fromarray(grey).save(tmp_path / "grey16.png")
+    from_file = image_processor(tmp_path / "grey16.png", return_tensors="pt")["pixel_values"]
+    assert Image.open(tmp_path / "grey16.png").mode.startswith("I")
+    for image in (grey, grey[..., None], torch.from_numpy(grey.astype(np.int32)).to(torch.uint16)):
+        torch.testing.assert_close(image_processor(image, return_tensors="pt")["pixel_values"], from_file)
+    rgb = _picture()
+    torch.testing.assert_close(image_processor(rgb.astype(np.uint16) * 257, return_tensors="pt")["pixel_values"],
+                               image_processor(rgb, return_tensors="pt")["pixel_values"])
+    torch.testing.assert_close(image_processor(rgb.astype(np.int64), return_tensors="pt")["pixel_values"],
+                               image_processor(rgb, return_tensors="pt")["pixel_values"])
+    mask = rgb[..., 0] > 128
+    torch.testing.assert_close(image_processor(mask, return_tensors="pt")["pixel_values"],
+                               image_processor(Image.fromarray(mask), return_tensors="pt")["pixel_values"])
+
+
+def test_four_channel_arrays_are_rgba_and_cmyk_goes_through_a_pil_image(image_processor) -> None:
+    data = np.random.default_rng(3).integers(0, 256, (24, 32, 4), dtype=np.uint8)
+    as_array = image_processor(data, return_tensors="pt")["pixel_values"]
+    rgba = Image.fromarray(data)
+    assert rgba.mode == "RGBA"
+    torch.testing.assert_close(as_array, image_processor(rgba, return_tensors="pt")["pixel_values"])
+    cmyk = Image.fromarray(data, mode="CMYK")
+    from_cmyk = image_processor(cmyk, return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(from_cmyk, image_processor(cmyk.convert("RGB"), return_tensors="pt")["pixel_values"])
+    assert (from_cmyk - as_array).abs().max() > 1  # the two readings differ: the caller says which one is meant
 
 
 def test_exif_orientation_is_applied(image_processor, tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ from efficientvlm.pruning import (
     clear_gates,
     deterministic_gates,
     gates_applied,
+    keep_lists_from_gates,
     keep_probability,
     layer_sizes,
     materialize,
@@ -621,6 +622,11 @@ def test_prune_model_from_keep_lists_on_a_heterogeneous_model(tmp_path):
     ({"vision": [{"heads": [4]}, {}]}, "out of range"),
     ({"vision": [{"cross_heads": [0]}, {}]}, "unknown keys"),
     ({"audio": []}, "Unknown modality"),
+    ({"vision": [{"heads": [0, 2.7]}, {}]}, r"keep\['vision'\]\[0\]\['heads'\] holds 2\.7 \(float\): indices must be "
+                                            "integers"),
+    ({"vision": [{"ffn": [1.0]}, {}]}, r"holds 1\.0 \(float\)"),
+    ({"vision": [{"heads": [True]}, {}]}, r"holds True \(bool\)"),
+    ({"vision": [{"heads": torch.tensor([0.0, 1.0])}, {}]}, r"holds tensor\(0\.\) \(Tensor\)"),
 ])
 def test_prune_model_rejects_bad_keep_lists(keep, message):
     with pytest.raises(ValueError, match=message):
@@ -653,3 +659,35 @@ def test_report_json_and_png(tmp_path):
     assert per_modality["achieved_sparsity"] == {"vision": per_modality["modalities"]["vision"]["flops_sparsity"]}
     save_report(per_modality, tmp_path, name="per_modality")
     assert (tmp_path / "per_modality.png").exists()
+
+
+def test_keep_lists_accept_integer_types_of_numpy_and_torch():
+    import numpy as np
+
+    model = make_model()
+    as_ints = prune_model(model, {"vision": [{"heads": [0, 2]}, {}]})
+    for heads in (np.array([0, 2]), torch.tensor([0, 2]), [np.int64(0), torch.tensor(2)]):
+        other = prune_model(model, {"vision": [{"heads": heads}, {}]})
+        assert other.config.vision_config.num_attention_heads == as_ints.config.vision_config.num_attention_heads
+        assert all(torch.equal(a, b) for a, b in zip(other.state_dict().values(), as_ints.state_dict().values()))
+
+
+@pytest.mark.parametrize("bad, shown", [(float("nan"), "nan"), (float("inf"), "inf"), (-0.5, "-0.5"), (1.5, "1.5")])
+def test_materialize_refuses_non_finite_or_out_of_range_gates(bad, shown):
+    model = make_model(EfficientVLMForVisualQuestionAnswering)
+    zs = pattern_l0(model.config).deterministic()
+    key = next(k for k in zs["text"][0] if not k.endswith("_block"))
+    zs["text"][0][key] = zs["text"][0][key].clone()
+    zs["text"][0][key][1] = bad
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    message = rf"zs\['text'\]\[0\]\['{key}'\] holds {shown} at units \[1\]: gate values must be finite and in \[0, 1\]"
+    with pytest.raises(ValueError, match=message):
+        materialize(model, zs)
+    with pytest.raises(ValueError, match=message):
+        keep_lists_from_gates(zs)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    block = next(k for k in zs["vision"][1] if k.endswith("_block"))
+    zs["text"][0][key][1] = 1.0
+    zs["vision"][1][block] = torch.tensor(float("nan"))
+    with pytest.raises(ValueError, match=rf"zs\['vision'\]\[1\]\['{block}'\] holds nan at the gate"):
+        materialize(model, zs)

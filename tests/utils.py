@@ -5,7 +5,12 @@ Nothing here touches the network or the Hugging Face Hub.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.server
 import os
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -97,3 +102,24 @@ def make_test_images(tmp_path: str | os.PathLike) -> dict[str, Path]:
     paths["corrupt.png"] = directory / "corrupt.png"
     paths["corrupt.png"].write_bytes(np.random.default_rng(0).integers(0, 256, size=512, dtype=np.uint8).tobytes())
     return paths
+
+
+@contextlib.contextmanager
+def serve_folder(folder: str | os.PathLike) -> Iterator[str]:
+    """Serve `folder` over HTTP on 127.0.0.1 (a free port) while the block runs; yields the base URL.
+
+    Lets tests load images by URL without the network. Missing files answer 404.
+    """
+
+    class QuietHandler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:  # keep the test output clean
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

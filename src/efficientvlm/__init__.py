@@ -35,6 +35,7 @@ from .models import (
     EfficientVLMVisionConfig,
     EfficientVLMVQAPipeline,
 )
+from .lora import default_lora_targets, lora_config
 from .student import create_student, uniform_layer_choice
 
 __version__ = "0.1.0.dev0"
@@ -95,5 +96,7 @@ __all__ = [
     "EfficientVLMProcessor",
     "EfficientVLMVQAPipeline",
     "create_student",
+    "default_lora_targets",
+    "lora_config",
     "uniform_layer_choice",
 ]

@@ -105,6 +105,10 @@ class DemoConfig:
     pretrain_images: int = _flag(2000, "images of the pre-training stage (each with its captions)")
     pretrain_steps: int = _flag(300, "optimizer steps of image-text pre-training (ITC + ITM with hard negatives + "
                                      "MLM on the scenes' captions) before the teacher's VQA training; 0 skips it")
+    pretrain_regions: int = _flag(0, "region texts per pre-training image ('the red circle') with the object's box, "
+                                     "for X-VLM's box regression (L1 + GIoU); 0 leaves it out (measured on seed 0 with "
+                                     "the defaults: 1 or 2 per image lowered the teacher from 64.0% to 59.4% and "
+                                     "57.2%)")
     pretrain_max_objects: int = _flag(1, "most shapes per pre-training scene: captions of one-object scenes tie each "
                                          "colour and shape word to what the image shows (a curriculum)")
     teacher_layers: tuple[int, int, int] = _flag((6, 2, 2), "teacher layers: vision text fusion", nargs=3)
@@ -163,7 +167,7 @@ class DemoConfig:
                 fail(name, "must be > 0.")
         if not 0 <= self.dropout < 1:
             fail("dropout", "must be in [0, 1).")
-        for name in ("threads", "train_threads", "pretrain_steps"):
+        for name in ("threads", "train_threads", "pretrain_steps", "pretrain_regions"):
             if getattr(self, name) < 0:
                 fail(name, "must be >= 0 (0 = torch's choice)." if "threads" in name else "must be >= 0.")
         if self.budget not in BUDGETS:
@@ -371,9 +375,12 @@ def run(cfg: DemoConfig) -> dict:
                     "%d scenes of 1-%d objects, %d steps", cfg.pretrain_images, cfg.pretrain_max_objects,
                     cfg.pretrain_steps)
         captions = make_caption_dataset(cfg.pretrain_images, split_seed="train", one_row_per_caption=True,
+                                        regions_per_image=cfg.pretrain_regions,
                                         config=replace(shapes, max_objects=cfg.pretrain_max_objects))
         torch.manual_seed(cfg.seed)
-        pretrained = EfficientVLMForPreTraining(config)
+        pretraining_config = copy.deepcopy(config)
+        pretraining_config.use_bbox_head = cfg.pretrain_regions > 0  # the box head only with region texts
+        pretrained = EfficientVLMForPreTraining(pretraining_config)
         stages.run("pretraining", pretrained, 1.0, train_dataset=captions,
                    collator=ImageTextPretrainingCollator(processor), max_steps=cfg.pretrain_steps)
         load_pretrained(teacher, pretrained)

@@ -7,7 +7,8 @@ Each ``evaluate_*`` function runs a model in eval mode over a dataset in the for
 * :func:`evaluate_vqa` - VQA accuracy (the official evaluation's rules), per question and answer type too;
 * :func:`evaluate_nlvr2` - accuracy;
 * :func:`evaluate_retrieval` - recall@1/5/10 both ways, ITC ranking re-ranked by ITM on the top ``k``;
-* :func:`evaluate_captioning` - CIDEr-D and BLEU-4 of ``generate()`` output.
+* :func:`evaluate_captioning` - CIDEr-D and BLEU-4 of ``generate()`` output (from the captioning prompt, which is
+  stripped from the captions).
 
 :func:`measure_latency` times several models on the same inputs, alternating between them, so that their ratio
 holds even when the machine's load changes during the measurement.
@@ -42,7 +43,8 @@ def _batches(dataset, batch_size: int) -> Iterator[list[dict[str, Any]]]:
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
+    parameter = next(model.parameters(), None)  # a module without parameters (an ONNX Runtime model) runs on the CPU
+    return torch.device("cpu") if parameter is None else parameter.device
 
 
 def _to(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -127,16 +129,20 @@ def evaluate_retrieval(model, processor, dataset, k: int = 16, batch_size: int =
 
 @torch.no_grad()
 def evaluate_captioning(model, processor, dataset, batch_size: int = 32, captions_column: str = "captions",
-                        **generate_kwargs) -> dict[str, float]:
-    """CIDEr-D and BLEU-4 of ``model.generate`` (the model's generation config unless overridden)."""
+                        prompt: str | None = None, **generate_kwargs) -> dict[str, float]:
+    """CIDEr-D and BLEU-4 of ``model.generate`` (the model's generation config unless overridden).
+
+    Captions are generated from ``prompt`` (default: ``processor.caption_prompt``, the paper's ``"a picture of "``,
+    as ``CaptioningCollator`` trains with; ``""`` for none) and scored without it.
+    """
     model.eval()
     plain = dataset.with_format(None)
     references = [list(c) for c in plain[captions_column]]
     predictions = []
     for rows in _batches(dataset, batch_size):
-        pixel_values = processor.image_processor([r["image"] for r in rows], return_tensors="pt")["pixel_values"]
-        generated = model.generate(pixel_values=pixel_values.to(_device_of(model)), **generate_kwargs)
-        predictions += processor.batch_decode(generated, skip_special_tokens=True)
+        inputs = processor.caption_inputs([r["image"] for r in rows], prompt=prompt)
+        generated = model.generate(**_to(inputs, _device_of(model)), **generate_kwargs)
+        predictions += processor.decode_captions(generated, prompt=prompt)
     return {"cider": cider_d(predictions, references), "bleu_4": bleu_scores(predictions, references)["bleu_4"]}
 
 

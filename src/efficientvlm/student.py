@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -30,14 +31,31 @@ def uniform_layer_choice(num_teacher_layers: int, num_student_layers: int) -> li
     return [round((i + 1) * num_teacher_layers / num_student_layers) - 1 for i in range(num_student_layers)]
 
 
+def _is_index(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _resolve_choice(modality: str, teacher_layers: int, choice: int | Sequence[int]) -> list[int]:
-    if isinstance(choice, int):
-        return uniform_layer_choice(teacher_layers, choice)
-    chosen = [int(i) for i in choice]
-    for i in chosen:
+    """The teacher layers the student's ``modality`` encoder copies; errors name the argument and the encoder."""
+    where = f"{modality}_layers={choice!r}"
+    if _is_index(choice):
+        if not 0 <= choice <= teacher_layers:
+            raise ValueError(
+                f"{where}: the student's {modality} encoder cannot have {choice} layers when the teacher's {modality} "
+                f"encoder has {teacher_layers}. Give a number from 0 to {teacher_layers}, or a list of teacher "
+                f"{modality} layer indices."
+            )
+        return uniform_layer_choice(teacher_layers, int(choice))
+    if isinstance(choice, (str, bytes)) or not isinstance(choice, Sequence):
+        raise TypeError(f"{where}: give the number of {modality} layers (an int) or a list of teacher {modality} "
+                        f"layer indices, not a {type(choice).__name__}.")
+    for i in choice:
+        if not _is_index(i):
+            raise TypeError(f"{where}: teacher layer indices must be integers, got {i!r} ({type(i).__name__}).")
         if not 0 <= i < teacher_layers:
-            raise ValueError(f"{modality}_layers: teacher layer {i} does not exist (the teacher has {teacher_layers}).")
-    return chosen
+            raise ValueError(f"{where}: teacher {modality} layer {i} does not exist (the teacher's {modality} encoder "
+                             f"has {teacher_layers} layers: 0 to {teacher_layers - 1}).")
+    return [int(i) for i in choice]
 
 
 def create_student(teacher: EfficientVLMPreTrainedModel, vision_layers: int | Sequence[int] = 6,
@@ -51,6 +69,11 @@ def create_student(teacher: EfficientVLMPreTrainedModel, vision_layers: int | Se
             half-depth student, as in the paper) or an explicit list of teacher layer indices.
         decoder_layers: the same for the answer decoder of a generative VQA teacher (the paper: 6 -> 3); ignored
             for other heads.
+
+    Raises:
+        ValueError: more layers than the teacher's encoder has, or an index of a layer it does not have (the
+            message names the argument and the encoder).
+        TypeError: a layer count or index that is not an integer.
 
     Returns:
         A model of ``type(teacher)`` in the teacher's train/eval mode; embeddings, LayerNorms outside the layers, projections and task

@@ -158,7 +158,16 @@ class TaskDataArguments:
     max_length: int = field(default=40, metadata={"help": "maximum text length in tokens"})
 
     def load(self, task: str, output_dir: str | Path) -> TaskData:
-        """The task's data; for shapes the tokenizer's vocabulary is written to ``output_dir/shapes_vocab``."""
+        """The task's data; for shapes the tokenizer's vocabulary is written to ``output_dir/shapes_vocab``.
+
+        Raises:
+            ValueError: ``--dataset files`` without ``--train_file`` or ``--image_root`` (named as flags).
+        """
+        if self.dataset == "files" and (not self.train_file or not self.image_root):
+            missing = " and ".join(flag for flag, value in (("--train_file", self.train_file),
+                                                           ("--image_root", self.image_root)) if not value)
+            raise ValueError(f"--dataset files needs {missing} (annotation JSON files in the official X-VLM format and "
+                             "the folder their image paths start in); or use --dataset shapes (offline, synthetic).")
         return load_task_data(
             task, self.dataset, train_files=self.train_file, eval_files=self.eval_file,
             image_root=self.image_root, answer_list=self.answer_list, num_answers=self.num_answers,

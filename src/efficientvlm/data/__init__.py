@@ -1,4 +1,5 @@
-"""Data for EfficientVLM: the synthetic ``shapes`` benchmark, loaders for the real annotation formats, collators."""
+"""Data for EfficientVLM: the synthetic ``shapes`` benchmark, loaders for the real annotation formats, collators, and
+``ImageTextStream`` for pre-training pairs streamed from tar shards or ``datasets`` streams."""
 
 from .collators import (
     CaptioningCollator,
@@ -33,11 +34,14 @@ from .shapes import (
     make_vqa_dataset,
     text_vocabulary,
 )
+from .streaming import BadSampleError, ImageTextStream, expand_shards
 
 __all__ = [
     "AnnotationError",
+    "BadSampleError",
     "CaptioningCollator",
     "GenerativeVQACollator",
+    "ImageTextStream",
     "LazyImageDecoder",
     "MissingImageError",
     "NLVR2Collator",
@@ -49,6 +53,7 @@ __all__ = [
     "build_answer_vocabulary",
     "build_tokenizer",
     "coco_image_filename",
+    "expand_shards",
     "load_karpathy",
     "load_nlvr2",
     "load_vqav2",

@@ -17,8 +17,8 @@ Labels:
   question's distinct (normalised) answers as ``[CLS] answer [SEP]``, and ``answer_weights``: float ``(B, A)``, their
   weights (the official code's answer frequencies, or VQA soft scores); from the same ``answers`` as the classifier;
 * :class:`NLVR2Collator` -> ``labels``: long ``(B,)``, 1 = true;
-* :class:`CaptioningCollator` -> ``labels``: ``input_ids`` with padding (and optional prompt) positions set
-  to -100; the model shifts them internally;
+* :class:`CaptioningCollator` -> ``labels``: ``input_ids`` with padding and prompt positions set to -100 (every
+  caption starts with the paper's prompt ``"a picture of "`` by default); the model shifts them internally;
 * :class:`RetrievalCollator` -> ``image_ids``: long ``(B,)``; captions of the same image share an id and
   count as positives for the contrastive / matching losses, also across the batches of different processes (the
   model compares ids over the batch gathered from every process).
@@ -35,6 +35,7 @@ import torch
 
 from ..metrics.nlvr2 import to_binary_label
 from ..metrics.vqa import answer_soft_scores, normalize_answer
+from ..models.processing_efficientvlm import DEFAULT_CAPTION_PROMPT
 
 __all__ = ["VQACollator", "GenerativeVQACollator", "NLVR2Collator", "CaptioningCollator", "RetrievalCollator",
            "answer_weights", "vqa_soft_labels"]
@@ -225,10 +226,14 @@ def _first_caption(value: str | Sequence[str]) -> str:
 class CaptioningCollator(_ProcessorCollator):
     """Image + caption batches for language-model training: ``labels`` = ``input_ids`` with ignored positions -100.
 
+    Every caption is put after ``prompt``, and the loss skips ``[CLS]`` and the prompt's tokens, as the paper's code
+    does; ``EfficientVLMProcessor.caption_inputs`` / ``decode_captions`` generate from and strip the same prompt.
+
     Args:
-        prompt: text put in front of every caption (EfficientVLM uses ``"a picture of "``).
-        prompt_length: number of leading label positions to ignore (e.g. ``[CLS]`` + the prompt's tokens, as
-            X-VLM does); 0 keeps them.
+        prompt: text put in front of every caption; default: the paper's ``"a picture of "``; ``""`` for none.
+        prompt_length: number of leading label positions to ignore; default (``None``): ``[CLS]`` + the prompt's
+            tokens, counted with the processor's ``caption_prompt_ids`` (an ``EfficientVLMProcessor``; other
+            processors need it given), and every batch is checked to start with them. 0 keeps every position.
         caption_column: row key; a list value uses its first caption.
     """
 
@@ -237,8 +242,8 @@ class CaptioningCollator(_ProcessorCollator):
         processor: Any,
         max_length: int = 40,
         padding: bool | str = "longest",
-        prompt: str = "",
-        prompt_length: int = 0,
+        prompt: str = DEFAULT_CAPTION_PROMPT,
+        prompt_length: int | None = None,
         image_column: str = "image",
         caption_column: str = "caption",
     ):
@@ -247,14 +252,39 @@ class CaptioningCollator(_ProcessorCollator):
         self.prompt_length = prompt_length
         self.image_column = image_column
         self.caption_column = caption_column
+        self._prompt_ids: list[int] | None = None
+
+    def _prompt_positions(self) -> int:
+        if self.prompt_length is not None:
+            return self.prompt_length
+        if not self.prompt:
+            return 0
+        if self._prompt_ids is None:
+            prompt_ids = getattr(self.processor, "caption_prompt_ids", None)
+            if prompt_ids is None:
+                raise ValueError(
+                    f"CaptioningCollator cannot count the tokens of prompt={self.prompt!r}: the processor has no "
+                    "caption_prompt_ids (an EfficientVLMProcessor has). Pass prompt_length=1 + its token count, or "
+                    "prompt='' for none."
+                )
+            self._prompt_ids = list(prompt_ids(self.prompt))
+        return len(self._prompt_ids)
 
     def __call__(self, features: list[dict[str, Any]]):
         texts = [self.prompt + _first_caption(f[self.caption_column]) for f in features]
         batch = self._process([f[self.image_column] for f in features], texts)
         labels = batch["input_ids"].clone()
         labels[batch["attention_mask"] == 0] = -100
-        if self.prompt_length:
-            labels[:, : self.prompt_length] = -100
+        prompt_length = self._prompt_positions()
+        if self._prompt_ids is not None and self.prompt_length is None:
+            head = batch["input_ids"][:, :prompt_length]
+            if head.shape[1] != prompt_length or (head != torch.tensor(self._prompt_ids)).any():
+                raise ValueError(
+                    f"A caption does not start with the tokens of prompt={self.prompt!r} {self._prompt_ids}: end the "
+                    "prompt with a space (or let max_length cover it), or pass prompt_length explicitly."
+                )
+        if prompt_length:
+            labels[:, :prompt_length] = -100
         batch["labels"] = labels
         return batch
 

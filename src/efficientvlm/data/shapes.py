@@ -155,6 +155,16 @@ class SceneObject:
     radius: float
     rgb: tuple[int, int, int]
 
+    def bbox(self) -> tuple[float, float, float, float]:
+        """The drawn shape's tight box ``(cx, cy, w, h)`` as fractions of the image side (see ``render_scene``)."""
+        r = self.radius
+        if self.shape == "circle":
+            return self.x, self.y, 2 * r, 2 * r
+        if self.shape == "square":
+            return self.x, self.y, 1.76 * r, 1.76 * r
+        big = 1.15 * r  # triangle pointing up: apex at y - R, base at y + R/2, half-width R cos 30 degrees
+        return self.x, self.y - big / 4, 2 * big * math.cos(math.pi / 6), 1.5 * big
+
 
 @dataclass
 class Scene:
@@ -669,19 +679,36 @@ def make_vqa_dataset(
     return datasets.Dataset.from_list(rows, features=features)
 
 
+def region_descriptions(scene: Scene, obj: SceneObject) -> list[str]:
+    """Every phrase of the forms "red circle", "red object", "circle", "small red circle", "small circle" that
+    picks out ``obj`` alone in ``scene`` (empty when none does)."""
+    candidates = [
+        (f"{obj.color} {obj.shape}", dict(color=obj.color, shape=obj.shape)),
+        (f"{obj.color} object", dict(color=obj.color)),
+        (obj.shape, dict(shape=obj.shape)),
+        (f"{obj.size} {obj.color} {obj.shape}", dict(color=obj.color, shape=obj.shape, size=obj.size)),
+        (f"{obj.size} {obj.shape}", dict(shape=obj.shape, size=obj.size)),
+    ]
+    return [phrase for phrase, attributes in candidates if scene.count(**attributes) == 1]
+
+
 def make_caption_dataset(
     n: int,
     split_seed: int | str = 0,
     config: ShapesConfig | None = None,
     captions_per_image: int = 5,
     one_row_per_caption: bool = False,
+    regions_per_image: int = 0,
 ) -> datasets.Dataset:
-    """``n`` images with captions, for retrieval and captioning.
+    """``n`` images with captions, for retrieval, captioning and pre-training.
 
     Columns: ``image``, ``caption`` (the canonical caption), ``captions`` (up to ``captions_per_image``
-    distinct paraphrases, canonical first), ``image_id`` (0..n-1), ``scene`` (JSON). With
-    ``one_row_per_caption=True`` every caption gets its own row (X-VLM ``coco_train.json`` style: ``caption``
-    is that paraphrase, rows of one image share ``image_id``).
+    distinct paraphrases, canonical first), ``image_id`` (0..n-1), ``scene`` (JSON) and, with region rows,
+    ``bbox`` (``None`` for captions of the whole image). With ``one_row_per_caption=True`` every caption gets its own row (X-VLM
+    ``coco_train.json`` style: ``caption`` is that paraphrase, rows of one image share ``image_id``).
+    ``regions_per_image`` adds up to that many rows per image whose ``caption`` names one object unambiguously
+    ("the red circle", see ``region_descriptions``) and whose ``bbox`` is its box ``(cx, cy, w, h)`` as fractions
+    of the side: X-VLM's region-text data, for ``EfficientVLMForPreTraining``'s box regression.
     """
     config = config or ShapesConfig()
     rows = []
@@ -691,10 +718,16 @@ def make_caption_dataset(
         image = _png(render_scene(scene, config))
         captions = describe_scene(scene, rng, captions_per_image)
         texts = captions if one_row_per_caption else captions[:1]
-        for text in texts:
-            rows.append(
-                {"image": image, "caption": text, "captions": captions, "image_id": image_id, "scene": scene.to_json()}
-            )
+
+        def row(text: str, bbox) -> dict:
+            return {"image": image, "caption": text, "captions": captions, "image_id": image_id,
+                    "scene": scene.to_json(), "bbox": bbox}
+
+        rows.extend(row(text, None) for text in texts)
+        if regions_per_image:
+            described = [(o, phrases) for o in scene.objects if (phrases := region_descriptions(scene, o))]
+            for obj, phrases in rng.sample(described, min(regions_per_image, len(described))):
+                rows.append(row("the " + rng.choice(phrases), [round(v, 4) for v in obj.bbox()]))
     features = datasets.Features(
         {
             "image": datasets.Image(),
@@ -702,8 +735,12 @@ def make_caption_dataset(
             "captions": datasets.List(datasets.Value("string")),
             "image_id": datasets.Value("int64"),
             "scene": datasets.Value("string"),
+            "bbox": datasets.List(datasets.Value("float32"), length=4),
         }
     )
+    if not regions_per_image:
+        rows = [{key: value for key, value in row.items() if key != "bbox"} for row in rows]
+        del features["bbox"]
     return datasets.Dataset.from_list(rows, features=features)
 
 

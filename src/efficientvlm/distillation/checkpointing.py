@@ -81,7 +81,8 @@ class CheckpointedState(TrainerCallback):
             if not os.path.isfile(path):
                 continue
             if isinstance(entry.obj, nn.Module):
-                entry.obj.load_state_dict(load_file(path, device=str(device)))
+                # read on the CPU and copied onto the parameters' device (safetensors refuses 'cpu:0', a DDP CPU device)
+                entry.obj.load_state_dict(load_file(path))
             else:
                 entry.obj.load_state_dict(torch.load(path, map_location=device, weights_only=True))
 

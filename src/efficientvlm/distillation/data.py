@@ -3,7 +3,9 @@
 Pairs come from the official X-VLM JSON format (a list of ``{"image": path, "caption": str | list[str]}``) or from
 a ``datasets`` imagefolder (images plus a ``metadata.jsonl`` with a caption column). Each caption becomes one
 example; all captions of an image share its ``image_id``, which the model uses to treat them as positives of each
-other in the contrastive loss and never as hard negatives.
+other in the contrastive loss and never as hard negatives. These loaders hold the annotation list in memory; at the
+paper's scale, stream the pairs from tar shards or a ``datasets`` stream with ``efficientvlm.data.ImageTextStream``,
+which yields the same examples (with decoded images) to the same collator.
 
 Masked language modelling follows the paper's code (X-VLM's text masking): per caption, ``round(p * n)`` of its
 ``n`` maskable tokens (at least 1, at most ``max_masks``) are chosen, with ``p = 0.25`` and ``max_masks = 8`` by
@@ -88,14 +90,17 @@ def masked_positions(mlm_labels: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class ImageTextPretrainingCollator:
-    """Turn examples ``{"image", "caption", "image_id"?}`` into a pre-training batch.
+    """Turn examples ``{"image", "caption", "image_id"?, "bbox"?}`` into a pre-training batch.
 
     Output: ``pixel_values``, ``input_ids``, ``attention_mask`` (from the processor), ``mlm_input_ids``,
     ``mlm_labels`` (original ids at masked positions, -100 elsewhere), ``mlm_positions`` (see
     ``masked_positions``; ``DistillationTrainer`` distils the MLM logits there only, the model ignores it) and
     ``image_ids`` (the examples' ``image_id``, which must name images across the dataset, since the model compares
     them over the batch gathered from every process). When an example has no ``image_id`` the batch has no
-    ``image_ids`` and every example counts as its own image.
+    ``image_ids`` and every example counts as its own image. When the examples have a ``bbox`` key (a region text's
+    box ``(cx, cy, w, h)`` as fractions of the image side, or ``None`` for a caption of the whole image):
+    ``target_bbox`` ``(batch, 4)`` and ``bbox_mask`` (which rows have a box), also for a batch without any box, so
+    that every process of a distributed run uses the box head at every step.
 
     Args:
         processor: an ``EfficientVLMProcessor`` (anything with the same call signature and a ``tokenizer``).
@@ -135,6 +140,11 @@ class ImageTextPretrainingCollator:
         if all("image_id" in example for example in examples):
             # not numbered per batch: ids are compared across the batches of all processes
             output["image_ids"] = torch.tensor([int(example["image_id"]) for example in examples])
+        if any("bbox" in example for example in examples):
+            boxed = [example.get("bbox") is not None for example in examples]
+            output["target_bbox"] = torch.tensor([example["bbox"] if has else [0.5, 0.5, 1.0, 1.0]
+                                                  for example, has in zip(examples, boxed)], dtype=torch.float32)
+            output["bbox_mask"] = torch.tensor(boxed)
         return output
 
     def mask_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,8 +16,9 @@ gradient stops the run with ``NonFiniteError`` naming the step, the terms, the i
 The training loop is the stock one. The trainer overrides only ``compute_loss`` (the loss), ``training_step`` /
 ``prediction_step`` (drop id columns, record each micro-batch's loss for the check), ``log`` (the extra terms),
 ``create_optimizer`` (adds the projections), ``_clip_grad_norm`` (clips the projections together with the student),
-``save_model`` / ``_save_checkpoint`` (the finiteness check) and ``train`` (restores the trainer's own state on
-resume, see below), and adds callbacks that clear the projections' gradients after each optimizer step, check each
+``save_model`` / ``_save_checkpoint`` (the finiteness check; the position of a streamed training set),
+``get_train_dataloader`` (a streamed training set is read per process) and ``train`` (restores the trainer's own
+state and a stream's position on resume, see below), and adds callbacks that clear the projections' gradients after each optimizer step, check each
 step before ``optimizer.step()``, count skipped steps and save the trainer's own state.
 
 State outside the model - here the projections' weights, in the pruning trainer also the gates, multipliers and
@@ -29,16 +30,20 @@ starts, so resuming works the same under one process, DDP, FSDP and DeepSpeed (w
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+from accelerate.data_loader import IterableDatasetShard
 from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
+from ..data.streaming import ImageTextStream
 from ..models.modeling_efficientvlm import (
     EfficientVLMForCaptioning,
     EfficientVLMForGenerativeVQA,
@@ -48,6 +53,7 @@ from ..models.modeling_efficientvlm import (
     EfficientVLMForVisualQuestionAnswering,
     EfficientVLMPreTrainedModel,
 )
+from ..lora import unwrap_lora
 from .checkpointing import CheckpointedState
 from .config import CROSS_ATTENTION_MODALITIES, DistillationConfig, LayerPairs, resolve_layer_map
 from .losses import attention_map_mse, hidden_state_mse, logits_kd_loss, multilabel_logits_kd_loss
@@ -70,6 +76,8 @@ logger = logging.getLogger(__name__)
 
 #: File, in a checkpoint folder, holding the weights of the hidden-state projections.
 PROJECTIONS_NAME = "distillation_projections.safetensors"
+#: File, in a checkpoint folder, holding the position of an ``ImageTextStream`` training set.
+STREAM_STATE_NAME = "stream_state.json"
 
 _TASK_OF_CLASS: tuple[tuple[type, str], ...] = (
     (EfficientVLMForPreTraining, "pretraining"),
@@ -161,7 +169,9 @@ def _streams_key(model: nn.Module) -> str:
 
 
 def task_of(model: nn.Module) -> str:
-    """The distillation task of an EfficientVLM head (``"pretraining"``, ``"vqa"``, ...)."""
+    """The distillation task of an EfficientVLM head (``"pretraining"``, ``"vqa"``, ...), also inside a PEFT
+    wrapper (a LoRA student or teacher, see ``efficientvlm.lora_config``)."""
+    model = unwrap_lora(model)
     for cls, task in _TASK_OF_CLASS:
         if isinstance(model, cls):
             return task
@@ -203,6 +213,29 @@ def check_teacher_fits(teacher: EfficientVLMPreTrainedModel, student: EfficientV
         )
 
 
+def check_teacher_trained(teacher: nn.Module) -> None:
+    """Raise a ``ValueError`` when ``teacher`` has weights that loading did not fill and that are still random.
+
+    ``from_pretrained`` initialises what a checkpoint lacks (the VQA, retrieval or NLVR2 head of a base or pre-training
+    checkpoint) and only logs it, and ``from_vision_text_pretrained`` leaves everything but the CLIP and BERT weights
+    random, so a task teacher could silently be random where it matters - the library's version of the official
+    code's random retrieval teacher. The message names the tensors and the fix. A teacher built in memory, or trained
+    since it was loaded, passes (see ``EfficientVLMPreTrainedModel.weights_not_loaded``).
+    """
+    untrained = teacher.weights_not_loaded() if hasattr(teacher, "weights_not_loaded") else []
+    if not untrained:
+        return
+    shown = ", ".join(untrained[:8]) + (f", ... ({len(untrained)} tensors)" if len(untrained) > 8 else "")
+    source = getattr(teacher, "loaded_from", None)
+    origin = f" loaded from {source!r}" if source else ""
+    raise ValueError(
+        f"The teacher ({type(teacher).__name__}{origin}) has weights that were not in its checkpoint, still at "
+        f"their random initialisation: {shown}. Distilling from it would teach the student a random head. Fine-tune "
+        "the teacher on the task first (examples/finetune.py) and pass that checkpoint, or load a checkpoint saved "
+        "with this head."
+    )
+
+
 class HiddenStateProjections(nn.ModuleDict):
     """Learned linear maps from the student's hidden width to the teacher's, one per modality whose widths differ.
 
@@ -233,11 +266,14 @@ class DistillationTrainer(Trainer):
     """Distil ``teacher_model`` into ``model`` (the student) with the EfficientVLM loss.
 
     Args:
-        model: the student, any EfficientVLM task head (``EfficientVLMForPreTraining`` for general distillation).
+        model: the student, any EfficientVLM task head (``EfficientVLMForPreTraining`` for general distillation),
+            or one wrapped by ``peft.get_peft_model`` to train LoRA adapters only (``efficientvlm.lora_config``;
+            ``model.merge_and_unload()`` after training gives a plain student).
         args: a ``DistillationConfig``.
         teacher_model: a model of the same head class: frozen here (``requires_grad_(False)``, eval mode), moved to
             the training device, and cast to bf16 / fp16 when ``args.bf16`` / ``args.fp16`` is set; it runs under
-            the student's autocast.
+            the student's autocast. A teacher loaded from a checkpoint that lacks its task head (still random) is
+            refused (``check_teacher_trained``).
         **kwargs: everything else ``transformers.Trainer`` takes (datasets, ``data_collator``, callbacks, ...).
 
     Attributes:
@@ -249,6 +285,11 @@ class DistillationTrainer(Trainer):
         kd_projections: the ``HiddenStateProjections`` (empty when the widths agree).
         checkpointed_state: the ``CheckpointedState`` that saves and restores state outside the model (the
             projections; subclasses register more).
+
+    Streamed training data (``efficientvlm.data.ImageTextStream``, endless, with ``max_steps``): every process reads
+    its own shards (Accelerate neither dispatches the main process's batches nor splits the stream again), checkpoints
+    hold the stream's position (``STREAM_STATE_NAME``), and ``resume_from_checkpoint`` with ``ignore_data_skip=True``
+    continues with the very pair after the last one trained on, without re-reading the consumed data.
 
     Logged per term (prefixed ``eval_`` in evaluation): ``task_loss``; ``kd_logits`` (pre-training:
     ``kd_logits_itm``, ``kd_logits_mlm``; generative VQA: on the answer decoder's token distributions);
@@ -270,6 +311,7 @@ class DistillationTrainer(Trainer):
         if not isinstance(args, DistillationConfig):
             raise TypeError(f"DistillationTrainer needs args=DistillationConfig(...), got {type(args).__name__}.")
         check_teacher_fits(teacher_model, model)
+        check_teacher_trained(teacher_model)
         self.task = args.task or task_of(model)
         if self.task != task_of(model):
             raise ValueError(f"args.task={args.task!r} but the student is a {type(model).__name__} "
@@ -372,9 +414,9 @@ class DistillationTrainer(Trainer):
         self._record(recorded, "train" if model.training else "eval")
         if not return_outputs:
             return loss
-        # Evaluation gathers every output tensor: drop the per-layer states.
+        # Evaluation gathers every output tensor: drop the per-layer states (and captioning's image-tower output).
         return loss, type(student_outputs)(**{key: value for key, value in student_outputs.items()
-                                              if not key.endswith(("_hidden_states", "_attentions"))})
+                                              if not key.endswith(("_hidden_states", "_attentions", "image_outputs"))})
 
     def training_step(self, model: nn.Module, inputs: dict[str, torch.Tensor], num_items_in_batch=None
                       ) -> torch.Tensor:
@@ -658,11 +700,19 @@ class DistillationTrainer(Trainer):
 
     def _save_checkpoint(self, model: nn.Module, trial) -> None:
         """The Trainer's checkpoint, refused (``NonFiniteError``, nothing written) when the model or the trainer's
-        own state holds a NaN or infinite tensor. The trainer's own state is added to the folder by
-        ``checkpointed_state.on_save`` right after."""
+        own state holds a NaN or infinite tensor, plus a streamed training set's position (``STREAM_STATE_NAME``).
+        The trainer's own state is added to the folder by ``checkpointed_state.on_save`` right after."""
         checkpoint = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         self._check_finite_before_save(checkpoint, include_trainer_state=True)
         super()._save_checkpoint(model, trial)
+        stream = self._train_stream()
+        folder = os.path.join(self._get_output_dir(trial=trial), checkpoint)
+        if stream is not None and self.args.should_save and os.path.isdir(folder):
+            # every optimizer step took gradient_accumulation_steps full batches
+            position = stream.state_dict(self.state.global_step * self.args.gradient_accumulation_steps,
+                                         self._train_batch_size, self.args.dataloader_num_workers)
+            with open(os.path.join(folder, STREAM_STATE_NAME), "w", encoding="utf-8") as handle:
+                json.dump(position, handle, indent=2)
 
     def _check_projections_supported(self, widths: dict) -> None:
         """The projections train beside the student as extra parameter groups of its optimizer, their gradients
@@ -683,15 +733,81 @@ class DistillationTrainer(Trainer):
 
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None,
               **kwargs):
-        """``Trainer.train``; when resuming, the state registered with ``checkpointed_state`` is restored from the
-        checkpoint first (under every backend, DeepSpeed included)."""
+        """``Trainer.train``; when resuming, the state registered with ``checkpointed_state`` and a streamed training
+        set's position are restored from the checkpoint first (under every backend, DeepSpeed included)."""
         folder = resume_from_checkpoint
         if folder is True:
             folder = get_last_checkpoint(self.args.output_dir)  # None: Trainer.train raises its own error
         if isinstance(folder, str):
             self.checkpointed_state.load(folder)
+            self._load_stream_position(folder)
         return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
                              ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
 
+    # ---- streamed training data --------------------------------------------------------------------------------
 
-__all__ = ["DistillationTrainer", "HiddenStateProjections", "PROJECTIONS_NAME", "check_teacher_fits", "task_of"]
+    def _train_stream(self) -> ImageTextStream | None:
+        return self.train_dataset if isinstance(self.train_dataset, ImageTextStream) else None
+
+    def get_train_dataloader(self):
+        """The Trainer's training DataLoader; for an ``ImageTextStream``, one that reads this process's shards.
+
+        By default Accelerate gives an ``IterableDataset`` to the main process alone and sends slices of its batches
+        to the others (``dispatch_batches``), or, with that off, makes every process read the whole stream and keep
+        every ``world_size``-th batch; the stream already splits its shards by process and worker, so neither is done.
+        """
+        stream = self._train_stream()
+        if stream is None:
+            return super().get_train_dataloader()
+        args = self.args
+        if (stream.rank, stream.world_size) != (args.process_index, args.world_size):
+            raise ValueError(
+                f"The ImageTextStream was built for rank {stream.rank} of {stream.world_size} processes, but this is "
+                f"process {args.process_index} of {args.world_size}: build it after the training arguments (or pass "
+                "rank=args.process_index, world_size=args.world_size)."
+            )
+        if stream.num_epochs is not None:
+            raise ValueError(
+                f"The ImageTextStream yields {stream.num_epochs} epoch(s) and then stops, at a different step on each "
+                "process (DDP would wait forever) and unresumably: build it with num_epochs=None (endless) and set "
+                "max_steps."
+            )
+        if not args.dataloader_in_order:
+            raise ValueError("dataloader_in_order=False takes batches from the workers in any order, so the "
+                             "stream's position could not be saved: leave it True.")
+        if self.accelerator.split_batches:
+            raise ValueError("accelerator_config split_batches=True splits one batch over the processes; an "
+                             "ImageTextStream gives each process its own batches: leave it False.")
+        stream.check_workers(args.dataloader_num_workers)
+        config = self.accelerator.dataloader_config
+        dispatch = config.dispatch_batches
+        config.dispatch_batches = False
+        try:
+            dataloader = super().get_train_dataloader()
+        finally:
+            config.dispatch_batches = dispatch
+        if isinstance(dataloader.dataset, IterableDatasetShard):  # a pass-through: the stream is split already
+            dataloader.dataset.num_processes, dataloader.dataset.process_index = 1, 0
+        return dataloader
+
+    def _load_stream_position(self, checkpoint: str) -> None:
+        """Make a streamed training set continue after the last batch that ``checkpoint`` trained on."""
+        stream = self._train_stream()
+        if stream is None:
+            return
+        path = os.path.join(checkpoint, STREAM_STATE_NAME)
+        if not os.path.isfile(path):
+            raise ValueError(f"{checkpoint} has no {STREAM_STATE_NAME}: it was not written by a DistillationTrainer "
+                             "training on an ImageTextStream, so the stream's position is unknown.")
+        if not self.args.ignore_data_skip:
+            raise ValueError(
+                "Resuming on an ImageTextStream needs ignore_data_skip=True (--ignore_data_skip): the stream continues "
+                f"from its saved position ({STREAM_STATE_NAME}) itself, while the Trainer's own resume would also "
+                "re-read, decode and collate every batch since the start of training and skip them."
+            )
+        with open(path, encoding="utf-8") as handle:
+            stream.load_state_dict(json.load(handle))
+
+
+__all__ = ["DistillationTrainer", "HiddenStateProjections", "PROJECTIONS_NAME", "STREAM_STATE_NAME",
+           "check_teacher_fits", "check_teacher_trained", "task_of"]

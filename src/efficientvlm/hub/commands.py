@@ -65,7 +65,9 @@ def load_checkpoint(checkpoint_dir: str | Path) -> tuple[Any, Any]:
 
 
 def run_push(args: argparse.Namespace) -> int:
-    """Run ``efficientvlm push``."""
+    """Run ``efficientvlm push``: the card flags, the folder, the Hub token and connection are checked before the
+    model is loaded."""
+    from . import publish
     from .publish import push_to_hub
 
     card_kwargs = {
@@ -77,11 +79,17 @@ def run_push(args: argparse.Namespace) -> int:
     if args.card and card_kwargs:
         flags = ", ".join("--" + key.replace("_", "-") for key in card_kwargs)
         raise ValueError(f"--card uses a finished card; drop {flags}.")
+    if not (Path(args.checkpoint_dir) / "config.json").is_file():
+        raise ValueError(f"{args.checkpoint_dir} has no config.json: pass a folder written by model.save_pretrained().")
+    api = None
+    if args.dry_run is None:  # token and network first: seconds, before the model is loaded
+        api = publish.HfApi(token=args.token)
+        publish.check_hub_access(api, args.token)
     model, processor = load_checkpoint(args.checkpoint_dir)
     result = push_to_hub(
         model, processor, args.repo_id, card=args.card, private=args.private, revision=args.revision,
         commit_message=args.commit_message, dry_run_dir=args.dry_run, token=args.token,
-        pruning_report=args.pruning_report, pruning_figure=args.pruning_figure, **card_kwargs,
+        pruning_report=args.pruning_report, pruning_figure=args.pruning_figure, api=api, **card_kwargs,
     )
     where = f"{result.folder} (dry run, nothing uploaded)" if result.folder else result.commit.commit_url
     print(f"{args.repo_id}: {len(result.files)} files -> {where}")

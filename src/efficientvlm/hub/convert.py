@@ -8,7 +8,10 @@ The official checkpoints are PyTorch state dicts (possibly wrapped as ``{"model"
 * ``text_encoder.*`` (fine-tuning) or ``text_encoder.bert.*`` plus an MLM head ``text_encoder.cls.*`` (pre-training):
   one BERT stack whose first ``fusion_layer`` layers (default: half) are the text encoder and whose remaining layers,
   the only ones with ``crossattention.*``, are the fusion encoder;
-* ``vision_proj``, ``text_proj``, ``temp`` (ITC) and ``itm_head.{0,1,3}`` (ITM).
+* ``vision_proj``, ``text_proj``, ``temp`` (ITC) and ``itm_head.{0,1,3}`` (ITM);
+* ``bbox_head.{0,1,3}`` (X-VLM's box regression, in checkpoints pre-trained with region data): placed into the
+  pre-training head's ``bbox_head``, which the converted config then has (``use_bbox_head=True``); a checkpoint
+  without one converts into a pre-training head without it (the default).
 
 Every shape of the efficientvlm config is read from the tensors, so a checkpoint whose heads or FFN neurons were
 physically removed (smaller q/k/v/out, fc1/fc2, intermediate/output tensors; missing tensors for a removed
@@ -19,8 +22,8 @@ Nothing is dropped silently. Each official key ends up in one of three lists of 
 ``placed`` (copied into the model), ``skipped`` (known not to be weights of the computed function: ``position_ids``
 buffers, the duplicate MLM decoder bias, LayerNorms of removed sub-blocks, which the official pruning code skips
 too) and ``unplaced`` (could not be placed, with the reason: e.g. the official generative VQA decoder
-``text_decoder.*``, the NLVR2 ``cls_head.*`` and the pre-training ``bbox_head.*`` belong to architectures this
-library does not implement). Model weights that no official tensor filled are listed as ``missing``. With
+``text_decoder.*`` and the NLVR2 ``cls_head.*`` belong to architectures this library does not implement; the
+``bbox_head.*`` has a place in the pre-training head only). Model weights that no official tensor filled are listed as ``missing``. With
 ``strict=True`` any unplaced or missing key is an error.
 """
 
@@ -90,8 +93,8 @@ _NOT_PLACEABLE = {  # official heads of architectures this library does not impl
                      "classifier over an answer vocabulary, a different architecture",
     "cls_head.": "the official NLVR2 head, which sits on fusion layers duplicated per image; EfficientVLMForNLVR2 "
                  "shares its fusion layers between the two images, a different architecture",
-    "bbox_head.": "the pre-training box-regression head (region data), which EfficientVLM models do not have",
 }
+_BBOX = re.compile(r"^bbox_head\.[013]\.(weight|bias)$")
 
 
 class ConversionError(ValueError):
@@ -360,6 +363,12 @@ def _map_keys(state: Mapping[str, torch.Tensor], text_prefix: str, fusion_layer:
                 place(key, _MLM_HEAD[rest])
             else:
                 report.unplaced[key] = "unknown MLM-head tensor"
+        elif _BBOX.match(key):
+            if head == "pretraining":
+                place(key, key)
+            else:
+                report.unplaced[key] = ("the pre-training box-regression head (region data); only the pretraining "
+                                        f"head has one (converting into {head})")
         elif _ITC_ITM.match(key):
             if with_heads:
                 place(key, key)
@@ -410,6 +419,8 @@ def convert_official_state_dict(state_dict: Mapping[str, torch.Tensor], *, head:
         config_kwargs["tie_word_embeddings"] = tied
         report.notes.append("MLM decoder tied to the word embeddings" if tied
                             else "MLM decoder differs from the word embeddings: kept untied")
+    if head == "pretraining" and any(_BBOX.match(key) for key in state):
+        config_kwargs["use_bbox_head"] = True  # X-VLM pre-trained with region data: keep its box head
     config = EfficientVLMConfig(**config_kwargs, **dict(config_overrides or {}))
     mapped = _map_keys(state, text_prefix, fusion_layer, sizes, head, report)
 

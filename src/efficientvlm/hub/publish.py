@@ -32,13 +32,21 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import CommitInfo, HfApi, ModelCard
-from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+from huggingface_hub import CommitInfo, HfApi, ModelCard, constants
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    HfHubHTTPError,
+    LocalTokenNotFoundError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
 
 from .cards import load_card, merge_card_metadata, render_model_card
 
@@ -89,6 +97,75 @@ RESERVED_FILE_PATTERNS = (*MANAGED_FILE_PATTERNS, "README.md", "*.py", "pruning_
 
 class RemoteCodeError(ValueError):
     """A module meant for the Hub imports something a user without efficientvlm would not have."""
+
+
+class HubAccessError(ConnectionError):
+    """The Hub cannot be used for a push: offline mode, no token, a refused token, or no network."""
+
+
+#: Seconds ``check_hub_access`` waits for the Hub to answer.
+HUB_ACCESS_TIMEOUT = 10.0
+
+
+def check_hub_access(api: HfApi | None = None, token: str | None = None,
+                     timeout: float = HUB_ACCESS_TIMEOUT) -> dict[str, Any]:
+    """Check, before anything is rendered or uploaded, that a push can work: not offline, a token, a Hub that answers
+    and accepts the token (one ``whoami`` call, given ``timeout`` seconds).
+
+    Returns:
+        The ``whoami`` answer (the account the token belongs to).
+
+    Raises:
+        HubAccessError: with the cause and the fix, e.g. ``HF_HUB_OFFLINE`` is set, no token is stored or given, the
+            token is refused (HTTP 401) or read-only, or the Hub cannot be reached within ``timeout``.
+    """
+    api = api or HfApi(token=token)
+    endpoint = getattr(api, "endpoint", None) or "the Hub"
+    dry_run = "or write the repository folder locally with --dry-run DIR (dry_run_dir=) instead"
+    outcome: dict[str, Any] = {}
+
+    def call() -> None:
+        try:
+            outcome["answer"] = api.whoami(token=token, cache=True)  # a second check costs no request
+        except BaseException as error:  # reported below, in the caller's thread
+            outcome["error"] = error
+
+    worker = threading.Thread(target=call, name="efficientvlm-whoami", daemon=True)  # daemon: a hung call never
+    worker.start()                                                                   # keeps the process alive
+    worker.join(timeout)
+    if worker.is_alive():
+        raise HubAccessError(f"No answer from {endpoint} within {timeout:g} s: check the network connection (and "
+                             f"HF_ENDPOINT / proxy settings), {dry_run}.")
+    error = outcome.get("error")
+    no_token = ("log in with `hf auth login`, set HF_TOKEN, or pass --token (token= in Python) with a write token")
+    # huggingface_hub looks for the token before it notices offline mode: report offline mode first
+    if isinstance(error, OfflineModeIsEnabled) or (isinstance(error, LocalTokenNotFoundError)
+                                                   and constants.HF_HUB_OFFLINE):
+        also = f" No token is stored either: {no_token}." if isinstance(error, LocalTokenNotFoundError) else ""
+        raise HubAccessError(f"HF_HUB_OFFLINE is set, so nothing can be pushed to {endpoint}: unset HF_HUB_OFFLINE "
+                             f"(and TRANSFORMERS_OFFLINE), {dry_run}.{also}") from error
+    if isinstance(error, LocalTokenNotFoundError):
+        raise HubAccessError(f"No Hugging Face token: {no_token}; {dry_run} (it needs none).") from error
+    if isinstance(error, HfHubHTTPError):
+        status = getattr(getattr(error, "response", None), "status_code", None)
+        if status == 401:
+            raise HubAccessError(f"{endpoint} refused the token (401 Unauthorized): it is invalid or expired. Create "
+                                 "a write token at https://huggingface.co/settings/tokens and log in again (hf auth "
+                                 "login), or pass --token.") from error
+        raise HubAccessError(f"{endpoint} answered HTTP {status} to the token check ({error}); try again later, "
+                             f"{dry_run}.") from error
+    if error is not None:
+        if not isinstance(error, Exception):
+            raise error
+        raise HubAccessError(f"Cannot reach {endpoint} ({type(error).__name__}: {error}): check the network "
+                             f"connection (and HF_ENDPOINT / proxy settings), {dry_run}.") from error
+    answer = outcome.get("answer") or {}
+    role = ((answer.get("auth") or {}).get("accessToken") or {}).get("role")
+    if role == "read":
+        raise HubAccessError(f"The token of {answer.get('name', 'this account')} is read-only: pushing needs a write "
+                             "token (https://huggingface.co/settings/tokens); log in with it (hf auth login) or pass "
+                             "--token.")
+    return answer
 
 
 @dataclass
@@ -361,6 +438,8 @@ def assemble_repo_folder(model: Any, processor: Any, folder: str | os.PathLike, 
     model.save_pretrained(folder)
     config = copy.deepcopy(model.config)  # the user's model keeps its config untouched
     config.auto_map = auto_map_of(model)
+    # entries a loaded config set aside because this process serves them (see EfficientVLMConfig): decided afresh
+    config.__dict__.pop("_installed_custom_pipelines", None)
     pipelines = custom_pipelines_of(model)
     if pipelines:
         config.custom_pipelines = pipelines
@@ -434,7 +513,9 @@ def push_to_hub(
             refused (its visibility is never changed silently).
         revision: branch to commit to; created from the default branch if missing.
         commit_message: defaults to a message naming the head.
-        dry_run_dir: write the repository folder here (must be empty or new) and upload nothing.
+        dry_run_dir: write the repository folder here (must be empty or new) and upload nothing. Without it, the
+            token and the connection are checked first (``check_hub_access``: a ``HubAccessError`` says what is
+            wrong, e.g. ``HF_HUB_OFFLINE``, no token, a refused token, no network).
         token: Hub token (defaults to the stored login).
         pruning_report: pruning report (dict or JSON file) uploaded as ``pruning_report.json`` and rendered in the
             card; defaults to ``model.config.pruning_info`` for the card.
@@ -455,6 +536,9 @@ def push_to_hub(
         A [`PushResult`].
     """
     extras = check_extra_files(extra_files)  # before anything is rendered, written or uploaded
+    if dry_run_dir is None:
+        api = api or HfApi(token=token)
+        check_hub_access(api, token)
     _check_source(pruning_figure, "pruning_figure")
     report = _read_pruning_report(pruning_report)
     figure_in_repo = PRUNING_FIGURE_FILE if pruning_figure is not None else None
@@ -497,6 +581,8 @@ def push_to_hub(
 __all__ = [
     "CARD_TASK_OF_HEAD",
     "HEAD_AUTO_CLASSES",
+    "HUB_ACCESS_TIMEOUT",
+    "HubAccessError",
     "MANAGED_FILE_PATTERNS",
     "PushResult",
     "RESERVED_FILE_PATTERNS",
@@ -505,6 +591,7 @@ __all__ = [
     "auto_map_of",
     "build_model_card",
     "check_extra_files",
+    "check_hub_access",
     "custom_pipelines_of",
     "push_to_hub",
     "remote_code_files",

@@ -17,6 +17,7 @@ This file is shipped to the Hub as remote code: it imports only transformers and
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from transformers import PreTrainedConfig
@@ -126,6 +127,10 @@ class EfficientVLMVisionConfig(_EncoderConfigMixin, PreTrainedConfig):
         return (self.image_size // self.patch_size) ** 2
 
 
+#: The special-token defaults of ``EfficientVLMTextConfig``: bert-base-uncased's [PAD], [CLS], [SEP] and [MASK].
+_BERT_SPECIAL_TOKENS = {"pad_token_id": 0, "bos_token_id": 101, "eos_token_id": 102, "mask_token_id": 103}
+
+
 class EfficientVLMTextConfig(_EncoderConfigMixin, PreTrainedConfig):
     r"""Text encoder: post-LayerNorm BERT layers (self-attention, FFN) with BERT embeddings.
 
@@ -140,7 +145,9 @@ class EfficientVLMTextConfig(_EncoderConfigMixin, PreTrainedConfig):
         layer_norm_eps: LayerNorm epsilon.
         pad_token_id, bos_token_id, eos_token_id, mask_token_id: special tokens of the tokenizer ([PAD], [CLS],
             [SEP], [MASK] for BERT). The captioning decoder starts from ``bos_token_id`` and stops at
-            ``eos_token_id``.
+            ``eos_token_id``. An id outside the vocabulary is an error, except a default (bert-base-uncased's 0,
+            101, 102, 103) with a smaller ``vocab_size``: that one becomes ``None`` (unknown), so that a config with
+            a small vocabulary builds from the defaults.
         initializer_range: recorded like CLIP's and BERT's configs record it; the modules of an EfficientVLM model
             are initialised with the top-level ``EfficientVLMConfig.initializer_range``.
     """
@@ -174,6 +181,9 @@ class EfficientVLMTextConfig(_EncoderConfigMixin, PreTrainedConfig):
                 raise ValueError(f"EfficientVLMTextConfig.{field} must be a positive int, got {value!r}.")
         for field in ("pad_token_id", "bos_token_id", "eos_token_id", "mask_token_id"):
             value = getattr(self, field)
+            if value is not None and value >= self.vocab_size and value == _BERT_SPECIAL_TOKENS[field]:
+                setattr(self, field, None)  # bert-base-uncased's id, not in this vocabulary
+                continue
             if value is not None and not 0 <= value < self.vocab_size:
                 raise ValueError(
                     f"EfficientVLMTextConfig.{field}={value} is outside the vocabulary (vocab_size={self.vocab_size})."
@@ -218,6 +228,20 @@ class EfficientVLMFusionConfig(_EncoderConfigMixin, PreTrainedConfig):
         super().__post_init__(**kwargs)
 
 
+def _serves(task: str, spec: Any) -> bool:
+    """Whether transformers' pipeline registry in this process maps ``task`` to the class a ``custom_pipelines``
+    entry names (``{"impl": "module.Class", ...}``): same class name, defined in a module of that name."""
+    pipelines = sys.modules.get("transformers.pipelines")  # not imported yet: nothing registered a pipeline
+    registry = getattr(pipelines, "PIPELINE_REGISTRY", None)
+    registered = getattr(registry, "supported_tasks", {}).get(task)
+    impl = spec.get("impl") if isinstance(spec, dict) else None
+    if not registered or not isinstance(impl, str) or "." not in impl:
+        return False
+    module, name = impl.rsplit(".", 1)
+    cls = registered.get("impl")
+    return getattr(cls, "__name__", None) == name and getattr(cls, "__module__", "").split(".")[-1] == module
+
+
 _SUB_CONFIGS = {
     "vision_config": EfficientVLMVisionConfig,
     "text_config": EfficientVLMTextConfig,
@@ -239,8 +263,21 @@ class EfficientVLMConfig(PreTrainedConfig):
             sub-configs' values are not used for initialisation). BERT's 0.02 suits fine-tuning pre-trained weights;
             training from scratch on little data learns faster from a larger one (``efficientvlm demo`` uses 0.1).
         tie_word_embeddings: tie the MLM / captioning output layer to the word embeddings.
+        caption_label_smoothing: label smoothing of ``EfficientVLMForCaptioning``'s language-modelling loss, in
+            [0, 1); the paper fine-tunes captioning with 0.1 (the default); 0 gives plain cross-entropy.
+        use_bbox_head: give ``EfficientVLMForPreTraining`` X-VLM's box-regression head (``bbox_head``), trained on
+            batches with region texts (``target_bbox``). Off by default, as in X-VLM (``use_bbox_loss``): a head that
+            a batch does not use leaves DDP's gradient buckets unreduced unless ``find_unused_parameters`` is set.
         pruning_info: optional record of what pruning did (target, achieved sparsity per modality, parameter
             counts). Informational only: shapes are always read from the sub-configs.
+
+    Custom pipelines. A repository written by ``efficientvlm push`` declares its ``visual-question-answering``
+    pipeline in ``custom_pipelines`` (with the pipeline's code in the repository), so that users without the library
+    get it with ``pipeline(..., trust_remote_code=True)``. transformers gives such an entry precedence over the
+    pipeline registry and then always demands ``trust_remote_code=True``. So where this process's registry already
+    serves the task with the very class the entry names (``import efficientvlm`` registers it), the entry is set
+    aside when the config is built: ``pipeline("visual-question-answering", model=repo)`` then takes the installed
+    pipeline, with no flag. It is not lost: ``to_dict`` (and so ``save_pretrained``) writes it back.
 
     Example:
 
@@ -263,6 +300,8 @@ class EfficientVLMConfig(PreTrainedConfig):
     itc_temperature: float = 0.07
     initializer_range: float = 0.02
     tie_word_embeddings: bool = True
+    caption_label_smoothing: float = 0.1
+    use_bbox_head: bool = False
     pruning_info: dict | None = None
 
     def __post_init__(self, **kwargs):
@@ -293,7 +332,35 @@ class EfficientVLMConfig(PreTrainedConfig):
             raise ValueError(f"EfficientVLMConfig.projection_dim must be a positive int, got {self.projection_dim!r}.")
         if not 0 < self.itc_temperature:
             raise ValueError(f"EfficientVLMConfig.itc_temperature must be > 0, got {self.itc_temperature!r}.")
+        smoothing = self.caption_label_smoothing
+        if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)) or not 0 <= smoothing < 1:
+            raise ValueError(f"EfficientVLMConfig.caption_label_smoothing must be in [0, 1) (the paper: 0.1), got "
+                             f"{smoothing!r}.")
         super().__post_init__(**kwargs)
+        self._set_aside_installed_pipelines()
+
+    def _set_aside_installed_pipelines(self) -> None:
+        """Move the ``custom_pipelines`` entries that this process's pipeline registry already serves with the same
+        class into ``_installed_custom_pipelines`` (see the class docstring)."""
+        declared = getattr(self, "custom_pipelines", None)
+        if not isinstance(declared, dict) or not declared:
+            return
+        installed = {task: spec for task, spec in declared.items() if _serves(task, spec)}
+        if not installed:
+            return
+        self._installed_custom_pipelines = installed
+        remaining = {task: spec for task, spec in declared.items() if task not in installed}
+        if remaining:
+            self.custom_pipelines = remaining
+        else:
+            del self.custom_pipelines
+
+    def to_dict(self) -> dict[str, Any]:
+        output = super().to_dict()
+        installed = output.pop("_installed_custom_pipelines", None)
+        if installed:  # written back, so that a saved config still declares them for users without the library
+            output["custom_pipelines"] = {**installed, **(output.get("custom_pipelines") or {})}
+        return output
 
     @classmethod
     def student(cls, vision_layers: int = 6, text_layers: int = 3, fusion_layers: int = 3, **kwargs: Any):

@@ -30,6 +30,8 @@ This file is shipped to the Hub as remote code: it imports only torch, transform
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import os
 from dataclasses import dataclass
@@ -42,12 +44,23 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 from transformers.generation import GenerationConfig, GenerationMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import ModelOutput
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ModelOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import logging
 
 from .configuration_efficientvlm import EfficientVLMConfig, EfficientVLMFusionConfig, EfficientVLMGenerativeVQAConfig
+
+logger = logging.get_logger(__name__)
+
+
+try:  # the keyword generate() keeps the cache under: "cache" from transformers 5.24 on, "past_key_values" before
+    from transformers.generation.utils import ALL_CACHE_NAMES as _GENERATION_CACHE_NAMES
+except ImportError:  # pragma: no cover - every transformers 5.x defines it
+    _GENERATION_CACHE_NAMES = ["past_key_values"]
+_CACHE_KWARG = _GENERATION_CACHE_NAMES[0]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -158,14 +171,19 @@ class EfficientVLMRetrievalOutput(EfficientVLMHeadOutput):
 
 @dataclass
 class EfficientVLMPreTrainingOutput(EfficientVLMRetrievalOutput):
-    """Output of ``EfficientVLMForPreTraining``: the retrieval fields plus masked language modelling.
+    """Output of ``EfficientVLMForPreTraining``: the retrieval fields plus masked language modelling and, for
+    batches with region texts, box regression.
 
     Args:
-        loss: ``itc_loss + itm_loss + mlm_loss``.
+        loss: ``itc_loss + itm_loss + mlm_loss (+ bbox_loss + giou_loss)``.
         mlm_loss: masked language modelling loss.
         mlm_logits: ``(batch, text_seq, vocab)``.
         mlm_text_hidden_states, mlm_text_attentions, mlm_fusion_hidden_states, mlm_fusion_attentions,
         mlm_fusion_cross_attentions: states of the text + fusion pass over the masked text.
+        bbox_loss: L1 distance between predicted and target boxes ``(cx, cy, w, h)``, summed over the four
+            coordinates and averaged over the boxed examples.
+        giou_loss: ``1 - GIoU`` of the predicted and target boxes, averaged over the boxed examples.
+        pred_boxes: ``(batch, 4)`` predicted boxes ``(cx, cy, w, h)`` as fractions of the image side.
     """
 
     mlm_loss: torch.FloatTensor | None = None
@@ -175,6 +193,40 @@ class EfficientVLMPreTrainingOutput(EfficientVLMRetrievalOutput):
     mlm_fusion_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     mlm_fusion_attentions: tuple[torch.FloatTensor | None, ...] | None = None
     mlm_fusion_cross_attentions: tuple[torch.FloatTensor | None, ...] | None = None
+    bbox_loss: torch.FloatTensor | None = None
+    giou_loss: torch.FloatTensor | None = None
+    pred_boxes: torch.FloatTensor | None = None
+
+
+@dataclass
+class EfficientVLMCaptioningOutput(EfficientVLMHeadOutput):
+    """Output of ``EfficientVLMForCaptioning``: the head's fields plus the generation cache and the image tower's
+    output, as transformers 5 vision-language models return it.
+
+    Args:
+        loss: language-modelling loss (label-smoothed by ``config.caption_label_smoothing``).
+        logits: ``(batch, text_seq, vocab)``, for the positions in ``input_ids``.
+        cache: with ``use_cache``, an ``EncoderDecoderCache`` holding the self-attention keys and values of every
+            position so far (one slot per decoder layer that has self-attention: text layers, then fusion layers) and
+            the image's cross-attention keys and values (one slot per fusion layer with cross-attention). Pass it back
+            as ``cache=`` together with the next tokens only. transformers calls it ``past_key_values`` before 5.24;
+            ``output.past_key_values`` reads it in every 5.x version.
+        image_outputs: the vision tower's ``BaseModelOutputWithPooling`` (``last_hidden_state``: the image tokens
+            the decoder cross-attends to; ``pooler_output``: their ``[CLS]`` token; ``hidden_states`` and
+            ``attentions`` when requested, the same tensors as ``vision_hidden_states`` / ``vision_attentions``).
+            ``None`` when the images came already encoded (``image_embeds``) or cached, as during ``generate``.
+    """
+
+    cache: Cache | None = None
+    image_outputs: BaseModelOutputWithPooling | None = None
+
+    def to_tuple(self) -> tuple:
+        # as transformers' multimodal outputs: the nested encoder output becomes a tuple too
+        return tuple(self[k].to_tuple() if k == "image_outputs" else self[k] for k in self.keys())
+
+
+if not hasattr(ModelOutput, "past_key_values"):  # transformers < 5.24: no alias of the older name yet
+    EfficientVLMCaptioningOutput.past_key_values = property(lambda self: self.cache)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -183,16 +235,27 @@ class EfficientVLMPreTrainingOutput(EfficientVLMRetrievalOutput):
 
 
 def build_attention_mask(
-    attention_mask: torch.Tensor | None, seq_len: int, dtype: torch.dtype, device: torch.device, causal: bool = False
+    attention_mask: torch.Tensor | None, seq_len: int, dtype: torch.dtype, device: torch.device, causal: bool = False,
+    past_length: int = 0,
 ) -> torch.Tensor | None:
-    """Turn a ``(batch, seq)`` 1/0 padding mask into an additive ``(batch, 1, q, k)`` mask (optionally causal)."""
-    if attention_mask is None and not causal:
+    """Turn a 1/0 padding mask into an additive ``(batch, 1, seq_len, past_length + seq_len)`` mask (optionally causal).
+
+    ``seq_len`` queries follow ``past_length`` positions whose keys come from a cache (generation): query ``i`` sits
+    at position ``past_length + i``. ``attention_mask`` covers every key, ``(batch, past_length + seq_len)``.
+    """
+    if attention_mask is None and (not causal or seq_len == 1):  # a single causal query may see every key
         return None
+    key_len = past_length + seq_len
     keep = None
     if attention_mask is not None:
+        if attention_mask.shape[-1] != key_len:
+            raise ValueError(
+                f"attention_mask has {attention_mask.shape[-1]} positions but the keys are {key_len} ({past_length} "
+                f"cached + {seq_len} new): with a cache, pass the mask of the whole sequence so far."
+            )
         keep = attention_mask[:, None, None, :].to(device=device, dtype=torch.bool)
     if causal:
-        tri = torch.ones(seq_len, seq_len, dtype=torch.bool, device=device).tril()[None, None]
+        tri = torch.ones(seq_len, key_len, dtype=torch.bool, device=device).tril(diagonal=past_length)[None, None]
         keep = tri if keep is None else keep & tri
     return torch.zeros(keep.shape, dtype=dtype, device=device).masked_fill(~keep, torch.finfo(dtype).min)
 
@@ -237,10 +300,18 @@ class EfficientVLMAttention(nn.Module):
     The attention kernel comes from transformers' attention interface (``config._attn_implementation``: ``sdpa``
     by default). When attention probabilities are requested the eager kernel is used, since fused kernels do not
     return them.
+
+    Generation cache (``cache``, a transformers ``Cache``; only the captioning decoder passes one). Self-attention
+    appends the new positions' keys and values to slot ``cache_index`` of the self-attention cache and attends to all
+    of them. Cross-attention (to the image tokens) reads slot ``cache_index`` of an ``EncoderDecoderCache``'s
+    cross-attention cache once it is filled, and otherwise computes the keys and values from
+    ``encoder_hidden_states`` and stores them there. Cached image keys and values may have fewer rows than the queries:
+    one row per image, shared by the ``batch / rows`` consecutive query rows that decode that image (beams, returned
+    sequences), which attend to it without copies. ``cache_index`` is set by ``EfficientVLMForCaptioning``.
     """
 
     def __init__(self, config: EfficientVLMConfig, hidden_size: int, num_heads: int, head_dim: int,
-                 dropout: float = 0.0, kv_input_size: int | None = None):
+                 dropout: float = 0.0, kv_input_size: int | None = None, is_cross_attention: bool = False):
         super().__init__()
         self.config = config
         self.num_heads = num_heads
@@ -248,6 +319,8 @@ class EfficientVLMAttention(nn.Module):
         self.scaling = head_dim**-0.5
         self.dropout = dropout
         self.is_causal = False  # causality is always given through the explicit mask
+        self.is_cross_attention = is_cross_attention
+        self.cache_index: int | None = None  # slot in a generation cache (see the class docstring)
         inner = num_heads * head_dim
         kv_input_size = kv_input_size or hidden_size
         self.q_proj = nn.Linear(hidden_size, inner)
@@ -256,13 +329,52 @@ class EfficientVLMAttention(nn.Module):
         self.out_proj = nn.Linear(inner, hidden_size)
         register_pruning_gates(self, "head_gate")  # shape (num_heads,)
 
-    def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None, output_attentions=False):
+    def key_value(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of ``states`` ``(batch, seq, kv_input_size)``, each ``(batch, heads, seq, head_dim)``."""
+        batch, length, _ = states.shape
+        key = self.k_proj(states).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+        value = self.v_proj(states).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+        return key, value
+
+    def _cache_slot(self) -> int:
+        if self.cache_index is None:
+            raise ValueError("This attention block has no cache slot: EfficientVLMForCaptioning numbers them; call "
+                             "the captioning model (or its generate()) rather than its layers with a cache.")
+        return self.cache_index
+
+    def _cross_key_value(self, encoder_hidden_states, cache):
+        cached = isinstance(cache, EncoderDecoderCache)
+        if cached and cache.is_updated.get(self._cache_slot()):
+            layer = cache.cross_attention_cache.layers[self.cache_index]
+            return layer.keys, layer.values
+        if encoder_hidden_states is None:
+            raise ValueError("Cross-attention needs the image tokens (encoder_hidden_states), or a cache that holds "
+                             "their keys and values.")
+        key, value = self.key_value(encoder_hidden_states)
+        if cached:
+            key, value = cache.cross_attention_cache.update(key, value, self.cache_index)
+            cache.is_updated[self.cache_index] = True
+        return key, value
+
+    def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None, output_attentions=False,
+                cache: Cache | None = None):
         batch, q_len, _ = hidden_states.shape
-        kv_states = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        kv_len = kv_states.shape[1]
         query = self.q_proj(hidden_states).view(batch, q_len, self.num_heads, self.head_dim).transpose(1, 2)
-        key = self.k_proj(kv_states).view(batch, kv_len, self.num_heads, self.head_dim).transpose(1, 2)
-        value = self.v_proj(kv_states).view(batch, kv_len, self.num_heads, self.head_dim).transpose(1, 2)
+        if self.is_cross_attention or encoder_hidden_states is not None:
+            key, value = self._cross_key_value(encoder_hidden_states, cache)
+        else:
+            key, value = self.key_value(hidden_states)
+            if cache is not None:
+                self_cache = cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
+                key, value = self_cache.update(key, value, self._cache_slot())
+        rows = key.shape[0]
+        group = batch // rows  # query rows per key row: > 1 for an image shared by its beams
+        if group * rows != batch or (group > 1 and attention_mask is not None):
+            raise ValueError(f"{batch} query rows cannot share {rows} rows of keys and values"
+                             + (" under an attention mask." if group * rows == batch else "."))
+        if group > 1:  # (batch, H, q, D) -> (rows, H, group * q, D): each key row serves its group of query rows
+            query = query.view(rows, group, self.num_heads, q_len, self.head_dim).transpose(1, 2)
+            query = query.reshape(rows, self.num_heads, group * q_len, self.head_dim)
 
         implementation = "eager" if output_attentions else self.config._attn_implementation
         attention_fn = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
@@ -270,6 +382,10 @@ class EfficientVLMAttention(nn.Module):
             self, query, key, value, attention_mask,
             scaling=self.scaling, dropout=self.dropout if self.training else 0.0, is_causal=False,
         )
+        context = context.reshape(batch, q_len, self.num_heads, self.head_dim)
+        if output_attentions and group > 1:
+            weights = weights.view(rows, self.num_heads, group, q_len, -1).transpose(1, 2)
+            weights = weights.reshape(batch, self.num_heads, q_len, -1)
         if self.head_gate is not None:  # context: (batch, q_len, heads, head_dim)
             context = context * self.head_gate.to(context.dtype).view(1, 1, self.num_heads, 1)
         output = self.out_proj(context.reshape(batch, q_len, self.num_heads * self.head_dim))
@@ -334,7 +450,8 @@ class EfficientVLMTextLayer(GradientCheckpointingLayer):
 
     Used for the text encoder (no cross-attention) and the fusion encoder (with cross-attention). A gated
     sub-block computes ``x + g * (ln(x + branch(x)) - x)``: the usual block for ``g = 1`` and an exact
-    pass-through for ``g = 0``, the same as an absent block.
+    pass-through for ``g = 0``, the same as an absent block. ``cache`` (captioning generation) is handed to both
+    attention blocks; see ``EfficientVLMAttention``.
     """
 
     def __init__(self, config: EfficientVLMConfig, layer_idx: int, fusion: bool):
@@ -353,7 +470,7 @@ class EfficientVLMTextLayer(GradientCheckpointingLayer):
         self.self_attn_layer_norm = layer_norm() if heads else None
         self.cross_attn = (
             EfficientVLMAttention(config, hidden, cross_heads, sub.head_dim, attn_dropout,
-                                  kv_input_size=config.vision_config.hidden_size)
+                                  kv_input_size=config.vision_config.hidden_size, is_cross_attention=True)
             if cross_heads else None
         )
         self.cross_attn_layer_norm = layer_norm() if cross_heads else None
@@ -366,17 +483,19 @@ class EfficientVLMTextLayer(GradientCheckpointingLayer):
         output = layer_norm(residual + self.dropout(branch))
         return output if gate is None else residual + gate * (output - residual)
 
-    def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None, output_attentions=False):
+    def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None, output_attentions=False,
+                cache: Cache | None = None):
         attn_weights = cross_weights = None
         if self.self_attn is not None:
-            branch, attn_weights = self.self_attn(hidden_states, attention_mask, output_attentions=output_attentions)
+            branch, attn_weights = self.self_attn(hidden_states, attention_mask, output_attentions=output_attentions,
+                                                  cache=cache)
             gate = _combine_gates(self.attention_gate, self.self_attn.head_gate)
             hidden_states = self._residual(hidden_states, branch, self.self_attn_layer_norm, gate)
         if self.cross_attn is not None:
-            if encoder_hidden_states is None:
+            if encoder_hidden_states is None and cache is None:
                 raise ValueError("A fusion layer with cross-attention needs the image tokens (encoder_hidden_states).")
             branch, cross_weights = self.cross_attn(
-                hidden_states, None, encoder_hidden_states, output_attentions=output_attentions
+                hidden_states, None, encoder_hidden_states, output_attentions=output_attentions, cache=cache
             )
             gate = _combine_gates(self.cross_attention_gate, self.cross_attn.head_gate)
             hidden_states = self._residual(hidden_states, branch, self.cross_attn_layer_norm, gate)
@@ -388,20 +507,26 @@ class EfficientVLMTextLayer(GradientCheckpointingLayer):
 
 
 class EfficientVLMEncoder(nn.Module):
-    """A stack of layers that collects hidden states and attention maps."""
+    """A stack of layers that collects hidden states and attention maps (and passes a generation ``cache`` on to
+    text layers)."""
 
     def __init__(self, layers: list[nn.Module]):
         super().__init__()
         self.layers = nn.ModuleList(layers)
 
     def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None,
-                output_attentions=False, output_hidden_states=False) -> EfficientVLMEncoderOutput:
+                output_attentions=False, output_hidden_states=False,
+                cache: Cache | None = None) -> EfficientVLMEncoderOutput:
         all_hidden = (hidden_states,) if output_hidden_states else None
         all_attn = () if output_attentions else None
-        all_cross = () if output_attentions and encoder_hidden_states is not None else None
+        cross_attention = encoder_hidden_states is not None or any(
+            getattr(layer, "cross_attn", None) is not None for layer in self.layers)
+        all_cross = () if output_attentions and cross_attention else None
+        layer_kwargs = {} if cache is None else {"cache": cache}
         for layer in self.layers:
             # positional arguments, as gradient checkpointing requires
-            hidden_states, attn, cross = layer(hidden_states, attention_mask, encoder_hidden_states, output_attentions)
+            hidden_states, attn, cross = layer(hidden_states, attention_mask, encoder_hidden_states, output_attentions,
+                                               **layer_kwargs)
             if output_hidden_states:
                 all_hidden += (hidden_states,)
             if output_attentions:
@@ -488,14 +613,17 @@ class EfficientVLMTextEmbeddings(nn.Module):
         self.layer_norm = nn.LayerNorm(tc.hidden_size, eps=tc.layer_norm_eps)
         self.dropout = nn.Dropout(tc.hidden_dropout_prob)
 
-    def forward(self, input_ids, token_type_ids=None):
-        seq_len = input_ids.shape[1]
+    def forward(self, input_ids, token_type_ids=None, past_length: int = 0):
+        """``input_ids`` sit at positions ``past_length, past_length + 1, ...`` (``past_length`` > 0: tokens after
+        those already in a generation cache)."""
+        seq_len = past_length + input_ids.shape[1]
         if seq_len > self.position_embeddings.num_embeddings:
             raise ValueError(
                 f"Text of {seq_len} tokens is longer than max_position_embeddings="
-                f"{self.position_embeddings.num_embeddings}; truncate it (the processor's max_length)."
+                f"{self.position_embeddings.num_embeddings}; truncate it (the processor's max_length), or generate "
+                f"fewer tokens (max_length / max_new_tokens)."
             )
-        positions = torch.arange(seq_len, device=input_ids.device)[None]
+        positions = torch.arange(past_length, seq_len, device=input_ids.device)[None]
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         embeddings = (
@@ -516,11 +644,14 @@ class EfficientVLMTextEncoder(nn.Module):
         )
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, causal=False,
-                output_attentions=False, output_hidden_states=False) -> EfficientVLMEncoderOutput:
-        hidden_states = self.embeddings(input_ids, token_type_ids)
+                output_attentions=False, output_hidden_states=False, cache: Cache | None = None,
+                past_length: int = 0) -> EfficientVLMEncoderOutput:
+        """``cache`` / ``past_length``: captioning generation, ``input_ids`` follow ``past_length`` cached positions
+        (see ``EfficientVLMForCaptioning``)."""
+        hidden_states = self.embeddings(input_ids, token_type_ids, past_length)
         mask = build_attention_mask(attention_mask, input_ids.shape[1], hidden_states.dtype, hidden_states.device,
-                                    causal)
-        return self.encoder(hidden_states, mask, None, output_attentions, output_hidden_states)
+                                    causal, past_length)
+        return self.encoder(hidden_states, mask, None, output_attentions, output_hidden_states, cache)
 
 
 class EfficientVLMFusionEncoder(nn.Module):
@@ -533,15 +664,57 @@ class EfficientVLMFusionEncoder(nn.Module):
         )
 
     def forward(self, text_embeds, attention_mask, image_embeds, causal=False,
-                output_attentions=False, output_hidden_states=False) -> EfficientVLMEncoderOutput:
-        mask = build_attention_mask(attention_mask, text_embeds.shape[1], text_embeds.dtype, text_embeds.device, causal)
-        image_embeds = image_embeds.to(text_embeds.dtype)
-        return self.encoder(text_embeds, mask, image_embeds, output_attentions, output_hidden_states)
+                output_attentions=False, output_hidden_states=False, cache: Cache | None = None,
+                past_length: int = 0) -> EfficientVLMEncoderOutput:
+        """``cache`` / ``past_length``: captioning generation (see ``EfficientVLMForCaptioning``); ``image_embeds``
+        may then be ``None`` once the cache holds the image's cross-attention keys and values."""
+        mask = build_attention_mask(attention_mask, text_embeds.shape[1], text_embeds.dtype, text_embeds.device, causal,
+                                    past_length)
+        if image_embeds is not None:
+            image_embeds = image_embeds.to(text_embeds.dtype)
+        return self.encoder(text_embeds, mask, image_embeds, output_attentions, output_hidden_states, cache)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Pre-trained model base class and the base model
 # ---------------------------------------------------------------------------------------------------------------
+
+
+def output_conventions(method):
+    """transformers' calling conventions for a ``forward`` or ``get_*_features`` method of an EfficientVLM model.
+
+    * ``output_attentions`` / ``output_hidden_states`` left at ``None`` take the config's value
+      (``config.output_attentions``, ``config.output_hidden_states``);
+    * ``return_dict`` left at ``None`` takes ``config.return_dict``; when it is False the output is returned as
+      ``output.to_tuple()`` (``None`` fields left out, as transformers does), so that
+      ``loss, logits = model(..., labels=labels, return_dict=False)[:2]`` works.
+
+    The method itself always builds its ``ModelOutput``; calls between EfficientVLM modules pass ``return_dict=True``.
+    """
+    names = list(inspect.signature(method).parameters)[1:]  # after self
+    position = {name: names.index(name) for name in ("output_attentions", "output_hidden_states", "return_dict")
+                if name in names}
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        def given(name):  # the argument, passed by position or by name
+            index = position[name]
+            return args[index] if index < len(args) else kwargs.get(name)
+
+        for flag in ("output_attentions", "output_hidden_states"):
+            if flag in position and given(flag) is None:
+                value = bool(getattr(self.config, flag, False))
+                if position[flag] < len(args):
+                    args = (*args[:position[flag]], value, *args[position[flag] + 1:])
+                else:
+                    kwargs[flag] = value
+        return_dict = given("return_dict")
+        if return_dict is None:
+            return_dict = getattr(self.config, "return_dict", True)
+        output = method(self, *args, **kwargs)
+        return output if return_dict or isinstance(output, tuple) else output.to_tuple()
+
+    return wrapper
 
 
 class EfficientVLMPreTrainedModel(PreTrainedModel):
@@ -568,8 +741,15 @@ class EfficientVLMPreTrainedModel(PreTrainedModel):
         request, so kernel fusions are skipped for it.
 
         Only safetensors weights are loaded: a checkpoint with pickled weights only (``pytorch_model.bin``) is
-        refused with a ``ValueError``, as is one whose config does not match its weights. This override is on every
-        loading path (library classes, Auto classes, and Hub remote code, which ships this file).
+        refused with a ``ValueError``, as is one whose config does not match its weights (the message names every
+        tensor that does not fit, the config field that sets its shape, and the fix) and one whose safetensors file
+        is truncated or corrupt (the message names the file). This override is on every loading path (library
+        classes, Auto classes, and Hub remote code, which ships this file).
+
+        transformers reports the weights a checkpoint lacks (initialised at random instead) only through
+        ``output_loading_info=True`` and its log table; this override warns, naming the head (e.g. a pre-training or
+        NLVR2 checkpoint loaded as a VQA model), and remembers them on the model, so that ``weights_not_loaded()``
+        can tell later whether they are still untrained (the VQA pipeline and the trainers refuse a random head).
         """
         if isinstance(kwargs.get("fusion_config"), dict):
             raise ValueError(
@@ -579,17 +759,27 @@ class EfficientVLMPreTrainedModel(PreTrainedModel):
             )
         if kwargs.get("use_safetensors") is False:
             raise ValueError(_pickled_weights_message(pretrained_model_name_or_path))
+        _refuse_int8_export(pretrained_model_name_or_path)
         kwargs["use_safetensors"] = True  # never fall back to pickled weights
         from transformers import fusion_mapping
 
         original = getattr(fusion_mapping, "register_fusion_patches", None)
+        want_info = kwargs.pop("output_loading_info", False)
         if original is None:
             try:
-                return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+                model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args,
+                                                      output_loading_info=True, **kwargs)
             except OSError as error:
                 if not _is_missing_safetensors(error):
                     raise
                 raise ValueError(_pickled_weights_message(pretrained_model_name_or_path)) from error
+            except Exception as error:
+                if not _is_safetensors_error(error):
+                    raise
+                raise ValueError(_corrupt_weights_message(pretrained_model_name_or_path, error)) from error
+            model._remember_weights_not_loaded(info, pretrained_model_name_or_path)
+            _warn_weights_not_loaded(model, pretrained_model_name_or_path)
+            return (model, info) if want_info else model
 
         def register_fusion_patches(model_class, config, fusion_config=None):
             # Compared by model_type, not isinstance: as Hub remote code, transformers 5 imports
@@ -599,7 +789,6 @@ class EfficientVLMPreTrainedModel(PreTrainedModel):
                 return None
             return original(model_class, config, fusion_config)
 
-        want_info = kwargs.pop("output_loading_info", False)
         fusion_mapping.register_fusion_patches = register_fusion_patches
         try:
             try:
@@ -611,16 +800,58 @@ class EfficientVLMPreTrainedModel(PreTrainedModel):
                 model, info = super().from_pretrained(
                     pretrained_model_name_or_path, *model_args, output_loading_info=True,
                     **{**kwargs, "ignore_mismatched_sizes": True})
-                raise ValueError(_layer_mismatch_message(pretrained_model_name_or_path, model.config, info)) from error
+                raise ValueError(_mismatch_message(pretrained_model_name_or_path, model, info)) from error
             except OSError as error:
                 if not _is_missing_safetensors(error):
                     raise
                 raise ValueError(_pickled_weights_message(pretrained_model_name_or_path)) from error
+            except Exception as error:
+                if not _is_safetensors_error(error):
+                    raise
+                raise ValueError(_corrupt_weights_message(pretrained_model_name_or_path, error)) from error
         finally:
             fusion_mapping.register_fusion_patches = original
         if _layer_keys(info, model):
-            raise ValueError(_layer_mismatch_message(pretrained_model_name_or_path, model.config, info, model))
+            raise ValueError(_mismatch_message(pretrained_model_name_or_path, model, info))
+        model._remember_weights_not_loaded(info, pretrained_model_name_or_path)
+        _warn_weights_not_loaded(model, pretrained_model_name_or_path)
         return (model, info) if want_info else model
+
+    def _remember_weights_not_loaded(self, info: dict, source) -> None:
+        """Keep a sample of every tensor that loading initialised instead of reading it from the checkpoint (missing,
+        or re-initialised for another shape with ``ignore_mismatched_sizes=True``); see ``weights_not_loaded``."""
+        names = set(info.get("missing_keys") or ()) | {entry[0] if isinstance(entry, tuple) else entry
+                                                        for entry in info.get("mismatched_keys") or ()}
+        tensors = self.state_dict(keep_vars=True)
+        self._initialised_at_load = {name: _value_sample(tensors[name]) for name in sorted(names)
+                                     if name in tensors and tensors[name].device.type != "meta"}
+        self._loaded_from = None if source is None else str(source)
+
+    def weights_not_loaded(self) -> list[str]:
+        """Names of the tensors that loading did not fill from a checkpoint (``from_pretrained``: missing from it, or
+        re-initialised for another shape; ``from_vision_text_pretrained``: all but the CLIP and BERT weights) and that
+        still hold the values they were initialised with: a task head (or any other part) that is still random.
+
+        Empty for a model built in memory (nothing was loaded), for a checkpoint that holds every tensor, and once the
+        initialised tensors have been trained (64 values of each are compared with their values at load time, in the
+        tensor's current dtype, so a cast to bf16 / fp16 still counts as untrained and one optimizer step as
+        trained). ``loaded_from`` names the checkpoint(s).
+        """
+        initialised = getattr(self, "_initialised_at_load", None) or {}
+        tensors = self.state_dict(keep_vars=True)
+        untrained = []
+        for name, sample in initialised.items():
+            if name in tensors:
+                now = _value_sample(tensors[name], as_float=False)
+                if torch.equal(now, sample.to(now.dtype)):
+                    untrained.append(name)
+        return untrained
+
+    @property
+    def loaded_from(self) -> str | None:
+        """The checkpoint (folder or Hub id) this model was loaded from (``"<vision> + <text>"`` for
+        ``from_vision_text_pretrained``); None if built in memory."""
+        return getattr(self, "_loaded_from", None)
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -705,14 +936,35 @@ class EfficientVLMPreTrainedModel(PreTrainedModel):
         )
         for i in range(text_layers):
             base.text_model.encoder.layers[i].load_state_dict(bert_layer_state_dict(text_state, f"encoder.layer.{i}."))
+        prefix = "" if base is model else f"{model.base_model_prefix}."
+        filled = {f"{prefix}{stack}.{key}" for stack in ("vision_model", "text_model")
+                  for key in getattr(base, stack).state_dict()}
         for i in range(fusion_layers):
             layer_state = bert_layer_state_dict(text_state, f"encoder.layer.{text_layers + i}.")
             result = base.fusion_model.encoder.layers[i].load_state_dict(layer_state, strict=False)
             if result.unexpected_keys or any(not k.startswith("cross_attn") for k in result.missing_keys):
                 raise ValueError(f"BERT layer {text_layers + i} does not fit fusion layer {i}: {result}")
+            filled |= {f"{prefix}fusion_model.encoder.layers.{i}.{key}" for key in layer_state}
+        # the cross-attention, projections and task head start random: remembered for weights_not_loaded()
+        model._remember_weights_not_loaded({"missing_keys": set(model.state_dict()) - filled},
+                                           f"{vision_name_or_path} + {text_name_or_path}")
         if image_size is not None and image_size != config.vision_config.image_size:
             model.resize_position_embeddings(image_size)
         return model
+
+    def get_image_features(self, pixel_values, output_attentions=None, output_hidden_states=None, return_dict=None):
+        """The vision tower's output (``EfficientVLMModel.get_image_features``); the contrastive heads (retrieval,
+        pre-training) return their ITC projection as ``pooler_output`` instead."""
+        return self.base_model.get_image_features(pixel_values, output_attentions=output_attentions,
+                                                  output_hidden_states=output_hidden_states, return_dict=return_dict)
+
+    def get_text_features(self, input_ids, attention_mask=None, token_type_ids=None, output_attentions=None,
+                          output_hidden_states=None, return_dict=None):
+        """The text encoder's output (``EfficientVLMModel.get_text_features``); the contrastive heads (retrieval,
+        pre-training) return their ITC projection as ``pooler_output`` instead."""
+        return self.base_model.get_text_features(input_ids, attention_mask, token_type_ids,
+                                                 output_attentions=output_attentions,
+                                                 output_hidden_states=output_hidden_states, return_dict=return_dict)
 
     def resize_position_embeddings(self, image_size: int) -> None:
         """Interpolate the vision position embeddings to ``image_size`` and record it in the config
@@ -756,27 +1008,239 @@ def _layer_keys(info: dict, model=None) -> list[tuple[str, str, str]]:
     return sorted(found)
 
 
-def _layer_mismatch_message(path, config: EfficientVLMConfig, info: dict, model=None) -> str:
-    """Explain, per layer and config field, why a checkpoint's tensors do not fit its config."""
-    groups: dict[tuple[str, int, str], list[str]] = {}
-    for status, key, detail in _layer_keys(info, model):
+def _mismatch_message(path, model: EfficientVLMPreTrainedModel, info: dict) -> str:
+    """Explain why a checkpoint's tensors do not fit the model its config describes: every tensor, the config field
+    that sets its shape, and the fix. Never fails: if the explanation itself breaks, the raw report is returned."""
+    try:
+        return _explain_mismatch(path, model, info)
+    except Exception as error:  # a bug here must not hide the checkpoint's problem behind another exception
+        raw = {status: [entry if isinstance(entry, str) else f"{entry[0]} {list(entry[1])} -> {list(entry[2])}"
+                        for entry in info.get(status) or ()] for status in ("mismatched_keys", "missing_keys",
+                                                                            "unexpected_keys")}
+        return (f"The checkpoint at {str(path)!r} does not fit the model its config describes: {raw}. Fix "
+                f"config.json, or re-export the model with save_pretrained(). (Explaining it further failed: "
+                f"{type(error).__name__}: {error})")
+
+
+def _explain_mismatch(path, model: EfficientVLMPreTrainedModel, info: dict) -> str:
+    config = model.config
+    lines: list[str] = []
+    model_keys = set(model.state_dict())
+    missing = set(info.get("missing_keys") or ())
+    unexpected = set(info.get("unexpected_keys") or ())
+
+    # Encoder layers: per layer and per-layer config field.
+    layer_entries = _layer_keys(info, model)
+    by_layer: dict[tuple[str, int], list[tuple[str, str, str]]] = {}
+    for status, key, detail in layer_entries:
         stack, rest = key.split(".encoder.layers.")
-        modality = _STACK_OF_MODULE[stack.split(".")[-1]]
-        index, module = rest.split(".")[:2]
-        name = rest.split(".", 1)[1]
-        what = {"mismatched": f"shape{detail}", "missing": "missing from the checkpoint",
-                "unexpected": "in the checkpoint but not in the config"}[status]
-        groups.setdefault((modality, int(index), _FIELD_OF_MODULE.get(module, "?")), []).append(f"{name} ({what})")
-    lines = []
-    for (modality, index, field), names in sorted(groups.items()):
+        by_layer.setdefault((_STACK_OF_MODULE[stack.split(".")[-1]], int(rest.split(".")[0])), []).append(
+            (status, key, detail))
+    layer_fields = []
+    for (modality, index), entries in sorted(by_layer.items()):
         sub = getattr(config, f"{modality}_config")
-        value = sub.per_layer(field)[index] if field in sub.per_layer_fields else "?"
-        lines.append(f"  {modality} layer {index}, {modality}_config.{field}[{index}] = {value}: " + "; ".join(names))
-    return (
-        f"The checkpoint at {str(path)!r} does not fit its config:\n" + "\n".join(lines)
-        + "\nThe config must record the size of every layer of the saved weights (0 = sub-block absent). Fix "
-        "config.json, or re-export the model with save_pretrained()."
-    )
+        count = sub.num_hidden_layers
+        prefix = entries[0][1].split(".encoder.layers.")[0] + f".encoder.layers.{index}."
+        saved = sorted({int(k.split(".encoder.layers.")[1].split(".")[0]) for k in (model_keys - missing) | unexpected
+                        if k.startswith(entries[0][1].split(".encoder.layers.")[0] + ".encoder.layers.")})
+        if index >= count:
+            lines.append(f"  {modality} layer {index}: {len(entries)} tensors in the checkpoint, but "
+                         f"{modality}_config.num_hidden_layers = {count} (the checkpoint has {len(saved)} {modality} "
+                         "layers)")
+            layer_fields.append(f"{modality}_config.num_hidden_layers")
+            continue
+        layer_keys = {k for k in model_keys if k.startswith(prefix)}
+        if layer_keys and layer_keys <= missing and not any(status == "unexpected" for status, _, _ in entries):
+            lines.append(f"  {modality} layer {index}: missing from the checkpoint, but "
+                         f"{modality}_config.num_hidden_layers = {count} (the checkpoint has {len(saved)} {modality} "
+                         "layers)")
+            layer_fields.append(f"{modality}_config.num_hidden_layers")
+            continue
+        groups: dict[str, list[str]] = {}
+        for status, key, detail in entries:
+            rest = key.split(".encoder.layers.")[1]
+            module, name = rest.split(".")[1], rest.split(".", 1)[1]
+            what = {"mismatched": f"shape{detail}", "missing": "missing from the checkpoint",
+                    "unexpected": "in the checkpoint but not in the config"}[status]
+            groups.setdefault(_FIELD_OF_MODULE.get(module, "?"), []).append(f"{name} ({what})")
+        for field, names in sorted(groups.items()):
+            values = sub.per_layer(field) if field in sub.per_layer_fields else []
+            value = values[index] if index < len(values) else "?"
+            lines.append(f"  {modality} layer {index}, {modality}_config.{field}[{index}] = {value}: "
+                         + "; ".join(names))
+            layer_fields.append(f"{modality}_config.{field}")
+
+    # Everything else: embeddings, projections and task heads.
+    head_lines = []
+    in_layers = {layer_key for _, layer_key, _ in layer_entries}
+    for entry in sorted(info.get("mismatched_keys") or (), key=str):
+        key, saved, wanted = entry if isinstance(entry, tuple) else (entry, "?", "?")
+        if key in in_layers:
+            continue
+        head_lines.append(f"  {key}: {list(saved)} in the checkpoint, {list(wanted)} from the config "
+                          f"({_shape_source(key, model)})")
+    lines += head_lines
+    other_missing = sorted(missing - in_layers)
+    if other_missing and lines:
+        lines.append(f"  also missing from the checkpoint (they would be initialised at random): "
+                     f"{_summarise_keys(other_missing)}")
+
+    fixes = []
+    if layer_fields:
+        fields = ", ".join(dict.fromkeys(layer_fields))
+        fixes.append(f"The config must record the size of every layer of the saved weights ({fields}; 0 = "
+                     "sub-block absent). Fix config.json, or re-export the model with save_pretrained().")
+    if head_lines:
+        fixes.append(_head_fix(model, info))
+    return (f"The checkpoint at {str(path)!r} does not fit its config ({type(model).__name__}):\n" + "\n".join(lines)
+            + "\n" + " ".join(fixes))
+
+
+def _head_fix(model: EfficientVLMPreTrainedModel, info: dict) -> str:
+    """The fix for task-head (or embedding) tensors whose shapes differ from what the config builds."""
+    this = type(model).__name__
+    saved_as = (model.config.architectures or [None])[0]
+    if saved_as and saved_as != this:
+        return (f"The checkpoint was saved from {saved_as}, not {this}: load it with {saved_as}.from_pretrained() "
+                f"(or its Auto class), or pass ignore_mismatched_sizes=True to put a new {this} head (random until "
+                "fine-tuned) on its encoders.")
+    answers = [entry for entry in info.get("mismatched_keys") or ()
+               if isinstance(entry, tuple) and entry[0].startswith("classifier.3.")]
+    if answers and "VisualQuestionAnswering" in this:
+        saved = answers[0][1][0]
+        return (f"config.id2label lists {model.config.num_labels} answers, but the checkpoint's classifier has "
+                f"{saved} outputs: load it without overriding id2label / num_labels (its config.json lists its "
+                "answers), or pass ignore_mismatched_sizes=True to initialise a new classifier for the new answer set "
+                "(random until fine-tuned).")
+    return ("Load the checkpoint with the config it was saved with (do not override these sizes), or pass "
+            "ignore_mismatched_sizes=True to initialise the listed tensors at random.")
+
+
+def _shape_source(key: str, model: EfficientVLMPreTrainedModel) -> str:
+    """The config fields that set the shape of a tensor outside the encoder layers."""
+    config, head = model.config, type(model).__name__
+    hidden = config.text_config.hidden_size
+    if key.startswith("classifier."):
+        index = key.split(".")[1]
+        if "NLVR2" in head:
+            if index == "3":
+                return "2 outputs: false / true"
+            return f"the two fused [CLS] vectors: 2 x text_config.hidden_size = {2 * hidden}"
+        if index == "3":
+            return f"one output per answer: config.id2label has {config.num_labels} answers"
+        if index == "0" and key.endswith("weight"):
+            return f"input text_config.hidden_size = {hidden}, width 2 x {hidden}"
+        return f"width 2 x text_config.hidden_size = {2 * hidden}"
+    if key.startswith("itm_head."):
+        return f"image-text matching head on text_config.hidden_size = {hidden}"
+    if "_proj." in key and key.split(".")[0] in ("vision_proj", "text_proj"):
+        modality = key.split("_")[0]
+        return (f"{modality}_config.hidden_size = {getattr(config, f'{modality}_config').hidden_size} -> "
+                f"projection_dim = {config.projection_dim}")
+    if "position_embedding." in key:
+        vc = config.vision_config
+        return f"vision_config.image_size / patch_size = {vc.image_size} / {vc.patch_size}, plus [CLS]"
+    if "patch_embedding." in key:
+        vc = config.vision_config
+        return f"vision_config.hidden_size = {vc.hidden_size}, num_channels, patch_size = {vc.patch_size}"
+    if "word_embeddings." in key or key.startswith("lm_head."):
+        return f"text_config.vocab_size = {config.text_config.vocab_size}"
+    if "position_embeddings." in key:
+        return f"text_config.max_position_embeddings = {config.text_config.max_position_embeddings}"
+    if "token_type_embeddings." in key:
+        return f"text_config.type_vocab_size = {config.text_config.type_vocab_size}"
+    return "the hidden sizes in the config"
+
+
+def _summarise_keys(keys: list[str], shown: int = 6) -> str:
+    """``a, b, c, ... (n tensors)`` for a message."""
+    more = f", ... ({len(keys)} tensors)" if len(keys) > shown else ""
+    return ", ".join(keys[:shown]) + more
+
+
+def _weight_groups(names: list[str], base_prefix: str) -> list[str]:
+    """The modules a list of tensor names belongs to: a head's top-level name (``classifier``), or the encoder part
+    (``efficientvlm.text_model.embeddings``)."""
+    groups = []
+    for name in names:
+        parts = name.split(".")
+        group = ".".join(parts[:3]) if parts[0] == base_prefix and len(parts) > 3 else parts[0]
+        if group not in groups:
+            groups.append(group)
+    return groups
+
+
+def _warn_weights_not_loaded(model: EfficientVLMPreTrainedModel, source) -> None:
+    """Warn, naming the head, when ``from_pretrained`` initialised tensors at random instead of loading them."""
+    names = model.weights_not_loaded()
+    if names:
+        logger.warning(_random_weights_message(source, model, names))
+
+
+def _random_weights_message(source, model: EfficientVLMPreTrainedModel, names: list[str]) -> str:
+    """The warning for tensors that ``from_pretrained`` initialised at random instead of loading."""
+    this = type(model).__name__
+    saved_as = (model.config.architectures or [None])[0]
+    saved = f" (saved from {saved_as})" if saved_as and saved_as != this else ""
+    groups = ", ".join(_weight_groups(names, model.base_model_prefix))
+    return (f"{this}: the checkpoint at {str(source)!r}{saved} has no weights for {groups} "
+            f"({_summarise_keys(names)}); they were initialised at random, so the model's outputs mean nothing until "
+            f"it is fine-tuned. To use a trained {this}, load a checkpoint saved from {this}; to train this head, "
+            "fine-tune the model (e.g. examples/finetune.py).")
+
+
+def _value_sample(tensor: torch.Tensor, size: int = 64, as_float: bool = True) -> torch.Tensor:
+    """Up to ``size`` evenly spaced values of ``tensor`` on the CPU, as float32 or in its dtype (a fingerprint)."""
+    flat = tensor.detach().reshape(-1)
+    index = torch.linspace(0, max(flat.numel() - 1, 0), min(flat.numel(), size)).long().to(flat.device)
+    sample = flat[index].cpu()
+    return sample.float() if as_float else sample
+
+
+def _is_safetensors_error(error: BaseException) -> bool:
+    """Whether the safetensors library could not read a weights file (truncated, corrupt)."""
+    return type(error).__name__ == "SafetensorError" or type(error).__module__.split(".")[0] == "safetensors"
+
+
+def _safetensors_problem(file: str) -> str | None:
+    """What is wrong with a safetensors file, read from its header alone; None if it looks complete."""
+    import json
+
+    size = os.path.getsize(file)
+    if size < 8:
+        return f"it holds {size} bytes, fewer than the 8 of a safetensors header"
+    with open(file, "rb") as handle:
+        header_size = int.from_bytes(handle.read(8), "little")
+        if 8 + header_size > size:
+            return f"it holds {size} bytes, fewer than its {8 + header_size}-byte header"
+        try:
+            header = json.loads(handle.read(header_size))
+        except ValueError:
+            return "its header is not valid JSON"
+    ends = [entry["data_offsets"][1] for name, entry in header.items()
+            if name != "__metadata__" and isinstance(entry, dict) and "data_offsets" in entry]
+    expected = 8 + header_size + max(ends, default=0)
+    if size != expected:
+        return f"it holds {size} bytes where its header describes {expected}"
+    return None
+
+
+def _corrupt_weights_message(path, error: BaseException) -> str:
+    """Why a checkpoint whose safetensors file cannot be read is refused, naming the file."""
+    cause = f"{type(error).__name__}: {error}"
+    if path is not None and os.path.isdir(path):
+        single = os.path.join(path, "model.safetensors")
+        candidates = [single] if os.path.isfile(single) else sorted(
+            os.path.join(path, name) for name in os.listdir(path) if name.endswith(".safetensors"))
+        problems = [(file, _safetensors_problem(file)) for file in candidates]
+        broken = [(file, problem) for file, problem in problems if problem] or [(file, None) for file in candidates]
+        named = "; ".join(f"'{file}'" + (f" ({problem})" if problem else "") for file, problem in broken)
+        return (f"The weights file {named} of the checkpoint at {str(path)!r} cannot be read ({cause}): it is "
+                "truncated or corrupt, e.g. by an interrupted download, copy or save. Copy or download it again, or "
+                "re-save the model with save_pretrained().")
+    return (f"The safetensors weights of {str(path)!r} (model.safetensors in the Hugging Face cache) cannot be read "
+            f"({cause}): the file is truncated or corrupt. Download it again with from_pretrained(..., "
+            "force_download=True).")
 
 
 def _is_missing_safetensors(error: OSError) -> bool:
@@ -798,6 +1262,14 @@ def _pickled_weights_message(path) -> str:
         "model.save_pretrained(folder). Official X-VLM / EfficientVLM checkpoints convert with "
         "examples/convert_xvlm_checkpoint.py."
     )
+
+
+def _refuse_int8_export(path) -> None:
+    """A folder of ``efficientvlm export --format int8`` holds int8 tensors that would load as float weights."""
+    config_file = os.path.join(str(path), "config.json") if path is not None else ""
+    if os.path.isfile(config_file) and '"int8_quantization"' in open(config_file, encoding="utf-8").read():
+        raise ValueError(f"{str(path)!r} is an int8 export (efficientvlm export --format int8); load it with "
+                         f"efficientvlm.export.load_exported({str(path)!r}).")
 
 
 def _bert_special_tokens(text_name_or_path, bert_config, loading_kwargs: dict) -> dict:
@@ -873,6 +1345,38 @@ class EfficientVLMModel(EfficientVLMPreTrainedModel):
         return self.fusion_model(text_embeds, attention_mask, image_embeds, causal, output_attentions,
                                  output_hidden_states)
 
+    @output_conventions
+    def get_image_features(self, pixel_values, output_attentions=None, output_hidden_states=None,
+                           return_dict=None) -> BaseModelOutputWithPooling:
+        """The vision tower's output, as transformers 5 models return it (with gradient).
+
+        Returns:
+            ``BaseModelOutputWithPooling``: ``last_hidden_state`` the image tokens ``(batch, image_seq,
+            vision_hidden)`` (``image_embeds``), ``pooler_output`` their ``[CLS]`` token ``(batch, vision_hidden)``,
+            ``hidden_states`` / ``attentions`` when requested. The contrastive heads project ``pooler_output``.
+        """
+        vision = self.encode_image(pixel_values, output_attentions, output_hidden_states)
+        return BaseModelOutputWithPooling(last_hidden_state=vision.last_hidden_state,
+                                          pooler_output=vision.last_hidden_state[:, 0],
+                                          hidden_states=vision.hidden_states, attentions=vision.attentions)
+
+    @output_conventions
+    def get_text_features(self, input_ids, attention_mask=None, token_type_ids=None, output_attentions=None,
+                          output_hidden_states=None, return_dict=None) -> BaseModelOutputWithPooling:
+        """The text encoder's output, as transformers 5 models return it (with gradient).
+
+        Returns:
+            ``BaseModelOutputWithPooling``: ``last_hidden_state`` the text tokens ``(batch, seq, hidden)``
+            (``text_embeds``), ``pooler_output`` their ``[CLS]`` token ``(batch, hidden)``, ``hidden_states`` /
+            ``attentions`` when requested. The contrastive heads project ``pooler_output``.
+        """
+        text = self.encode_text(input_ids, attention_mask, token_type_ids, False, output_attentions,
+                                output_hidden_states)
+        return BaseModelOutputWithPooling(last_hidden_state=text.last_hidden_state,
+                                          pooler_output=text.last_hidden_state[:, 0],
+                                          hidden_states=text.hidden_states, attentions=text.attentions)
+
+    @output_conventions
     def forward(self, pixel_values=None, input_ids=None, attention_mask=None, token_type_ids=None,
                 image_embeds=None, causal=False, output_attentions=None, output_hidden_states=None,
                 return_dict=None, **kwargs) -> EfficientVLMModelOutput:
@@ -934,6 +1438,44 @@ def _classifier(in_features: int, hidden: int, num_outputs: int) -> nn.Sequentia
                          nn.Linear(hidden, num_outputs))
 
 
+def box_cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
+    """``(..., 4)`` boxes ``(centre x, centre y, width, height)`` -> ``(x0, y0, x1, y1)``."""
+    cx, cy, w, h = boxes.unbind(-1)
+    return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
+
+
+def generalized_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
+    """Generalized IoU (Rezatofighi et al., 2019) of matching rows of two ``(n, 4)`` ``(x0, y0, x1, y1)`` box sets:
+    IoU minus the share of the smallest enclosing box that neither box covers; in ``[-1, 1]``."""
+    area1 = (boxes1[:, 2] - boxes1[:, 0]) * (boxes1[:, 3] - boxes1[:, 1])
+    area2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])
+    low, high = torch.maximum(boxes1[:, :2], boxes2[:, :2]), torch.minimum(boxes1[:, 2:], boxes2[:, 2:])
+    intersection = (high - low).clamp(min=0).prod(-1)
+    union = area1 + area2 - intersection
+    enclosing = (torch.maximum(boxes1[:, 2:], boxes2[:, 2:]) - torch.minimum(boxes1[:, :2], boxes2[:, :2])).prod(-1)
+    return intersection / union - (enclosing - union) / enclosing
+
+
+def box_losses(pred_boxes: torch.Tensor, target_boxes: torch.Tensor, mask: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """X-VLM's box regression losses of ``(cx, cy, w, h)`` boxes: ``(L1 summed over the coordinates, 1 - GIoU)``,
+    each averaged over the rows where ``mask`` is true (all rows by default; 0 when no row is boxed)."""
+    pred_boxes, target_boxes = pred_boxes.float(), target_boxes.float()
+    if mask is None:
+        mask = torch.ones(pred_boxes.shape[0], dtype=torch.bool, device=pred_boxes.device)
+    if (target_boxes[mask][:, 2:] <= 0).any():
+        raise ValueError("target_bbox has a box of zero or negative width/height; boxes are (cx, cy, w, h) "
+                         "fractions of the image side (set bbox_mask False for examples without a box).")
+    weight = mask.float()
+    count = weight.sum().clamp(min=1)
+    l1 = (F.l1_loss(pred_boxes, target_boxes, reduction="none").sum(-1) * weight).sum() / count
+    # Unboxed rows get a stand-in target so the GIoU stays finite; their term is masked out.
+    safe_target = torch.where(mask[:, None], target_boxes, torch.tensor([0.5, 0.5, 1.0, 1.0],
+                                                                         device=target_boxes.device))
+    giou = generalized_box_iou(box_cxcywh_to_xyxy(pred_boxes), box_cxcywh_to_xyxy(safe_target))
+    return l1, ((1 - giou) * weight).sum() / count
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Heads
 # ---------------------------------------------------------------------------------------------------------------
@@ -955,11 +1497,12 @@ class EfficientVLMForVisualQuestionAnswering(EfficientVLMPreTrainedModel):
         self.classifier = _classifier(hidden, 2 * hidden, config.num_labels)
         self.post_init()
 
+    @output_conventions
     def forward(self, pixel_values=None, input_ids=None, attention_mask=None, token_type_ids=None, labels=None,
                 output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs) -> EfficientVLMHeadOutput:
         outputs = self.efficientvlm(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask,
                                     token_type_ids=token_type_ids, output_attentions=output_attentions,
-                                    output_hidden_states=output_hidden_states)
+                                    output_hidden_states=output_hidden_states, return_dict=True)
         logits = self.classifier(outputs.pooler_output)
         loss = None
         if labels is not None:
@@ -1278,6 +1821,7 @@ class EfficientVLMForGenerativeVQA(EfficientVLMPreTrainedModel, GenerationMixin)
 
     # ---- forward ----------------------------------------------------------------------------------------------
 
+    @output_conventions
     def forward(self, pixel_values=None, input_ids=None, attention_mask=None, token_type_ids=None,
                 answer_input_ids=None, answer_attention_mask=None, answer_weights=None, k=None,
                 decoder_input_ids=None, decoder_attention_mask=None, question_embeds=None,
@@ -1302,7 +1846,7 @@ class EfficientVLMForGenerativeVQA(EfficientVLMPreTrainedModel, GenerationMixin)
 
         outputs = self.efficientvlm(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask,
                                     token_type_ids=token_type_ids, output_attentions=output_attentions,
-                                    output_hidden_states=output_hidden_states)
+                                    output_hidden_states=output_hidden_states, return_dict=True)
         question, fields = outputs.last_hidden_state, _model_fields(outputs)
         if answer_input_ids is None:
             scores, ranked = self.rank_answers(question, attention_mask, k)
@@ -1356,7 +1900,7 @@ class EfficientVLMForGenerativeVQA(EfficientVLMPreTrainedModel, GenerationMixin)
         if pixel_values is None or input_ids is None:
             raise ValueError("generate() needs pixel_values and the question's input_ids.")
         question = self.efficientvlm(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask,
-                                     token_type_ids=token_type_ids).last_hidden_state
+                                     token_type_ids=token_type_ids, return_dict=True).last_hidden_state
         tc = self.config.text_config
         start = torch.full((question.shape[0], 1), tc.bos_token_id, dtype=torch.long, device=question.device)
         if attention_mask is None:
@@ -1479,16 +2023,28 @@ class EfficientVLMContrastiveMixin(nn.Module):
     def text_features(self, text_embeds: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.text_proj(text_embeds[:, 0]), dim=-1)
 
-    @torch.no_grad()
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """L2-normalised ITC image features ``(batch, projection_dim)``."""
-        return self.image_features(self.efficientvlm.encode_image(pixel_values).last_hidden_state)
+    @output_conventions
+    def get_image_features(self, pixel_values, output_attentions=None, output_hidden_states=None,
+                           return_dict=None) -> BaseModelOutputWithPooling:
+        """The vision tower's output with the ITC projection of its ``[CLS]`` token as ``pooler_output``
+        ``(batch, projection_dim)``, as ``CLIPModel.get_image_features`` returns it: with gradient and not
+        normalised. ``F.normalize(pooler_output, dim=-1)`` is the ITC image feature (``image_features``)."""
+        outputs = self.efficientvlm.get_image_features(pixel_values, output_attentions=output_attentions,
+                                                       output_hidden_states=output_hidden_states, return_dict=True)
+        outputs.pooler_output = self.vision_proj(outputs.pooler_output)
+        return outputs
 
-    @torch.no_grad()
-    def get_text_features(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
-        """L2-normalised ITC text features ``(batch, projection_dim)``."""
-        return self.text_features(self.efficientvlm.encode_text(input_ids, attention_mask, token_type_ids)
-                                  .last_hidden_state)
+    @output_conventions
+    def get_text_features(self, input_ids, attention_mask=None, token_type_ids=None, output_attentions=None,
+                          output_hidden_states=None, return_dict=None) -> BaseModelOutputWithPooling:
+        """The text encoder's output with the ITC projection of its ``[CLS]`` token as ``pooler_output``
+        ``(batch, projection_dim)``, as ``CLIPModel.get_text_features`` returns it: with gradient and not
+        normalised. ``F.normalize(pooler_output, dim=-1)`` is the ITC text feature (``text_features``)."""
+        outputs = self.efficientvlm.get_text_features(input_ids, attention_mask, token_type_ids,
+                                                      output_attentions=output_attentions,
+                                                      output_hidden_states=output_hidden_states, return_dict=True)
+        outputs.pooler_output = self.text_proj(outputs.pooler_output)
+        return outputs
 
     def itm_logits(self, image_embeds, text_embeds, attention_mask, output_attentions=False,
                    output_hidden_states=False):
@@ -1636,6 +2192,7 @@ class EfficientVLMForImageTextRetrieval(EfficientVLMContrastiveMixin, EfficientV
         self._init_contrastive(config)
         self.post_init()
 
+    @output_conventions
     def forward(self, pixel_values=None, input_ids=None, attention_mask=None, token_type_ids=None, image_ids=None,
                 itm_negative_text_index=None, itm_negative_image_index=None, output_attentions=None,
                 output_hidden_states=None, return_dict=None, **kwargs) -> EfficientVLMRetrievalOutput:
@@ -1664,11 +2221,16 @@ _TIED_DECODER = {"lm_head.decoder.weight": "efficientvlm.text_model.embeddings.w
 
 
 class EfficientVLMForPreTraining(EfficientVLMContrastiveMixin, EfficientVLMPreTrainedModel):
-    """Vision-language pre-training: ITC, ITM with hard negatives, and masked language modelling (MLM).
+    """Vision-language pre-training: ITC, ITM with hard negatives, masked language modelling (MLM) and, as in
+    X-VLM, box regression for texts that describe one region of the image.
 
     ``input_ids`` is the clean caption (ITC, ITM); ``mlm_input_ids`` is the masked caption and ``mlm_labels`` the
     original ids at masked positions (-100 elsewhere). Masking happens in the data collator, so a teacher sees the
-    very same masks as the student.
+    very same masks as the student. ``target_bbox`` ``(batch, 4)`` holds each text's region as ``(cx, cy, w, h)``
+    fractions of the image side and ``bbox_mask`` ``(batch,)`` which examples have one (default: all): the
+    ``bbox_head`` reads the fused ``[CLS]`` of the (whole image, region text) pair and is trained with an L1 and a
+    GIoU loss (X-VLM's ``bbox_head``, which ``convert`` maps from official pre-training checkpoints). The head exists
+    when ``config.use_bbox_head`` is set (off by default, as X-VLM's ``use_bbox_loss``).
     """
 
     _tied_weights_keys = _TIED_DECODER
@@ -1678,6 +2240,8 @@ class EfficientVLMForPreTraining(EfficientVLMContrastiveMixin, EfficientVLMPreTr
         self.efficientvlm = EfficientVLMModel(config)
         self._init_contrastive(config)
         self.lm_head = EfficientVLMLMHead(config)
+        text_hidden = config.text_config.hidden_size
+        self.bbox_head = _classifier(text_hidden, 2 * text_hidden, 4) if config.use_bbox_head else None
         self.post_init()
 
     def get_output_embeddings(self):
@@ -1686,10 +2250,11 @@ class EfficientVLMForPreTraining(EfficientVLMContrastiveMixin, EfficientVLMPreTr
     def set_output_embeddings(self, value):
         self.lm_head.decoder = value
 
+    @output_conventions
     def forward(self, pixel_values=None, input_ids=None, attention_mask=None, token_type_ids=None, mlm_input_ids=None,
                 mlm_labels=None, image_ids=None, itm_negative_text_index=None, itm_negative_image_index=None,
-                output_attentions=None, output_hidden_states=None, return_dict=None,
-                **kwargs) -> EfficientVLMPreTrainingOutput:
+                target_bbox=None, bbox_mask=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None, **kwargs) -> EfficientVLMPreTrainingOutput:
         output_attentions, output_hidden_states = bool(output_attentions), bool(output_hidden_states)
         fields, image_embeds = self.contrastive_forward(
             pixel_values, input_ids, attention_mask, token_type_ids, image_ids, itm_negative_text_index,
@@ -1707,6 +2272,17 @@ class EfficientVLMForPreTraining(EfficientVLMContrastiveMixin, EfficientVLMPreTr
                 mlm_loss = F.cross_entropy(mlm_logits.flatten(0, 1).float(), mlm_labels.flatten(), ignore_index=-100)
                 fields["mlm_loss"] = mlm_loss
                 loss = loss + mlm_loss
+        if target_bbox is not None and self.bbox_head is None:
+            raise ValueError("The batch has region boxes (target_bbox) but the model has no box-regression head: build "
+                             "it with config.use_bbox_head=True (or drop the bbox column from the data).")
+        if target_bbox is not None:  # the head runs on every row (DDP sees it used); unboxed rows weigh 0
+            fused = self.efficientvlm.fuse(
+                self.efficientvlm.encode_text(input_ids, attention_mask, token_type_ids).last_hidden_state,
+                attention_mask, image_embeds).last_hidden_state
+            pred_boxes = self.bbox_head(fused[:, 0]).sigmoid()
+            fields["bbox_loss"], fields["giou_loss"] = box_losses(pred_boxes, target_bbox, bbox_mask)
+            fields["pred_boxes"] = pred_boxes
+            loss = loss + fields["bbox_loss"] + fields["giou_loss"]
         return EfficientVLMPreTrainingOutput(loss=loss, **fields)
 
 
@@ -1726,6 +2302,7 @@ class EfficientVLMForNLVR2(EfficientVLMPreTrainedModel):
         self.classifier = _classifier(2 * hidden, 2 * hidden, 2)
         self.post_init()
 
+    @output_conventions
     def forward(self, pixel_values=None, input_ids=None, attention_mask=None, token_type_ids=None, labels=None,
                 output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs) -> EfficientVLMHeadOutput:
         if pixel_values is None or pixel_values.dim() != 5 or pixel_values.shape[1] != 2:
@@ -1753,10 +2330,20 @@ class EfficientVLMForCaptioning(EfficientVLMPreTrainedModel, GenerationMixin):
     """Image captioning: the text and fusion layers run as a causal decoder that cross-attends to the image.
 
     As in the paper, the text layers become causal self-attention layers and the fusion layers add cross-attention
-    to the image tokens. ``labels`` are the caption ids with padding set to -100 (shifted inside). ``generate``
-    encodes the image once and decodes with any of transformers' strategies (greedy, beam search, sampling);
-    without ``input_ids`` it starts from ``config.text_config.bos_token_id`` (``[CLS]``). Generation recomputes the
-    prefix at each step (no key/value cache): captions are short.
+    to the image tokens. ``labels`` are the caption ids with padding (and the prompt, see ``CaptioningCollator``) set
+    to -100 (shifted inside); the loss is cross-entropy with ``config.caption_label_smoothing`` (the paper: 0.1).
+
+    ``generate`` encodes the image once and decodes with any of transformers' strategies (greedy, beam search,
+    sampling); without ``input_ids`` it starts from ``config.text_config.bos_token_id`` (``[CLS]``), and
+    ``processor.caption_inputs(images)`` gives the paper's prompt ``"[CLS] a picture of"``. With the key/value cache
+    (``use_cache=True``, the default) each step runs only the new token through the decoder: the self-attention keys
+    and values of earlier positions and the image's cross-attention keys and values (computed once per image, shared
+    by its beams) come from an ``EncoderDecoderCache``; ``use_cache=False`` recomputes the whole prefix at every step
+    and gives the same sequences.
+
+    As in transformers 5 vision-language models, ``get_image_features(pixel_values)`` returns the image tower's
+    output and ``forward`` returns it as ``image_outputs``; its ``last_hidden_state`` can be passed back as
+    ``image_embeds`` to decode without running the tower again.
     """
 
     _tied_weights_keys = _TIED_DECODER
@@ -1767,7 +2354,7 @@ class EfficientVLMForCaptioning(EfficientVLMPreTrainedModel, GenerationMixin):
         self.efficientvlm = EfficientVLMModel(config)
         self.lm_head = EfficientVLMLMHead(config)
         self.post_init()
-        # The paper's decoding: beam 3, 5-20 tokens.
+        # The paper's decoding: beam 3, 5-20 tokens (prompt included).
         tc = config.text_config
         self.generation_config = GenerationConfig(
             bos_token_id=tc.bos_token_id, eos_token_id=tc.eos_token_id, pad_token_id=tc.pad_token_id,
@@ -1780,29 +2367,173 @@ class EfficientVLMForCaptioning(EfficientVLMPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value):
         self.lm_head.decoder = value
 
+    # -- cache layout ----------------------------------------------------------------------------------------------
+
+    def _number_cache_slots(self) -> int:
+        """Give every decoder attention block its slot in a cache, in decoding order, and return the number of
+        cross-attention slots.
+
+        Self-attention blocks (text layers, then fusion layers) are numbered 0, 1, ... and so are cross-attention
+        blocks; absent blocks (0 heads) get no slot, so that slot 0 always holds the length of the cached text
+        (``Cache.get_seq_length()``). Numbered at every cached call, since pruning may remove blocks in place.
+        """
+        self_slot = cross_slot = 0
+        base = self.efficientvlm
+        for layer in (*base.text_model.encoder.layers, *base.fusion_model.encoder.layers):
+            if layer.self_attn is not None:
+                layer.self_attn.cache_index, self_slot = self_slot, self_slot + 1
+            if layer.cross_attn is not None:
+                layer.cross_attn.cache_index, cross_slot = cross_slot, cross_slot + 1
+        return cross_slot
+
+    @staticmethod
+    def _cached_length(cache: Cache | None) -> int:
+        """Text positions whose keys and values ``cache`` holds (0 when no decoder layer has self-attention: each
+        step then reruns the whole prefix, and only the image's keys and values are reused)."""
+        return 0 if cache is None else cache.get_seq_length()
+
+    def cache_image(self, image_embeds: torch.Tensor) -> EncoderDecoderCache:
+        """A new cache holding the cross-attention keys and values of ``image_embeds`` ``(images, tokens, width)``,
+        one row per image.
+
+        ``generate`` builds it once per call; the rows that decode one image (its beams, or its returned sequences,
+        consecutive as transformers expands them) share that image's row. Pass it as ``cache=`` (or
+        ``past_key_values=`` before transformers 5.24) to ``forward`` or ``generate``; ``image_embeds`` are then not
+        needed.
+        """
+        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        self._number_cache_slots()
+        image_embeds = image_embeds.to(self.efficientvlm.text_model.embeddings.word_embeddings.weight.dtype)
+        for layer in self.efficientvlm.fusion_model.encoder.layers:
+            if layer.cross_attn is not None:
+                key, value = layer.cross_attn.key_value(image_embeds)
+                cache.cross_attention_cache.update(key, value, layer.cross_attn.cache_index)
+                cache.is_updated[layer.cross_attn.cache_index] = True
+        return cache
+
+    # -- forward ---------------------------------------------------------------------------------------------------
+
+    @output_conventions
     def forward(self, pixel_values=None, input_ids=None, attention_mask=None, labels=None, image_embeds=None,
-                output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs) -> EfficientVLMHeadOutput:
-        outputs = self.efficientvlm(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask,
-                                    image_embeds=image_embeds, causal=True, output_attentions=output_attentions,
-                                    output_hidden_states=output_hidden_states)
-        logits = self.lm_head(outputs.last_hidden_state)
+                cache: Cache | None = None, use_cache: bool | None = None, output_attentions=None,
+                output_hidden_states=None, return_dict=None, past_key_values: Cache | None = None,
+                **kwargs) -> EfficientVLMCaptioningOutput:
+        """Next-token logits of ``input_ids`` given the image (and loss, with ``labels``).
+
+        Args:
+            pixel_values, image_embeds: the image (``image_embeds``: already encoded by ``encode_image``); not needed
+                when ``cache`` holds the image's keys and values.
+            input_ids, attention_mask: ``(batch, seq)``; with a ``cache``, only the tokens after the
+                ``cache.get_seq_length()`` positions it holds (0 for a decoder without any self-attention, which caches
+                the image alone), and the mask of the whole sequence so far.
+            labels: caption ids, -100 where no loss is taken.
+            cache: a generation cache (``past_key_values`` before transformers 5.24, also accepted): an
+                ``EncoderDecoderCache`` as returned by a previous call or built by ``cache_image``. A plain
+                self-attention ``Cache`` is wrapped into one.
+            use_cache: return the cache (updated with these positions) as ``output.cache``; default: when one is
+                passed. ``True`` without a cache starts a new one.
+        """
+        cache = past_key_values if cache is None else cache
+        use_cache = cache is not None if use_cache is None else use_cache
+        if not use_cache:
+            cache = None
+        elif cache is None:
+            cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        elif not isinstance(cache, EncoderDecoderCache):
+            cache = EncoderDecoderCache(cache, DynamicCache())
+        output_attentions = bool(output_attentions if output_attentions is not None else self.config.output_attentions)
+        output_hidden_states = bool(
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        if input_ids is None:
+            raise ValueError("input_ids are required: the captioning decoder predicts the next token of a text.")
+        base = self.efficientvlm
+        cross_slots = self._number_cache_slots() if cache is not None else 0
+        image_cached = cache is not None and all(cache.is_updated.get(slot) for slot in range(cross_slots))
+        vision = None
+        if image_embeds is None and not image_cached:
+            if pixel_values is None:
+                raise ValueError("Pass pixel_values (or precomputed image_embeds).")
+            vision = base.encode_image(pixel_values, output_attentions, output_hidden_states)
+            image_embeds = vision.last_hidden_state
+        if image_embeds is not None and image_embeds.shape[0] != input_ids.shape[0]:
+            raise ValueError(f"{image_embeds.shape[0]} images but {input_ids.shape[0]} texts: pass one image per text.")
+        past_length = self._cached_length(cache)
+        text = base.text_model(input_ids, attention_mask, None, True, output_attentions, output_hidden_states,
+                               cache=cache, past_length=past_length)
+        fusion = base.fusion_model(text.last_hidden_state, attention_mask, image_embeds, True, output_attentions,
+                                   output_hidden_states, cache=cache, past_length=past_length)
+        logits = self.lm_head(fusion.last_hidden_state)
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
-        return EfficientVLMHeadOutput(loss=loss, logits=logits, **_model_fields(outputs))
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100,
+                                   label_smoothing=self.config.caption_label_smoothing)
+        image_outputs = None
+        if vision is not None:  # the vision tower ran in this forward
+            image_outputs = BaseModelOutputWithPooling(
+                last_hidden_state=vision.last_hidden_state, pooler_output=vision.last_hidden_state[:, 0],
+                hidden_states=vision.hidden_states, attentions=vision.attentions)
+        return EfficientVLMCaptioningOutput(loss=loss, logits=logits, cache=cache, image_outputs=image_outputs,
+                                            **_encoder_fields("vision", vision), **_encoder_fields("text", text),
+                                            **_encoder_fields("fusion", fusion))
 
-    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, image_embeds=None, **kwargs):
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "image_embeds": image_embeds}
+    # -- generation ------------------------------------------------------------------------------------------------
+
+    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, image_embeds=None,
+                                      cache: Cache | None = None, past_key_values: Cache | None = None,
+                                      use_cache: bool | None = None, **kwargs):
+        """The next step's inputs: with a cache, only the positions it does not hold yet (the last token)."""
+        cache = past_key_values if cache is None else cache
+        inputs = {"attention_mask": attention_mask, "image_embeds": image_embeds}
+        if cache is not None and use_cache is not False:
+            input_ids = input_ids[:, self._cached_length(cache):]
+            inputs.update(cache=cache, use_cache=True)
+        inputs["input_ids"] = input_ids
+        return inputs
 
     def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False, **kwargs):
+        if outputs.get("cache") is not None:
+            model_kwargs[_CACHE_KWARG] = outputs["cache"]
         mask = model_kwargs.get("attention_mask")
         if mask is not None:
-            model_kwargs["attention_mask"] = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
+            new = kwargs.get("num_new_tokens", 1)
+            model_kwargs["attention_mask"] = torch.cat([mask, mask.new_ones((mask.shape[0], new))], dim=-1)
         return model_kwargs
+
+    def _reorder_cache(self, cache: Cache, beam_idx: torch.LongTensor) -> Cache:
+        """Beam search: keep the self-attention keys and values of the beams chosen at this step.
+
+        The image's cross-attention keys and values are left as they are: beam search picks every beam among the
+        beams of the same image, and those share the image's keys and values (one row per image, or identical
+        rows), so reordering them would copy them for nothing.
+        """
+        if isinstance(cache, EncoderDecoderCache):
+            cache.self_attention_cache.reorder_cache(beam_idx)
+        else:
+            cache.reorder_cache(beam_idx)
+        return cache
+
+    def _generation_setting(self, generate_kwargs: dict, name: str):
+        """A generation setting as ``generate`` resolves it: keyword, then the ``generation_config`` argument, then
+        the model's ``generation_config`` (``None`` if unset everywhere)."""
+        for source in (generate_kwargs, generate_kwargs.get("generation_config"), self.generation_config):
+            value = source.get(name) if isinstance(source, dict) else getattr(source, name, None)
+            if value is not None:
+                return value
+        return None
 
     @torch.no_grad()
     def generate(self, pixel_values=None, input_ids=None, attention_mask=None, image_embeds=None, **generate_kwargs):
-        """Caption images. ``input_ids`` is an optional prompt (e.g. ``[CLS] a picture of``, without ``[SEP]``)."""
+        """Caption images (``pixel_values`` or already encoded ``image_embeds``).
+
+        ``input_ids`` is an optional prompt, ``(batch, prompt_len)`` without ``[SEP]``: ``processor.caption_inputs``
+        gives the paper's ``"[CLS] a picture of"`` (decode with ``processor.decode_captions``, which strips it). A
+        final ``[SEP]`` column, as ``processor(text=...)`` appends, is dropped; any other ``[SEP]`` is refused.
+
+        The image is encoded once per call. With ``use_cache`` (the default), its cross-attention keys and values
+        are computed once per image too, in a cache (``cache_image``) that ``generate`` then extends; pass
+        ``use_cache=False`` to recompute the whole prefix at every step instead (same sequences, slower).
+        """
         if image_embeds is None:
             if pixel_values is None:
                 raise ValueError("generate() needs pixel_values (or image_embeds).")
@@ -1810,12 +2541,33 @@ class EfficientVLMForCaptioning(EfficientVLMPreTrainedModel, GenerationMixin):
         batch = image_embeds.shape[0]
         tc = self.config.text_config
         if input_ids is None:
+            if tc.bos_token_id is None:
+                raise ValueError("generate() starts from config.text_config.bos_token_id, which is None: set it to "
+                                 "the tokenizer's [CLS] id, or pass a prompt as input_ids.")
             input_ids = torch.full((batch, 1), tc.bos_token_id, dtype=torch.long, device=image_embeds.device)
+        elif tc.eos_token_id is not None and input_ids.shape[1] > 1 and (input_ids[:, -1] == tc.eos_token_id).all():
+            input_ids = input_ids[:, :-1]  # the tokenizer's final [SEP]: the prompt goes on
+            attention_mask = None if attention_mask is None else attention_mask[:, :-1]
+        if tc.eos_token_id is not None and (input_ids == tc.eos_token_id).any():
+            raise ValueError(
+                f"The prompt (input_ids) contains the end token [SEP] (eos_token_id={tc.eos_token_id}) before its end: "
+                "generation would continue after the caption's end. Build prompts with processor.caption_inputs(...) "
+                "(or tokenize without the end token), one prompt length per batch."
+            )
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         generate_kwargs.setdefault("eos_token_id", tc.eos_token_id)
         generate_kwargs.setdefault("pad_token_id", tc.pad_token_id)
-        generate_kwargs.setdefault("use_cache", False)
+        use_cache, implementation = (self._generation_setting(generate_kwargs, name)
+                                     for name in ("use_cache", "cache_implementation"))
+        user_cache = generate_kwargs.get("cache", generate_kwargs.get("past_key_values"))
+        if use_cache is not False and user_cache is None:  # unset means True, as in transformers
+            if implementation not in (None, "dynamic"):
+                raise ValueError(f"cache_implementation={implementation!r} is not supported by "
+                                 "EfficientVLMForCaptioning (its decoder layers differ in size); use the default "
+                                 "dynamic cache.")
+            generate_kwargs[_CACHE_KWARG] = self.cache_image(image_embeds)
+            image_embeds = None  # the cache holds all that the decoder reads from the image
         return super().generate(input_ids=input_ids, attention_mask=attention_mask, image_embeds=image_embeds,
                                 **generate_kwargs)
 
@@ -1834,5 +2586,7 @@ __all__ = [
     "EfficientVLMHeadOutput",
     "EfficientVLMRetrievalOutput",
     "EfficientVLMPreTrainingOutput",
+    "EfficientVLMCaptioningOutput",
+    "output_conventions",
     "EfficientVLMGenerativeVQAOutput",
 ]

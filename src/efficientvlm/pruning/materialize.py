@@ -21,6 +21,7 @@ LayerNorm: the residual passes through). Indices refer to the model being pruned
 from __future__ import annotations
 
 import copy
+import numbers
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -48,8 +49,10 @@ KeepLists = dict[str, list[dict[str, list[int]]]]
 def keep_lists_from_gates(zs: Gates) -> KeepLists:
     """Keep-lists of the non-zero units in ``zs``; a sub-block whose block gate is 0 gets an empty list.
 
-    Sub-blocks with a block gate but no unit gates are kept whole (no entry) unless the block gate is 0.
+    Sub-blocks with a block gate but no unit gates are kept whole (no entry) unless the block gate is 0. Gates that
+    are NaN, infinite or outside [0, 1] are refused with a ``ValueError`` naming them.
     """
+    _check_gate_values(zs)
     keep: KeepLists = {}
     for modality, layers in zs.items():
         check_modality(modality)
@@ -82,6 +85,10 @@ def prune_model(model: nn.Module, keep: Mapping[str, Sequence[Mapping[str, Seque
         The pruned model, in the input's train/eval mode, dtype and device, with no pruning hooks set. Its config's
         per-layer fields (``num_attention_heads``, ``num_cross_attention_heads``, ``intermediate_size``) are lists of
         the new sizes.
+
+    Raises:
+        ValueError: a keep-list names an unknown modality or key, has one entry too many or too few, lists an index
+            twice, out of range, or not an integer (``2.5`` is refused, not truncated to 2).
     """
     source = full_model(model)  # unwrapped; a gathered copy when the parameters are sharded
     before = layer_sizes(source.config)
@@ -119,13 +126,16 @@ def materialize(model: nn.Module, zs: Gates, pruning_info: Mapping | None = None
     Units with gate 0 are removed and sub-blocks whose block gate is 0 (or all of whose units are 0) disappear.
     Unit gates strictly between 0 and 1 are folded into the weights that read the unit (the head's ``out_proj``
     input columns, the neuron's ``fc2`` input column), so the result equals the gated model. Block gates must be
-    exactly 0 or 1: a fractional gate on a post-LayerNorm block cannot be folded into weights.
+    exactly 0 or 1: a fractional gate on a post-LayerNorm block cannot be folded into weights. Gates that are NaN,
+    infinite or outside [0, 1] (e.g. from a diverged run) are refused with a ``ValueError`` naming them, before
+    anything is copied: they would be baked into the weights.
 
     Args:
         model: the model the gates were learned on (also wrapped or sharded for training, see ``prune_model``).
         zs: nested gate values as produced by ``ModalAdaptiveL0Module``.
         pruning_info: passed to ``prune_model``.
     """
+    _check_gate_values(zs)
     for modality, layers in zs.items():
         for index, gates in enumerate(layers):
             for spec in SUB_BLOCKS[modality]:
@@ -157,6 +167,37 @@ def materialize(model: nn.Module, zs: Gates, pruning_info: Mapping | None = None
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _check_gate_values(zs: Gates) -> None:
+    """Refuse gates that are NaN, infinite or outside [0, 1], naming where they are."""
+    for modality, layers in zs.items():
+        check_modality(modality)
+        for index, gates in enumerate(layers):
+            for key, z in gates.items():
+                values = torch.as_tensor(z).detach().float().reshape(-1)
+                bad = torch.nonzero(~torch.isfinite(values) | (values < 0) | (values > 1)).flatten().tolist()
+                if bad:
+                    shown = ", ".join(f"{values[i].item():g}" for i in bad[:5]) + (", ..." if len(bad) > 5 else "")
+                    where = f"units {bad[:10]}{' ...' if len(bad) > 10 else ''}" if values.numel() > 1 else "the gate"
+                    raise ValueError(
+                        f"zs[{modality!r}][{index}][{key!r}] holds {shown} at {where}: gate values must be finite and "
+                        "in [0, 1], else they are baked into the weights. NaN or infinite gates mean the run diverged: "
+                        "use the gates of a checkpoint from before the divergence (l0.deterministic() / "
+                        "budget_gates() of a finite L0 module)."
+                    )
+
+
+def _check_index(value, where: str) -> int:
+    """An index of a keep-list as an ``int``; floats, bools and other types are refused rather than truncated."""
+    if torch.is_tensor(value) and value.numel() == 1 and not value.is_floating_point() and value.dtype != torch.bool \
+            and not value.is_complex():
+        return int(value)
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    raise ValueError(f"{where} holds {value!r} ({type(value).__name__}): indices must be integers (a float index is "
+                     "not truncated, it is refused). Pass the unit numbers as ints, e.g. "
+                     "torch.nonzero(gate).flatten().tolist().")
+
+
 def _normalise_keep(keep, sizes) -> dict[str, list[dict[str, list[int]]]]:
     """Validate keep-lists against the model's sizes; return sorted index lists (missing entries stay missing)."""
     out: dict[str, list[dict[str, list[int]]]] = {}
@@ -177,8 +218,8 @@ def _normalise_keep(keep, sizes) -> dict[str, list[dict[str, list[int]]]]:
                                  f"{modality} layers have {sorted(units_of)}.")
             normalised = {}
             for key, indices in layer_keep.items():
-                values = sorted(int(i) for i in indices)
                 where = f"keep[{modality!r}][{index}][{key!r}]"
+                values = sorted(_check_index(i, where) for i in indices)
                 if len(set(values)) != len(values):
                     raise ValueError(f"{where} lists an index twice: {values}.")
                 if values and not 0 <= values[0] <= values[-1] < units_of[key]:
