@@ -1648,7 +1648,8 @@ class EfficientVLMAnswerDecoder(nn.Module):
         hidden_states = self.embeddings(input_ids)
         dtype, device = hidden_states.dtype, hidden_states.device
         mask = build_attention_mask(attention_mask, input_ids.shape[1], dtype, device, causal=True)
-        cross_mask = build_attention_mask(question_attention_mask, input_ids.shape[1], dtype, device)
+        cross_mask = None if question_attention_mask is None else build_attention_mask(  # keys: the question tokens
+            question_attention_mask, question_attention_mask.shape[-1], dtype, device)
         return self.encoder(hidden_states, mask, question_embeds.to(dtype), cross_mask, output_attentions,
                             output_hidden_states)
 
