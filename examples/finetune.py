@@ -1,4 +1,7 @@
-"""Fine-tune an EfficientVLM model on a task, evaluate it, and save a Hub-ready checkpoint + processor.
+"""Fine-tune an EfficientVLM model on one task (VQA, NLVR2, retrieval or captioning), evaluate it, and save a
+Hub-ready checkpoint and processor in --output_dir. The data is the offline synthetic shapes benchmark or annotation
+files in the official X-VLM JSON format; the model is a saved EfficientVLM checkpoint, a CLIP vision tower and a BERT
+text model, or a small random model; with --lora_r only LoRA adapters and the task head are trained, then merged.
 
     # the synthetic shapes benchmark (offline), VQA, from scratch at a small size:
     python examples/finetune.py --task vqa --dataset shapes --output_dir runs/vqa --num_train_epochs 3
@@ -34,10 +37,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import AutoProcessor, AutoTokenizer, HfArgumentParser, Trainer, TrainingArguments, set_seed
+from transformers import AutoProcessor, AutoTokenizer, Trainer, TrainingArguments, set_seed
 
 from efficientvlm import EfficientVLMImageProcessor, EfficientVLMProcessor, lora_config
 from efficientvlm.lora import LORA_ENCODERS
+from efficientvlm.scripts import script_parser
 from efficientvlm.tasks import TASKS, TaskDataArguments, small_config
 from efficientvlm.user_errors import check_checkpoint_argument, run_script
 
@@ -99,8 +103,11 @@ def build_model(task: str, args: ModelArguments, labels, tokenizer):
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = HfArgumentParser((TaskArguments, TaskDataArguments, ModelArguments, LoraArguments, TrainingArguments))
-    task_args, data_args, model_args, lora_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    parser = script_parser((TaskArguments, TaskDataArguments, ModelArguments, LoraArguments, TrainingArguments),
+                           __doc__)
+    task_args, data_args, model_args, lora_args, training_args, script_args = parser.parse_args_into_dataclasses(
+        args=argv)
+    script_args.apply()
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stdout)
     if task_args.task not in TASKS:
         raise ValueError(f"--task must be one of {sorted(TASKS)}, got {task_args.task!r}.")

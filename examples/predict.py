@@ -1,4 +1,6 @@
-"""Predict on a folder of images: answer a question about each (VQA) or caption each (captioning).
+"""Predict on a folder of images with a saved EfficientVLM checkpoint: answer one question about each image (VQA,
+through the visual-question-answering pipeline) or caption each image (captioning), and write one JSON line per
+image. Nothing is trained.
 
     python examples/predict.py --model path/or/hub-id --images photos/ --question "what color is the car?"
     python examples/predict.py --model path/to/captioner --images photos/ --task captioning --output out.jsonl
@@ -17,10 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoProcessor, HfArgumentParser, pipeline
+from transformers import AutoProcessor, pipeline
 
 from efficientvlm import EfficientVLMForCaptioning
 from efficientvlm.models.image_processing_efficientvlm import load_image_file
+from efficientvlm.scripts import script_parser
 from efficientvlm.user_errors import check_checkpoint_argument, run_script
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -64,7 +67,8 @@ def readable(files: list[Path], skip: bool) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    (args,) = HfArgumentParser(PredictArguments).parse_args_into_dataclasses(args=argv)
+    args, script_args = script_parser((PredictArguments,), __doc__).parse_args_into_dataclasses(args=argv)
+    script_args.apply()
     check_checkpoint_argument(args.model, "--model")
     if args.task not in ("vqa", "captioning"):
         raise ValueError(f"--task must be vqa or captioning, got {args.task!r}.")

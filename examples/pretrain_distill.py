@@ -1,4 +1,8 @@
-"""General distillation: pre-train an EfficientVLM student against a teacher (the paper's ``GeneralDistill.py``).
+"""General distillation (the paper's GeneralDistill.py): pre-train an EfficientVLM student, made from the teacher by
+copying every other layer, on image-text pairs with ITC, ITM and MLM plus knowledge distillation from the teacher's
+logits, hidden states and attention maps. The pairs are a JSON file or imagefolder held in memory (--train_file), or
+are streamed from tar shards (--train_shards) or a datasets source (--train_stream); the student and the processor
+are saved in --output_dir.
 
 The student is built from the teacher by copying every other layer (6 vision, 3 text, 3 fusion layers for the
 X-VLM_clip teacher) and trained with ITC + ITM + MLM plus KD on the ITM and MLM logits, hidden states and attention
@@ -56,7 +60,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from transformers import HfArgumentParser, set_seed
+from transformers import set_seed
 
 from efficientvlm.data import ImageTextStream
 from efficientvlm.distillation import (
@@ -67,6 +71,7 @@ from efficientvlm.distillation import (
     load_image_text_pairs,
 )
 from efficientvlm.models.modeling_efficientvlm import EfficientVLMForPreTraining
+from efficientvlm.scripts import script_parser
 from efficientvlm.student import create_student
 from efficientvlm.user_errors import check_checkpoint_argument, run_script
 
@@ -153,8 +158,9 @@ def load_processor(name_or_path: str):
 
 
 def main(argv: list[str] | None = None) -> DistillationTrainer:
-    parser = HfArgumentParser((ModelArguments, DataArguments, DistillationConfig))
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    parser = script_parser((ModelArguments, DataArguments, DistillationConfig), __doc__)
+    model_args, data_args, training_args, script_args = parser.parse_args_into_dataclasses(args=argv)
+    script_args.apply()
     if data_args.streaming:
         if training_args.max_steps <= 0:
             raise ValueError("A stream repeats its epochs without end: give the length of the run with --max_steps.")

@@ -1,5 +1,8 @@
-"""Fine-tune-prune a student with modal-adaptive pruning under a task teacher, materialise it, save it, print the
-pruning report.
+"""Fine-tune-prune a student with modal-adaptive pruning (L0 gates on the heads and FFN neurons of every encoder,
+one learned budget) under a fine-tuned task teacher, materialise it into a smaller dense model of the target size,
+evaluate it, save it with its processor in --output_dir and print the pruning report. The student is a saved
+checkpoint or is created from the teacher with --student_layers; --export_sparsities also exports several sizes from
+the same run.
 
     python examples/prune.py --task vqa --dataset files --train_file vqa_train.json --eval_file vqa_val.json \\
         --image_root images/ --teacher_name_or_path runs/vqa-teacher --model_name_or_path runs/student \\
@@ -35,11 +38,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import AutoProcessor, HfArgumentParser, set_seed
+from transformers import AutoProcessor, set_seed
 
 from efficientvlm import create_student
 from efficientvlm.distillation import check_teacher_trained
 from efficientvlm.pruning import ModalAdaptivePruningTrainer, PruningConfig, save_report
+from efficientvlm.scripts import script_parser
 from efficientvlm.tasks import TASKS, TaskDataArguments
 from efficientvlm.user_errors import check_checkpoint_argument, run_script
 
@@ -87,8 +91,9 @@ def load_models(task_name: str, args: ModelArguments):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = HfArgumentParser((TaskDataArguments, ModelArguments, PruningConfig))
-    data_args, model_args, pruning_args = parser.parse_args_into_dataclasses(args=argv)
+    parser = script_parser((TaskDataArguments, ModelArguments, PruningConfig), __doc__)
+    data_args, model_args, pruning_args, script_args = parser.parse_args_into_dataclasses(args=argv)
+    script_args.apply()
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stdout)
     pruning_args.remove_unused_columns = False  # the collator reads the raw image/text columns
     output_dir = Path(pruning_args.output_dir)

@@ -50,6 +50,7 @@ def test_finetune_every_task_then_predict_on_a_folder(tmp_path):
         saved = json.loads((tmp_path / task / "eval_results.json").read_text())
         assert saved == pytest.approx(metrics)
         assert (tmp_path / task / "model.safetensors").exists()
+        assert not (tmp_path / task / "runs").exists()  # --report_to none wins over the TensorBoard default
 
     images = tmp_path / "images"
     (images / "nested").mkdir(parents=True)
@@ -210,3 +211,49 @@ def test_finetune_with_lora_saves_the_merged_model_as_a_plain_checkpoint(tmp_pat
     with pytest.raises(ValueError, match=r"--lora_encoders: unknown \['audio'\]"):
         finetune.main(["--task", "vqa", "--output_dir", str(tmp_path / "bad"), "--lora_r", "4",
                        "--lora_encoders", "audio", *TINY])
+
+
+@pytest.mark.parametrize("script", ["finetune", "prune", "pretrain_distill", "predict"])
+def test_help_opens_with_the_scripts_description_and_lists_threads(script, capsys):
+    from efficientvlm.scripts import description
+
+    module = _load_example(script)
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["--help"])
+    assert exit_info.value.code == 0
+    help_text = capsys.readouterr().out
+    usage, _, rest = help_text.partition("\n\n")
+    assert usage.startswith("usage: ") and usage.endswith(" [options]")  # one line, not pages of TrainingArguments
+    paragraph = " ".join(rest.split("\n\n")[0].split())
+    assert paragraph.startswith(description(module.__doc__))  # the docstring's first paragraph, first after usage
+    assert len(description(module.__doc__)) > 200
+    assert "--threads THREADS" in help_text
+    trains = script != "predict"
+    assert ("Training logs go to TensorBoard" in paragraph) is trains
+    assert ("--report_to" in help_text) is trains
+
+
+def test_training_scripts_log_to_tensorboard_by_default_and_set_threads(tmp_path):
+    from transformers.integrations import is_tensorboard_available
+
+    from efficientvlm.scripts import default_report_to
+
+    finetune = _load_example("finetune")
+    default_run = [a for a in TINY if a not in ("--report_to", "none")]
+    assert len(default_run) == len(TINY) - 2
+    with pytest.raises(ValueError, match=r"--threads must be >= 0 \(0 = torch's default\), got -1"):
+        finetune.main(["--task", "vqa", "--output_dir", str(tmp_path / "bad"), "--threads", "-1", *default_run])
+    if not is_tensorboard_available():
+        assert default_report_to() == "none"
+        pytest.skip("neither tensorboard nor tensorboardX is installed: the scripts default to --report_to none")
+    assert default_report_to() == "tensorboard"
+    threads = torch.get_num_threads()
+    try:
+        finetune.main(["--task", "vqa", "--output_dir", str(tmp_path / "run"), "--logging_steps", "1",
+                       "--threads", "1", *default_run])
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    events = list((tmp_path / "run" / "runs").glob("*/events.out.tfevents.*"))
+    assert len(events) == 1
+    assert b"train/loss" in events[0].read_bytes()  # the Trainer's logged scalars (logging_steps 1), by tag

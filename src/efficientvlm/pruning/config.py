@@ -56,7 +56,8 @@ class PruningConfig(DistillationConfig):
         default=LAGRANGIAN_WARMUP_RATIO,
         metadata={"help": "The target's warm-up as a fraction of the run's optimizer steps (used when "
                           "--lagrangian_warmup_steps is not given), so it is never longer than the run. The paper "
-                          "ramps over one of 10-20 epochs (5-10%); a longer ramp leaves the gates time to follow."},
+                          "ramps over one of 10-20 epochs (5 to 10 percent); a longer ramp leaves the gates time to "
+                          "follow."},
     )
     reg_learning_rate: float = field(
         default=0.1,
