@@ -42,7 +42,7 @@ from transformers import AutoProcessor, AutoTokenizer, Trainer, TrainingArgument
 from efficientvlm import EfficientVLMImageProcessor, EfficientVLMProcessor, lora_config
 from efficientvlm.lora import LORA_ENCODERS
 from efficientvlm.scripts import script_parser
-from efficientvlm.tasks import TASKS, TaskDataArguments, small_config
+from efficientvlm.tasks import DOWNSTREAM_TASKS, TASKS, TaskDataArguments, small_config
 from efficientvlm.user_errors import check_checkpoint_argument, run_script
 
 logger = logging.getLogger("finetune")
@@ -50,7 +50,7 @@ logger = logging.getLogger("finetune")
 @dataclass
 class TaskArguments:
     task: str = field(default="vqa", metadata={"help": "vqa | nlvr2 | retrieval | captioning",
-                                               "choices": sorted(TASKS)})
+                                               "choices": sorted(DOWNSTREAM_TASKS)})
 
 
 @dataclass
@@ -109,8 +109,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         args=argv)
     script_args.apply()
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stdout)
-    if task_args.task not in TASKS:
-        raise ValueError(f"--task must be one of {sorted(TASKS)}, got {task_args.task!r}.")
+    if task_args.task not in DOWNSTREAM_TASKS:
+        raise ValueError(f"--task must be one of {sorted(DOWNSTREAM_TASKS)}, got {task_args.task!r}.")
     if lora_args.lora_r < 0:
         raise ValueError(f"--lora_r must be >= 0 (0: no LoRA), got {lora_args.lora_r}.")
     unknown = sorted(set(lora_args.lora_encoders) - set(LORA_ENCODERS))

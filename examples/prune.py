@@ -44,7 +44,7 @@ from efficientvlm import create_student
 from efficientvlm.distillation import check_teacher_trained
 from efficientvlm.pruning import ModalAdaptivePruningTrainer, PruningConfig, save_report
 from efficientvlm.scripts import script_parser
-from efficientvlm.tasks import TASKS, TaskDataArguments
+from efficientvlm.tasks import DOWNSTREAM_TASKS, TASKS, TaskDataArguments
 from efficientvlm.user_errors import check_checkpoint_argument, run_script
 
 logger = logging.getLogger("prune")
@@ -97,8 +97,8 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stdout)
     pruning_args.remove_unused_columns = False  # the collator reads the raw image/text columns
     output_dir = Path(pruning_args.output_dir)
-    if pruning_args.task not in TASKS:
-        raise ValueError(f"--task must be one of {sorted(TASKS)}, got {pruning_args.task!r}.")
+    if pruning_args.task not in DOWNSTREAM_TASKS:
+        raise ValueError(f"--task must be one of {sorted(DOWNSTREAM_TASKS)}, got {pruning_args.task!r}.")
     task = TASKS[pruning_args.task]
     family = model_args.family()
     if family:  # checked before any training: increasing, and each a valid target

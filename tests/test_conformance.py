@@ -27,12 +27,12 @@ from efficientvlm import (
     EfficientVLMTextConfig,
     EfficientVLMVisionConfig,
 )
+from efficientvlm.models.configuration_efficientvlm import MODALITIES
 from tests.tiny_models import HEAD_CLASSES, tiny_config, tiny_inputs
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 CONTRASTIVE = (EfficientVLMForPreTraining, EfficientVLMForImageTextRetrieval)
-MODALITIES = ("vision", "text", "fusion")
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
 
 

@@ -8,11 +8,11 @@ from PIL import Image
 
 from efficientvlm import EfficientVLMImageProcessor, EfficientVLMProcessor
 from efficientvlm.data import ShapesConfig
-from efficientvlm.tasks import TASKS, load_task_data
+from efficientvlm.tasks import DOWNSTREAM_TASKS, TASKS, load_task_data, task_head, task_of
 from tests.tiny_models import tiny_config
 
 
-@pytest.mark.parametrize("name", sorted(TASKS))
+@pytest.mark.parametrize("name", sorted(DOWNSTREAM_TASKS))
 def test_shapes_data_feeds_the_task_head(name, tmp_path):
     task = TASKS[name]
     data = load_task_data(name, "shapes", shapes_train_size=6, shapes_eval_size=4,
@@ -42,3 +42,30 @@ def test_xvlm_files_give_an_answer_vocabulary_and_report_missing_images(tmp_path
         load_task_data("vqa", "files")
     with pytest.raises(ValueError, match="Unknown task"):
         load_task_data("ocr")
+
+
+def test_one_registry_entry_per_head_gives_its_task_and_distillation_streams():
+    from efficientvlm import EfficientVLMForGenerativeVQA, EfficientVLMForPreTraining, EfficientVLMModel
+    from efficientvlm.distillation import TASK_DEFAULT_WEIGHTS
+    from efficientvlm.distillation.config import TASKS as DISTILLED_TASKS
+    from efficientvlm.models.configuration_efficientvlm import ALL_MODALITIES
+    from efficientvlm.tasks import KDStream
+
+    assert DISTILLED_TASKS == tuple(TASKS) and "pretraining" in TASKS and "pretraining" not in DOWNSTREAM_TASKS
+    assert set(DOWNSTREAM_TASKS) == {"vqa", "nlvr2", "retrieval", "captioning"}
+    heads = [head for task in TASKS.values() for head in task.heads]
+    assert len({head.model_class for head in heads}) == len(heads) == 6  # every head class once
+    for name, task in TASKS.items():
+        assert TASK_DEFAULT_WEIGHTS[name].task == task.kd_weights["task"]
+        for head in task.heads:
+            assert {s.modality for s in head.kd_streams} <= set(ALL_MODALITIES)
+            assert all(isinstance(s, KDStream) for s in head.kd_streams)
+    config = tiny_config()
+    generative = EfficientVLMForGenerativeVQA(EfficientVLMForGenerativeVQA.config_class.from_encoder_config(config))
+    assert task_of(generative) == "vqa" and task_head(generative) is TASKS["vqa"].heads[1]
+    assert [s.name for s in task_head(generative).kd_streams] == ["vision", "text", "fusion", "decoder"]
+    assert task_of(EfficientVLMForPreTraining(config)) == "pretraining"
+    with pytest.raises(ValueError, match="EfficientVLMModel is not a task head"):
+        task_of(EfficientVLMModel(config))
+    with pytest.raises(ValueError, match="no task data here"):
+        load_task_data("pretraining")

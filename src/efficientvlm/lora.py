@@ -29,11 +29,13 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from .models.configuration_efficientvlm import MODALITIES
+
 if TYPE_CHECKING:
     from peft import LoraConfig
 
-#: The encoders LoRA may target, and the attribute of each in ``EfficientVLMModel``.
-LORA_ENCODERS: dict[str, str] = {"vision": "vision_model", "text": "text_model", "fusion": "fusion_model"}
+#: The encoders LoRA may target, and the attribute of each in ``EfficientVLMModel`` (``vision_model``, ...).
+LORA_ENCODERS: dict[str, str] = {modality: f"{modality}_model" for modality in MODALITIES}
 
 #: The linear layers of an encoder layer that LoRA targets by default: attention projections and the FFN.
 LORA_MODULES: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")

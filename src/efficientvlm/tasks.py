@@ -1,57 +1,134 @@
-"""The four downstream tasks as a registry: head class, collator, evaluation, and where the data comes from.
+"""The task registry: everything the library knows per task, in one place.
 
-Example scripts, the demo and user code look tasks up here instead of branching on the task name::
+A ``Task`` holds what fine-tuning, evaluation, distillation and pruning need of one task: its heads (the model
+classes, and per head what knowledge distillation reads off their outputs), its default distillation loss weights,
+and, for the four downstream tasks, the collator, the evaluation and where the data comes from. Example scripts, the
+demo, the trainers and user code look tasks up here instead of branching on the task name::
 
     task = TASKS["vqa"]
     data = load_task_data("vqa", dataset="shapes")           # or dataset="files", train_files=[...], image_root=...
     collator = task.collator(processor, data.labels)
     metrics = task.evaluate(model, processor, data.eval)
+    task_of(model), task_head(model).kd_streams              # the task of a model, and what KD distils of it
+
+``TASKS`` holds pre-training (general distillation: ``EfficientVLMForPreTraining``) and the four downstream tasks,
+``DOWNSTREAM_TASKS`` names the latter (those with data, a collator and an evaluation here). Adding a task means one
+entry here (see CONTRIBUTING.md, "Adding a task head").
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
+
+from torch import nn
 
 from . import data as evlm_data
 from . import evaluation
+from .lora import unwrap_lora
 from .models.configuration_efficientvlm import EfficientVLMConfig
 from .models.modeling_efficientvlm import (
     EfficientVLMForCaptioning,
+    EfficientVLMForGenerativeVQA,
     EfficientVLMForImageTextRetrieval,
     EfficientVLMForNLVR2,
+    EfficientVLMForPreTraining,
     EfficientVLMForVisualQuestionAnswering,
 )
 
-__all__ = ["Task", "TASKS", "TaskData", "TaskDataArguments", "load_task_data", "small_config"]
+__all__ = ["DOWNSTREAM_TASKS", "KDLogits", "KDStream", "Task", "TaskHead", "TASKS", "TaskData", "TaskDataArguments",
+           "load_task_data", "small_config", "task_head", "task_of"]
+
+
+@dataclass(frozen=True)
+class KDStream:
+    """One forward pass of one encoder whose per-layer states are distilled.
+
+    Attributes:
+        name: the suffix of its logged terms (``kd_hidden_<name>``, ``kd_attn_<name>``, ``kd_attn_<name>_cross``)
+            and the prefix of its output fields (``<name>_hidden_states``, ``<name>_attentions``,
+            ``<name>_cross_attentions``).
+        modality: selects the layer map, the loss weights and the hidden-state projection (``MODALITIES`` or
+            ``"decoder"``).
+        rows: which padding mask the rows follow: ``"image"`` (no padding), ``"text"`` (the batch's texts),
+            ``"itm_pairs"`` (the ITM pairs: positives, then negatives, each group averaged on its own as in the
+            paper), ``"image_pairs"`` (NLVR2: every text twice, once per image) or ``"answers"`` (generative VQA's
+            decoder: every answer sequence, ``batch * answers`` rows masked by ``answer_attention_mask``).
+    """
+
+    name: str
+    modality: str
+    rows: str
+
+
+@dataclass(frozen=True)
+class KDLogits:
+    """One logits KD term of a head.
+
+    Attributes:
+        name: the logged term (``kd_logits``; pre-training: ``kd_logits_itm``, ``kd_logits_mlm``).
+        output: the head output's field holding the logits.
+        multilabel: the head scores each label on its own (sigmoid: VQA's classifier), not one softmax.
+        rows: ``"all"`` (one per example or pair), ``"text"`` (every non-padding token), ``"masked_tokens"`` (MLM:
+            the masked tokens only, where X-VLM's MLM head predicts) or ``"answers"`` (generative VQA: every token of
+            every given answer, the decoder's next-token distributions).
+    """
+
+    name: str
+    output: str
+    multilabel: bool
+    rows: str
+
+
+@dataclass(frozen=True)
+class TaskHead:
+    """One model class of a task and what distillation reads off its outputs."""
+
+    model_class: type
+    kd_streams: tuple[KDStream, ...]
+    kd_logits: tuple[KDLogits, ...]
 
 
 @dataclass(frozen=True)
 class Task:
-    """One downstream task.
+    """One task.
 
     Attributes:
         name: registry key.
-        model_class: the EfficientVLM head.
-        main_metric: the key of ``evaluate``'s result that model cards and the demo report.
+        heads: the task's model classes; the first is the one fine-tuning builds (``model_class``).
+        kd_weights: default weights of the distillation loss (the fields of
+            ``efficientvlm.distillation.LossWeights``), read off the official EfficientVLM code.
+        main_metric: the key of ``evaluate``'s result that model cards and the demo report (downstream tasks).
         make_collator: ``(processor, labels, max_length) -> collator`` (labels: the VQA answer list, else ignored).
-        evaluate: ``(model, processor, dataset) -> metrics``.
+        evaluate: ``(model, processor, dataset) -> metrics`` (downstream tasks).
         shapes_train / shapes_eval: ``(n, split, shapes_config) -> Dataset`` of the synthetic benchmark.
         load_train / load_eval: ``(annotation files, image_root) -> Dataset`` of the official X-VLM JSON format.
     """
 
     name: str
-    model_class: type
-    main_metric: str
+    heads: tuple[TaskHead, ...]
+    kd_weights: Mapping[str, float]
     make_collator: Callable[..., Any]
-    evaluate: Callable[..., dict]
-    shapes_train: Callable[..., Any]
-    shapes_eval: Callable[..., Any]
-    load_train: Callable[..., Any]
-    load_eval: Callable[..., Any]
+    main_metric: str | None = None
+    evaluate: Callable[..., dict] | None = None
+    shapes_train: Callable[..., Any] | None = None
+    shapes_eval: Callable[..., Any] | None = None
+    load_train: Callable[..., Any] | None = None
+    load_eval: Callable[..., Any] | None = None
+
+    @property
+    def model_class(self) -> type:
+        """The head fine-tuning builds for this task (the first of ``heads``)."""
+        return self.heads[0].model_class
+
+    @property
+    def downstream(self) -> bool:
+        """Whether the task has data, a collator and an evaluation here (not pre-training)."""
+        return self.evaluate is not None
 
     def collator(self, processor, labels: Sequence[str] | None = None, max_length: int = 40):
         return self.make_collator(processor, labels, max_length)
@@ -61,6 +138,12 @@ def _vqa_collator(processor, labels, max_length):
     if not labels:
         raise ValueError("The VQA collator needs the answer vocabulary (labels).")
     return evlm_data.VQACollator(processor, {answer: i for i, answer in enumerate(labels)}, max_length=max_length)
+
+
+def _pretraining_collator(processor, labels, max_length):
+    from .distillation.data import ImageTextPretrainingCollator  # imported here: distillation imports this module
+
+    return ImageTextPretrainingCollator(processor, max_length=max_length)
 
 
 def _plain(collator_class):
@@ -78,20 +161,110 @@ def _shapes(maker):
     return lambda n, split, config: maker(n, split_seed=split, config=config)
 
 
+def _weights(task: float, logits: float, hidden: float, attention: float, vision: tuple[float, float],
+             text: tuple[float, float], fusion: tuple[float, float, float],
+             decoder: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> Mapping[str, float]:
+    """Loss weights: ``(hidden, attention)`` factors of vision and text, ``(hidden, attention, cross_attention)``
+    of fusion and decoder."""
+    return MappingProxyType({
+        "task": task, "logits": logits, "hidden": hidden, "attention": attention,
+        "vision_hidden": vision[0], "vision_attention": vision[1], "text_hidden": text[0], "text_attention": text[1],
+        "fusion_hidden": fusion[0], "fusion_attention": fusion[1], "fusion_cross_attention": fusion[2],
+        "decoder_hidden": decoder[0], "decoder_attention": decoder[1], "decoder_cross_attention": decoder[2],
+    })
+
+
+# KD streams: every head distils the vision and text passes and its fusion pass (whose rows differ per head)
+_VISION = KDStream("vision", "vision", "image")
+_TEXT = KDStream("text", "text", "text")
+
+
+def _fusion(rows: str) -> KDStream:
+    return KDStream("fusion", "fusion", rows)
+
+
+def _logits(multilabel: bool = False, rows: str = "all", name: str = "kd_logits", output: str = "logits"
+            ) -> KDLogits:
+    return KDLogits(name, output, multilabel, rows)
+
+
+# Default loss weights, from the official code (the paper's Sec. 3 table; its code calls them "totally heuristic"):
+#
+# * pretraining: 0.6 L_small + 0.4 [KL_itm + KL_mlm + text(A+H) + img(A + 0.1H) + fusion(A+H) of the ITM positives
+#   and negatives + text/fusion(A+H) of the MLM pass]; cross-attention is not distilled.
+# * vqa: 0.6 L_ans + 0.4 [KL + text(A+H) + img(A + 0.2H) + 0.5 (fusion H + self-A + cross-A)
+#   + dec(self-A + H + cross-A)]. With the generative head (EfficientVLMForGenerativeVQA, the paper's) KL is on the
+#   answer decoder's token distributions and dec its per-layer terms; with the classifier head KL is on the
+#   classifier's logits and the decoder terms have no counterpart.
+# * retrieval: 0.5 {L_itc + L_itm + KL_itm + 0.33 [text + img(A + 0.2H) + 0.5 fusion(H, A, cross-A)]}.
+# * nlvr2: 0.8 L_ce + 0.2 {KL + text + 0.33 [img(A + 0.1H) + 0.5 fusion(H, A, cross-A)]}.
+# * captioning: 0.7 L_lm + 0.3 [KL + img(A + 0.1H) + dec(A + H + cross-A)]; the decoder is our text + fusion stack
+#   run causally, so "dec" is text(A+H) + fusion(A+H+cross-A).
 TASKS: dict[str, Task] = {
-    "vqa": Task("vqa", EfficientVLMForVisualQuestionAnswering, "vqa_accuracy", _vqa_collator,
-                evaluation.evaluate_vqa, _shapes(evlm_data.make_vqa_dataset), _shapes(evlm_data.make_vqa_dataset),
-                evlm_data.load_xvlm_vqa, evlm_data.load_xvlm_vqa),
-    "nlvr2": Task("nlvr2", EfficientVLMForNLVR2, "nlvr2_accuracy", _plain(evlm_data.NLVR2Collator),
-                  evaluation.evaluate_nlvr2, _shapes(evlm_data.make_nlvr2_dataset),
-                  _shapes(evlm_data.make_nlvr2_dataset), evlm_data.load_xvlm_nlvr2, evlm_data.load_xvlm_nlvr2),
-    "retrieval": Task("retrieval", EfficientVLMForImageTextRetrieval, "r_mean", _plain(evlm_data.RetrievalCollator),
-                      evaluation.evaluate_retrieval, _captions(True), _captions(False),
-                      evlm_data.load_xvlm_caption_pairs, evlm_data.load_xvlm_caption_groups),
-    "captioning": Task("captioning", EfficientVLMForCaptioning, "cider", _plain(evlm_data.CaptioningCollator),
-                       evaluation.evaluate_captioning, _captions(True), _captions(False),
-                       evlm_data.load_xvlm_caption_pairs, evlm_data.load_xvlm_caption_groups),
+    "pretraining": Task(
+        "pretraining",
+        heads=(TaskHead(EfficientVLMForPreTraining,
+                        (_VISION, _TEXT, _fusion("itm_pairs"), KDStream("mlm_text", "text", "text"),
+                         KDStream("mlm_fusion", "fusion", "text")),
+                        (_logits(name="kd_logits_itm"),
+                         _logits(rows="masked_tokens", name="kd_logits_mlm", output="mlm_logits"))),),
+        kd_weights=_weights(0.6, 0.4, 0.4, 0.4, vision=(0.1, 1.0), text=(1.0, 1.0), fusion=(1.0, 1.0, 0.0)),
+        make_collator=_pretraining_collator),
+    "vqa": Task(
+        "vqa",
+        heads=(TaskHead(EfficientVLMForVisualQuestionAnswering, (_VISION, _TEXT, _fusion("text")),
+                        (_logits(multilabel=True),)),
+               TaskHead(EfficientVLMForGenerativeVQA,
+                        (_VISION, _TEXT, _fusion("text"), KDStream("decoder", "decoder", "answers")),
+                        (_logits(rows="answers", output="answer_logits"),))),
+        kd_weights=_weights(0.6, 0.4, 0.4, 0.4, vision=(0.2, 1.0), text=(1.0, 1.0), fusion=(0.5, 0.5, 0.5),
+                            decoder=(1.0, 1.0, 1.0)),
+        make_collator=_vqa_collator, main_metric="vqa_accuracy", evaluate=evaluation.evaluate_vqa,
+        shapes_train=_shapes(evlm_data.make_vqa_dataset), shapes_eval=_shapes(evlm_data.make_vqa_dataset),
+        load_train=evlm_data.load_xvlm_vqa, load_eval=evlm_data.load_xvlm_vqa),
+    "nlvr2": Task(
+        "nlvr2",
+        heads=(TaskHead(EfficientVLMForNLVR2, (_VISION, _TEXT, _fusion("image_pairs")), (_logits(),)),),
+        kd_weights=_weights(0.8, 0.2, 0.2, 0.2, vision=(0.033, 0.33), text=(1.0, 1.0), fusion=(0.165, 0.165, 0.165)),
+        make_collator=_plain(evlm_data.NLVR2Collator), main_metric="nlvr2_accuracy", evaluate=evaluation.evaluate_nlvr2,
+        shapes_train=_shapes(evlm_data.make_nlvr2_dataset), shapes_eval=_shapes(evlm_data.make_nlvr2_dataset),
+        load_train=evlm_data.load_xvlm_nlvr2, load_eval=evlm_data.load_xvlm_nlvr2),
+    "retrieval": Task(
+        "retrieval",
+        heads=(TaskHead(EfficientVLMForImageTextRetrieval, (_VISION, _TEXT, _fusion("itm_pairs")), (_logits(),)),),
+        kd_weights=_weights(0.5, 0.5, 0.165, 0.165, vision=(0.2, 1.0), text=(1.0, 1.0), fusion=(0.5, 0.5, 0.5)),
+        make_collator=_plain(evlm_data.RetrievalCollator), main_metric="r_mean",
+        evaluate=evaluation.evaluate_retrieval, shapes_train=_captions(True), shapes_eval=_captions(False),
+        load_train=evlm_data.load_xvlm_caption_pairs, load_eval=evlm_data.load_xvlm_caption_groups),
+    "captioning": Task(
+        "captioning",
+        heads=(TaskHead(EfficientVLMForCaptioning, (_VISION, _TEXT, _fusion("text")), (_logits(rows="text"),)),),
+        kd_weights=_weights(0.7, 0.3, 0.3, 0.3, vision=(0.1, 1.0), text=(1.0, 1.0), fusion=(1.0, 1.0, 1.0)),
+        make_collator=_plain(evlm_data.CaptioningCollator), main_metric="cider",
+        evaluate=evaluation.evaluate_captioning, shapes_train=_captions(True), shapes_eval=_captions(False),
+        load_train=evlm_data.load_xvlm_caption_pairs, load_eval=evlm_data.load_xvlm_caption_groups),
 }
+
+#: The tasks with data, a collator and an evaluation here: what ``examples/finetune.py`` and ``prune.py`` take.
+DOWNSTREAM_TASKS: tuple[str, ...] = tuple(name for name, task in TASKS.items() if task.downstream)
+
+
+def task_head(model: nn.Module) -> TaskHead:
+    """The registry entry of an EfficientVLM head (also inside a PEFT wrapper: a LoRA student or teacher)."""
+    model = unwrap_lora(model)
+    for task in TASKS.values():
+        for head in task.heads:
+            if isinstance(model, head.model_class):
+                return head
+    names = ", ".join(head.model_class.__name__ for task in TASKS.values() for head in task.heads)
+    raise ValueError(f"A {type(model).__name__} is not a task head (efficientvlm.tasks.TASKS), so it cannot be "
+                     f"distilled or pruned: use one of {names}.")
+
+
+def task_of(model: nn.Module) -> str:
+    """The task (``"pretraining"``, ``"vqa"``, ...) of an EfficientVLM head, also inside a PEFT wrapper."""
+    head = task_head(model)
+    return next(task.name for task in TASKS.values() if head in task.heads)
 
 
 @dataclass
@@ -112,8 +285,12 @@ def load_task_data(task: str, dataset: str = "shapes", *, train_files: Sequence[
     """Load a task's data from the synthetic shapes benchmark (``dataset="shapes"``, offline, with a tokenizer
     written to ``tokenizer_dir``) or from annotation files in the official X-VLM format (``dataset="files"``)."""
     if task not in TASKS:
-        raise ValueError(f"Unknown task {task!r}; choose one of {sorted(TASKS)}.")
+        raise ValueError(f"Unknown task {task!r}; choose one of {sorted(DOWNSTREAM_TASKS)}.")
     spec = TASKS[task]
+    if not spec.downstream:
+        raise ValueError(f"{task!r} has no task data here: pre-training reads image-text pairs "
+                         "(efficientvlm.distillation.load_image_text_pairs, examples/pretrain_distill.py); choose one "
+                         f"of {sorted(DOWNSTREAM_TASKS)}.")
     if dataset == "shapes":
         shapes = shapes_config or evlm_data.ShapesConfig()
         tokenizer = evlm_data.build_tokenizer(tokenizer_dir, shapes) if tokenizer_dir is not None else None

@@ -12,7 +12,7 @@ The distillation loss of one step is
 with the modalities ``m`` in vision, text, fusion and, for generative VQA (``EfficientVLMForGenerativeVQA``), the
 answer decoder; its logits KD is on the decoder's next-token distributions over the answer tokens. Every weight left
 at ``None`` takes the default of the task, read off the official EfficientVLM code (``GeneralDistill.py`` for
-pre-training, ``Eff_*.py`` for the tasks; see ``TASK_DEFAULT_WEIGHTS``).
+pre-training, ``Eff_*.py`` for the tasks; each task's ``kd_weights`` in ``efficientvlm.tasks.TASKS``).
 
 Layer mapping. By default student hidden state ``i`` (index 0 = the embedding output) is compared with teacher
 hidden state ``round(i * L_t / L_s)`` and student attention map ``i`` with teacher layer
@@ -30,15 +30,19 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-from ..models.configuration_efficientvlm import EfficientVLMConfig
+from ..models.configuration_efficientvlm import (  # noqa: F401 - MODALITIES re-exported: its home is the config
+    ALL_MODALITIES,
+    CROSS_ATTENTION_MODALITIES,
+    MODALITIES,
+    EfficientVLMConfig,
+)
 from ..student import uniform_layer_choice
+from ..tasks import TASKS as _TASK_REGISTRY
 
-TASKS = ("pretraining", "vqa", "retrieval", "nlvr2", "captioning")
-MODALITIES = ("vision", "text", "fusion")
-#: The encoders and the answer decoder of generative VQA: the modalities a layer map or a KD weight can name.
-LAYER_MODALITIES = (*MODALITIES, "decoder")
-#: Modalities with cross-attention.
-CROSS_ATTENTION_MODALITIES = ("fusion", "decoder")
+#: The tasks that can be distilled (the keys of ``efficientvlm.tasks.TASKS``, the one registry).
+TASKS: tuple[str, ...] = tuple(_TASK_REGISTRY)
+#: The modalities a layer map or a KD weight can name: the encoders and the answer decoder of generative VQA.
+LAYER_MODALITIES = ALL_MODALITIES
 #: Kinds of per-layer maps: hidden states, self-attention maps, cross-attention maps (fusion and decoder only).
 MAP_KINDS = ("hidden", "attention", "cross_attention")
 
@@ -73,36 +77,10 @@ class LossWeights:
         return overall * getattr(self, f"{modality}_{kind}")
 
 
-#: Per-task defaults, from the official code (the paper's Sec. 3 table; its code calls them "totally heuristic").
-#:
-#: * pretraining: ``0.6 L_small + 0.4 [KL_itm + KL_mlm + text(A+H) + img(A + 0.1H) + fusion(A+H) of the ITM
-#:   positives and negatives + text/fusion(A+H) of the MLM pass]``; cross-attention is not distilled.
-#: * vqa: ``0.6 L_ans + 0.4 [KL + text(A+H) + img(A + 0.2H) + 0.5 (fusion H + self-A + cross-A)
-#:   + dec(self-A + H + cross-A)]``. With the generative head (``EfficientVLMForGenerativeVQA``, the paper's) ``KL``
-#:   is on the answer decoder's token distributions and ``dec`` its per-layer terms; with the classifier head ``KL``
-#:   is on the classifier's logits and the decoder terms have no counterpart.
-#: * retrieval: ``0.5 {L_itc + L_itm + KL_itm + 0.33 [text + img(A + 0.2H) + 0.5 fusion(H, A, cross-A)]}``.
-#: * nlvr2: ``0.8 L_ce + 0.2 {KL + text + 0.33 [img(A + 0.1H) + 0.5 fusion(H, A, cross-A)]}``.
-#: * captioning: ``0.7 L_lm + 0.3 [KL + img(A + 0.1H) + dec(A + H + cross-A)]``; the decoder is our text + fusion
-#:   stack run causally, so "dec" is text(A+H) + fusion(A+H+cross-A).
-TASK_DEFAULT_WEIGHTS: dict[str, LossWeights] = {
-    "pretraining": LossWeights(task=0.6, logits=0.4, hidden=0.4, attention=0.4, vision_hidden=0.1,
-                               vision_attention=1.0, text_hidden=1.0, text_attention=1.0, fusion_hidden=1.0,
-                               fusion_attention=1.0, fusion_cross_attention=0.0),
-    "vqa": LossWeights(task=0.6, logits=0.4, hidden=0.4, attention=0.4, vision_hidden=0.2, vision_attention=1.0,
-                       text_hidden=1.0, text_attention=1.0, fusion_hidden=0.5, fusion_attention=0.5,
-                       fusion_cross_attention=0.5, decoder_hidden=1.0, decoder_attention=1.0,
-                       decoder_cross_attention=1.0),
-    "retrieval": LossWeights(task=0.5, logits=0.5, hidden=0.165, attention=0.165, vision_hidden=0.2,
-                             vision_attention=1.0, text_hidden=1.0, text_attention=1.0, fusion_hidden=0.5,
-                             fusion_attention=0.5, fusion_cross_attention=0.5),
-    "nlvr2": LossWeights(task=0.8, logits=0.2, hidden=0.2, attention=0.2, vision_hidden=0.033,
-                         vision_attention=0.33, text_hidden=1.0, text_attention=1.0, fusion_hidden=0.165,
-                         fusion_attention=0.165, fusion_cross_attention=0.165),
-    "captioning": LossWeights(task=0.7, logits=0.3, hidden=0.3, attention=0.3, vision_hidden=0.1,
-                              vision_attention=1.0, text_hidden=1.0, text_attention=1.0, fusion_hidden=1.0,
-                              fusion_attention=1.0, fusion_cross_attention=1.0),
-}
+#: Per-task defaults: each task's ``kd_weights`` in the task registry (``efficientvlm.tasks.TASKS``, where the
+#: official code's formulas are given), as ``LossWeights``.
+TASK_DEFAULT_WEIGHTS: dict[str, LossWeights] = {name: LossWeights(**task.kd_weights)
+                                                for name, task in _TASK_REGISTRY.items()}
 
 #: ``DistillationConfig`` field -> ``LossWeights`` field
 _WEIGHT_FIELDS = {

@@ -44,18 +44,11 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from ..data.streaming import ImageTextStream
-from ..models.modeling_efficientvlm import (
-    EfficientVLMForCaptioning,
-    EfficientVLMForGenerativeVQA,
-    EfficientVLMForImageTextRetrieval,
-    EfficientVLMForNLVR2,
-    EfficientVLMForPreTraining,
-    EfficientVLMForVisualQuestionAnswering,
-    EfficientVLMPreTrainedModel,
-)
-from ..lora import unwrap_lora
+from ..models.configuration_efficientvlm import CROSS_ATTENTION_MODALITIES
+from ..models.modeling_efficientvlm import EfficientVLMForVisualQuestionAnswering, EfficientVLMPreTrainedModel
+from ..tasks import KDStream, TaskHead, task_head, task_of
 from .checkpointing import CheckpointedState
-from .config import CROSS_ATTENTION_MODALITIES, DistillationConfig, LayerPairs, resolve_layer_map
+from .config import DistillationConfig, LayerPairs, resolve_layer_map
 from .losses import attention_map_mse, hidden_state_mse, logits_kd_loss, multilabel_logits_kd_loss
 from .numerics import (
     ID_COLUMNS,
@@ -79,60 +72,7 @@ PROJECTIONS_NAME = "distillation_projections.safetensors"
 #: File, in a checkpoint folder, holding the position of an ``ImageTextStream`` training set.
 STREAM_STATE_NAME = "stream_state.json"
 
-_TASK_OF_CLASS: tuple[tuple[type, str], ...] = (
-    (EfficientVLMForPreTraining, "pretraining"),
-    (EfficientVLMForVisualQuestionAnswering, "vqa"),
-    (EfficientVLMForGenerativeVQA, "vqa"),
-    (EfficientVLMForImageTextRetrieval, "retrieval"),
-    (EfficientVLMForNLVR2, "nlvr2"),
-    (EfficientVLMForCaptioning, "captioning"),
-)
-
-
-@dataclass(frozen=True)
-class _Stream:
-    """One forward pass of one encoder whose per-layer states are distilled.
-
-    ``name`` prefixes the output fields (``{name}_hidden_states``, ``{name}_attentions``,
-    ``{name}_cross_attentions``); ``modality`` selects the layer map, the weights and the projection; ``rows`` says
-    which padding mask the rows follow: ``"image"`` (no padding), ``"text"`` (the batch's texts), ``"itm_pairs"``
-    (the ITM pairs: positives, then negatives, each group averaged on its own as in the paper),
-    ``"image_pairs"`` (NLVR2: every text twice, once per image) or ``"answers"`` (generative VQA's decoder: every
-    answer sequence, ``batch * answers`` rows masked by ``answer_attention_mask``).
-    """
-
-    name: str
-    modality: str
-    rows: str
-
-
-_VISION, _TEXT = _Stream("vision", "vision", "image"), _Stream("text", "text", "text")
-_STREAMS: dict[str, tuple[_Stream, ...]] = {
-    "pretraining": (_VISION, _TEXT, _Stream("fusion", "fusion", "itm_pairs"),
-                    _Stream("mlm_text", "text", "text"), _Stream("mlm_fusion", "fusion", "text")),
-    "retrieval": (_VISION, _TEXT, _Stream("fusion", "fusion", "itm_pairs")),
-    "vqa": (_VISION, _TEXT, _Stream("fusion", "fusion", "text")),
-    "nlvr2": (_VISION, _TEXT, _Stream("fusion", "fusion", "image_pairs")),
-    "captioning": (_VISION, _TEXT, _Stream("fusion", "fusion", "text")),
-    # generative VQA (the paper's VQA model): the question streams and the answer decoder
-    "vqa_generative": (_VISION, _TEXT, _Stream("fusion", "fusion", "text"), _Stream("decoder", "decoder", "answers")),
-}
-
-#: Logits KD per task: (term name, output field, multi-label (sigmoid) head?, rows). Rows: ``"all"`` (one per
-#: example or pair), ``"text"`` (every non-padding token), ``"masked_tokens"`` (MLM: the masked tokens only, where
-#: X-VLM's MLM head predicts - it computes its logits at the masked positions alone) or ``"answers"`` (generative
-#: VQA: every token of every given answer, the decoder's next-token distributions).
-_LOGITS: dict[str, tuple[tuple[str, str, bool, str], ...]] = {
-    "pretraining": (("kd_logits_itm", "logits", False, "all"), ("kd_logits_mlm", "mlm_logits", False, "masked_tokens")),
-    "retrieval": (("kd_logits", "logits", False, "all"),),
-    "vqa": (("kd_logits", "logits", True, "all"),),
-    "nlvr2": (("kd_logits", "logits", False, "all"),),
-    "captioning": (("kd_logits", "logits", False, "text"),),
-    "vqa_generative": (("kd_logits", "answer_logits", False, "answers"),),
-}
-
-
-def _term_name(kind: str, stream: _Stream) -> str:
+def _term_name(kind: str, stream: KDStream) -> str:
     """Logged name of a per-layer term: ``kd_hidden_<stream>``, ``kd_attn_<stream>``, ``kd_attn_<stream>_cross``."""
     return {"hidden": f"kd_hidden_{stream.name}", "attention": f"kd_attn_{stream.name}",
             "cross_attention": f"kd_attn_{stream.name}_cross"}[kind]
@@ -163,22 +103,6 @@ def _logit_rows(rows: str, inputs: dict[str, torch.Tensor], student_logits: torc
     return student_logits, teacher_logits, mask
 
 
-def _streams_key(model: nn.Module) -> str:
-    """Key of ``_STREAMS`` / ``_LOGITS``: the task, or ``"vqa_generative"`` for the answer-decoder VQA head."""
-    return "vqa_generative" if isinstance(model, EfficientVLMForGenerativeVQA) else task_of(model)
-
-
-def task_of(model: nn.Module) -> str:
-    """The distillation task of an EfficientVLM head (``"pretraining"``, ``"vqa"``, ...), also inside a PEFT
-    wrapper (a LoRA student or teacher, see ``efficientvlm.lora_config``)."""
-    model = unwrap_lora(model)
-    for cls, task in _TASK_OF_CLASS:
-        if isinstance(model, cls):
-            return task
-    names = ", ".join(cls.__name__ for cls, _ in _TASK_OF_CLASS)
-    raise ValueError(f"Cannot distil a {type(model).__name__}: use one of the task heads {names}.")
-
-
 def check_teacher_fits(teacher: EfficientVLMPreTrainedModel, student: EfficientVLMPreTrainedModel) -> None:
     """Raise a ``ValueError`` that names both values and the fix when ``teacher`` cannot teach ``student``.
 
@@ -186,7 +110,7 @@ def check_teacher_fits(teacher: EfficientVLMPreTrainedModel, student: EfficientV
     tokens), cut images into the same patch grid (vision states and attention maps are compared token by token)
     and, for VQA, have the same answer set.
     """
-    if _streams_key(teacher) != _streams_key(student):
+    if task_head(teacher) is not task_head(student):
         raise ValueError(f"The teacher is a {type(teacher).__name__} but the student a {type(student).__name__}: "
                          "distillation needs the same task head on both.")
     t_text, s_text = teacher.config.text_config, student.config.text_config
@@ -206,7 +130,8 @@ def check_teacher_fits(teacher: EfficientVLMPreTrainedModel, student: EfficientV
             "attention maps are compared patch by patch. Use a teacher with the student's patch size and bring both "
             "to one resolution with model.resize_position_embeddings(image_size)."
         )
-    if _streams_key(student) == "vqa" and teacher.config.id2label != student.config.id2label:
+    if isinstance(student, EfficientVLMForVisualQuestionAnswering) and \
+            teacher.config.id2label != student.config.id2label:
         raise ValueError(
             f"The teacher answers over {teacher.config.num_labels} labels and the student over "
             f"{student.config.num_labels} (or in another order): VQA logits KD needs the same config.id2label."
@@ -320,8 +245,7 @@ class DistillationTrainer(Trainer):
 
         self.loss_weights = args.loss_weights(self.task)
         self.layer_pairs: dict[str, LayerPairs] = resolve_layer_map(args.layer_map, teacher_model.config, model.config)
-        self._streams_key = _streams_key(model)
-        self._streams = _STREAMS[self._streams_key]
+        self.task_head: TaskHead = task_head(model)  # the registry's streams and logits terms of this head
         self.term_weights = self._term_weights()
         self._output_flags = {
             "output_hidden_states": any(name.startswith("kd_hidden_") for name in self.term_weights),
@@ -369,8 +293,8 @@ class DistillationTrainer(Trainer):
         """Name -> weight of the task loss and of every KD term with a non-zero weight."""
         weights = {"task_loss": self.loss_weights.task}
         if self.loss_weights.logits > 0:
-            weights.update((name, self.loss_weights.logits) for name, _, _, _ in _LOGITS[self._streams_key])
-        for stream in self._streams:
+            weights.update((term.name, self.loss_weights.logits) for term in self.task_head.kd_logits)
+        for stream in self.task_head.kd_streams:
             pairs = self.layer_pairs[stream.modality]
             for kind in ("hidden", "attention", "cross_attention"):
                 if kind == "cross_attention" and stream.modality not in CROSS_ATTENTION_MODALITIES:
@@ -447,15 +371,16 @@ class DistillationTrainer(Trainer):
                            ) -> dict[str, torch.Tensor]:
         """Unweighted KD terms (name -> scalar tensor) of one batch; ``term_weights`` holds their weights."""
         terms = {}
-        for name, field, multilabel, rows in _LOGITS[self._streams_key]:
-            student_logits = getattr(student_outputs, field, None)
-            if name in self.term_weights and student_logits is not None:
-                kd = multilabel_logits_kd_loss if multilabel else logits_kd_loss
-                terms[name] = kd(*_logit_rows(rows, inputs, student_logits, getattr(teacher_outputs, field)),
-                                 temperature=self.args.temperature)
+        for term in self.task_head.kd_logits:
+            student_logits = getattr(student_outputs, term.output, None)
+            if term.name in self.term_weights and student_logits is not None:
+                kd = multilabel_logits_kd_loss if term.multilabel else logits_kd_loss
+                terms[term.name] = kd(*_logit_rows(term.rows, inputs, student_logits,
+                                                   getattr(teacher_outputs, term.output)),
+                                      temperature=self.args.temperature)
 
         hidden = {}  # term name -> (modality, row groups, [(student states, teacher states) per layer pair])
-        for stream in self._streams:
+        for stream in self.task_head.kd_streams:
             groups = self._row_groups(stream, inputs, student_outputs)
             if groups is None:  # this forward did not run the stream (e.g. no MLM pass)
                 continue
@@ -499,7 +424,7 @@ class DistillationTrainer(Trainer):
         return terms
 
     @staticmethod
-    def _row_groups(stream: _Stream, inputs: dict[str, torch.Tensor], outputs
+    def _row_groups(stream: KDStream, inputs: dict[str, torch.Tensor], outputs
                     ) -> list[tuple[slice, torch.Tensor | None]] | None:
         """``(rows, padding mask)`` groups of a stream's states, each averaged on its own; None if the stream was
         not computed in this forward (e.g. no MLM pass)."""

@@ -74,6 +74,8 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ..models.configuration_efficientvlm import ALL_MODALITIES
+
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 
 LIBRARY_TAGS = ("efficientvlm", "knowledge-distillation", "pruning", "vision-language")
@@ -202,7 +204,7 @@ _PRUNING_COLUMNS = {  # known per-modality keys, in display order, with their co
     "ffn_kept": "FFN neurons kept",
     "ffn_total": "FFN neurons before",
 }
-_MODALITY_ORDER = ("vision", "text", "fusion", "decoder")
+_MODALITY_ORDER = ALL_MODALITIES
 
 
 def render_pruning_section(report: Mapping[str, Any] | None, figure: str | None = None) -> str:

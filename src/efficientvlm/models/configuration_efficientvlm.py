@@ -23,6 +23,15 @@ from typing import Any
 from transformers import PreTrainedConfig
 from transformers.activations import ACT2FN
 
+#: The three encoders every EfficientVLM model has; each is described by the sub-config ``<modality>_config``.
+MODALITIES: tuple[str, ...] = ("vision", "text", "fusion")
+#: The answer decoder of generative VQA (``EfficientVLMGenerativeVQAConfig.decoder_config``), a fourth modality.
+DECODER = "decoder"
+#: Every modality a model may have: the encoders, then the decoder.
+ALL_MODALITIES: tuple[str, ...] = (*MODALITIES, DECODER)
+#: The modalities whose layers cross-attend (fusion: text over image tokens; decoder: answer over question tokens).
+CROSS_ATTENTION_MODALITIES: tuple[str, ...] = ("fusion", DECODER)
+
 
 def _per_layer(config: PreTrainedConfig, field: str) -> list[int]:
     value = getattr(config, field)
@@ -384,8 +393,7 @@ class EfficientVLMConfig(PreTrainedConfig):
         """Per-modality, per-layer sizes: ``{"vision": {"num_attention_heads": [...], ...}, ...}``."""
         return {
             modality: {field: sub.per_layer(field) for field in sub.per_layer_fields}
-            for modality, sub in (("vision", self.vision_config), ("text", self.text_config),
-                                  ("fusion", self.fusion_config))
+            for modality, sub in ((modality, getattr(self, f"{modality}_config")) for modality in MODALITIES)
         }
 
 
@@ -520,5 +528,5 @@ class EfficientVLMGenerativeVQAConfig(EfficientVLMConfig):
         return sizes
 
 
-__all__ = ["EfficientVLMConfig", "EfficientVLMVisionConfig", "EfficientVLMTextConfig", "EfficientVLMFusionConfig",
+__all__ = ["ALL_MODALITIES", "CROSS_ATTENTION_MODALITIES", "DECODER", "MODALITIES", "EfficientVLMConfig", "EfficientVLMVisionConfig", "EfficientVLMTextConfig", "EfficientVLMFusionConfig",
            "EfficientVLMDecoderConfig", "EfficientVLMGenerativeVQAConfig"]

@@ -39,14 +39,10 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..models.configuration_efficientvlm import EfficientVLMConfig
+from ..models.configuration_efficientvlm import ALL_MODALITIES, DECODER, MODALITIES, EfficientVLMConfig
 
-#: the three encoders, which every EfficientVLM model has
-MODALITIES: tuple[str, ...] = ("vision", "text", "fusion")
-#: the answer decoder of generative VQA
-DECODER = "decoder"
-#: every prunable modality (a model has the encoders, and the decoder when it is a generative VQA model)
-ALL_MODALITIES: tuple[str, ...] = (*MODALITIES, DECODER)
+# MODALITIES (the three encoders), DECODER and ALL_MODALITIES (every prunable modality: a model has the encoders, and
+# the decoder when it is a generative VQA model) are the config's, re-exported here.
 #: tokens of one answer, for the decoder's FLOPs: [CLS], about three word pieces, [SEP]
 DEFAULT_ANSWER_LENGTH = 5
 BUDGETS: tuple[str, ...] = ("params", "flops")
