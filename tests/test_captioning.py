@@ -179,8 +179,10 @@ def test_one_image_row_serves_several_query_rows_exactly():
         shared = model(input_ids=ids, cache=model.cache_image(image_embeds), output_attentions=True)
         repeated = model(input_ids=ids, image_embeds=image_embeds.repeat_interleave(3, dim=0), output_attentions=True)
     torch.testing.assert_close(shared.logits, repeated.logits, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(shared.fusion_cross_attentions[0], repeated.fusion_cross_attentions[0])
-    assert shared.fusion_cross_attentions[1] is None  # fusion layer 1 has no cross-attention
+    shared_cross = shared.fusion_model_output.cross_attentions
+    repeated_cross = repeated.fusion_model_output.cross_attentions
+    torch.testing.assert_close(shared_cross[0], repeated_cross[0])
+    assert shared_cross[1] is None  # fusion layer 1 has no cross-attention
     with pytest.raises(ValueError, match="cannot share"):
         model(input_ids=ids[:5], cache=model.cache_image(image_embeds))
 

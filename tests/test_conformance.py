@@ -72,7 +72,7 @@ class EfficientVLMModelTester:
 
     @staticmethod
     def streams(model_class) -> tuple[str, ...]:
-        """The per-encoder output prefixes a class fills when states are requested."""
+        """The passes whose ``<pass>_model_output`` a class fills when states are requested."""
         return (*MODALITIES, "mlm_text", "mlm_fusion") if model_class is EfficientVLMForPreTraining else MODALITIES
 
 
@@ -193,7 +193,7 @@ def test_flags_and_return_dict_passed_by_position_are_honoured():
         defaults = model(*args, None, None, None)
     _assert_same(by_position, by_name)
     assert len(by_position) == 4  # last_hidden_state, pooler_output, image_embeds, text_embeds
-    assert defaults.text_hidden_states is not None  # None by position falls back to the config too
+    assert defaults.text_model_output.hidden_states is not None  # None by position falls back to the config too
 
 
 @CONFIGS
@@ -208,7 +208,8 @@ def test_config_output_flags_are_the_default_and_arguments_override_them(model_c
     outputs = model(**inputs)
     for stream in tester.streams(model_class):
         layers, heads = _stream_layers(config, stream)
-        hidden, attentions = getattr(outputs, f"{stream}_hidden_states"), getattr(outputs, f"{stream}_attentions")
+        states = getattr(outputs, f"{stream}_model_output")
+        hidden, attentions = states.hidden_states, states.attentions
         assert len(hidden) == layers + 1 and len(attentions) == layers, stream
         assert all(h.requires_grad for h in hidden[1:]), stream
         for i, attention in enumerate(attentions):
@@ -217,18 +218,17 @@ def test_config_output_flags_are_the_default_and_arguments_override_them(model_c
             else:
                 assert attention.shape[1] == heads[i] and attention.requires_grad, (stream, i)
                 torch.testing.assert_close(attention.sum(-1), torch.ones_like(attention.sum(-1)))
-    cross = outputs.fusion_cross_attentions
+    cross = outputs.fusion_model_output.cross_attentions
     cross_heads = config.fusion_config.per_layer("num_cross_attention_heads")
     assert [None if c is None else c.shape[1] for c in cross] == [h or None for h in cross_heads]
     if model_class is EfficientVLMForCaptioning:
-        assert outputs.image_outputs.hidden_states is outputs.vision_hidden_states
+        assert outputs.image_outputs.hidden_states is outputs.vision_model_output.hidden_states
 
     model.eval()
     with torch.no_grad():
         quiet = model(**inputs, output_hidden_states=False, output_attentions=False)
     for stream in tester.streams(model_class):
-        assert getattr(quiet, f"{stream}_hidden_states") is None, stream
-        assert getattr(quiet, f"{stream}_attentions") is None, stream
+        assert getattr(quiet, f"{stream}_model_output") is None, stream
 
 
 # ------------------------------------------------------------------------------------------- get_*_features

@@ -266,9 +266,11 @@ def test_trainer_terms_use_the_layer_map(tmp_path):
     with torch.no_grad():
         s, t = student(**inputs, **flags), teacher(**inputs, **flags)
     mask = inputs["attention_mask"]
-    vision = sum(hidden_state_mse(s.vision_hidden_states[i], t.vision_hidden_states[2 * i]) for i in range(3))
-    text_attn = attention_map_mse(s.text_attentions[0], t.text_attentions[1], mask, mask)
-    cross = attention_map_mse(s.fusion_cross_attentions[0], t.fusion_cross_attentions[1], mask)
+    vision = sum(hidden_state_mse(s.vision_model_output.hidden_states[i], t.vision_model_output.hidden_states[2 * i])
+                 for i in range(3))
+    text_attn = attention_map_mse(s.text_model_output.attentions[0], t.text_model_output.attentions[1], mask, mask)
+    cross = attention_map_mse(s.fusion_model_output.cross_attentions[0], t.fusion_model_output.cross_attentions[1],
+                              mask)
     assert terms["kd_hidden_vision"] == pytest.approx(vision.item(), rel=1e-5)
     assert terms["kd_attn_text"] == pytest.approx(text_attn.item(), rel=1e-5)
     assert terms["kd_attn_fusion_cross"] == pytest.approx(cross.item(), rel=1e-5)

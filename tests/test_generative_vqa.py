@@ -572,10 +572,11 @@ def test_the_decoder_kd_terms_and_their_default_weights(tmp_path):
     rows = answer_mask.flatten(0, 1)  # (batch * answers, length): padding answers have no rows
     logits = logits_kd_loss(s.answer_logits, t.answer_logits, answer_mask, temperature=2.0)
     # teacher 2 -> student 1 decoder layer: hidden states 0 <-> 0, 1 <-> 2; attention maps 0 <-> 1
-    hidden = sum(hidden_state_mse(s.decoder_hidden_states[i], t.decoder_hidden_states[j], rows)
+    s_decoder, t_decoder = s.decoder_model_output, t.decoder_model_output
+    hidden = sum(hidden_state_mse(s_decoder.hidden_states[i], t_decoder.hidden_states[j], rows)
                  for i, j in ((0, 0), (1, 2)))
-    attention = attention_map_mse(s.decoder_attentions[0], t.decoder_attentions[1], rows, rows)
-    cross = attention_map_mse(s.decoder_cross_attentions[0], t.decoder_cross_attentions[1], rows)
+    attention = attention_map_mse(s_decoder.attentions[0], t_decoder.attentions[1], rows, rows)
+    cross = attention_map_mse(s_decoder.cross_attentions[0], t_decoder.cross_attentions[1], rows)
     assert terms["kd_logits"] == pytest.approx(logits.item(), rel=1e-5)
     assert terms["kd_hidden_decoder"] == pytest.approx(hidden.item(), rel=1e-5)
     assert terms["kd_attn_decoder"] == pytest.approx(attention.item(), rel=1e-5)

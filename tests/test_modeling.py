@@ -27,6 +27,7 @@ from efficientvlm import (
     create_student,
     uniform_layer_choice,
 )
+from efficientvlm.models.modeling_efficientvlm import EfficientVLMEncoderOutput
 from tests.tiny_models import HEAD_CLASSES, main_output, tiny_config, tiny_inputs
 
 
@@ -150,16 +151,31 @@ def test_hidden_states_and_attentions_of_every_encoder():
     model = EfficientVLMForVisualQuestionAnswering(config).eval()
     inputs = tiny_inputs(EfficientVLMForVisualQuestionAnswering, config, batch=2, seq=6)
     out = model(**inputs, output_hidden_states=True, output_attentions=True)
-    assert len(out.vision_hidden_states) == 4 and len(out.text_hidden_states) == 3
-    assert len(out.fusion_hidden_states) == 3
-    assert out.vision_attentions[0].shape == (2, 2, 17, 17) and out.vision_attentions[1] is None
-    assert out.text_attentions[0].shape == (2, 1, 6, 6)
-    assert out.fusion_cross_attentions[0].shape == (2, 1, 6, 17) and out.fusion_cross_attentions[1] is None
+    vision, text, fusion = out.vision_model_output, out.text_model_output, out.fusion_model_output
+    assert all(isinstance(o, EfficientVLMEncoderOutput) for o in (vision, text, fusion))
+    assert len(vision.hidden_states) == 4 and len(text.hidden_states) == 3
+    assert len(fusion.hidden_states) == 3
+    assert vision.attentions[0].shape == (2, 2, 17, 17) and vision.attentions[1] is None
+    assert text.attentions[0].shape == (2, 1, 6, 6)
+    assert fusion.cross_attentions[0].shape == (2, 1, 6, 17) and fusion.cross_attentions[1] is None
+    assert vision.cross_attentions is None and text.cross_attentions is None
     # padded keys get no attention
-    assert out.text_attentions[0][1, :, :, -2:].abs().max() == 0
-    torch.testing.assert_close(out.fusion_hidden_states[0], out.text_hidden_states[-1])
+    assert text.attentions[0][1, :, :, -2:].abs().max() == 0
+    torch.testing.assert_close(fusion.hidden_states[0], text.hidden_states[-1])
+    torch.testing.assert_close(fusion.last_hidden_state, fusion.hidden_states[-1])
     plain = model(**inputs)
-    assert plain.vision_hidden_states is None and plain.fusion_attentions is None
+    assert plain.vision_model_output is None and plain.fusion_model_output is None
+    # the flat names of earlier versions still read the nested outputs (deprecated)
+    assert out.fusion_cross_attentions is fusion.cross_attentions and out.text_hidden_states is text.hidden_states
+    assert plain.vision_hidden_states is None
+    with pytest.raises(AttributeError, match="no attribute 'audio_hidden_states'"):
+        out.audio_hidden_states
+    # return_dict=False: the nested outputs become tuples too, as in transformers' CLIP
+    as_tuple = model(**inputs, output_hidden_states=True, output_attentions=True, return_dict=False)
+    *_, vision_tuple, text_tuple, fusion_tuple = as_tuple
+    assert all(type(t) is tuple and len(t) == 3 + (t is fusion_tuple) for t in (vision_tuple, text_tuple, fusion_tuple))
+    torch.testing.assert_close(fusion_tuple[0], fusion.last_hidden_state)
+    torch.testing.assert_close(fusion_tuple[3][0], fusion.cross_attentions[0])
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():

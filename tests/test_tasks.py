@@ -1,6 +1,8 @@
 """The task registry: shapes and X-VLM-format files give datasets, labels and collators every head accepts."""
 
+import inspect
 import json
+import typing
 
 import pytest
 import torch
@@ -59,7 +61,11 @@ def test_one_registry_entry_per_head_gives_its_task_and_distillation_streams():
         assert TASK_DEFAULT_WEIGHTS[name].task == task.kd_weights["task"]
         for head in task.heads:
             assert {s.modality for s in head.kd_streams} <= set(ALL_MODALITIES)
-            assert all(isinstance(s, KDStream) for s in head.kd_streams)
+            output_class = typing.get_type_hints(inspect.unwrap(head.model_class.forward))["return"]
+            for stream in head.kd_streams:  # a typed EfficientVLMEncoderOutput field of the head's output
+                assert isinstance(stream, KDStream)
+                assert output_class.__dataclass_fields__[stream.output].type == "EfficientVLMEncoderOutput | None"
+            assert all(term.output in output_class.__dataclass_fields__ for term in head.kd_logits)
     config = tiny_config()
     generative = EfficientVLMForGenerativeVQA(EfficientVLMForGenerativeVQA.config_class.from_encoder_config(config))
     assert task_of(generative) == "vqa" and task_head(generative) is TASKS["vqa"].heads[1]

@@ -49,9 +49,9 @@ class KDStream:
     """One forward pass of one encoder whose per-layer states are distilled.
 
     Attributes:
-        name: the suffix of its logged terms (``kd_hidden_<name>``, ``kd_attn_<name>``, ``kd_attn_<name>_cross``)
-            and the prefix of its output fields (``<name>_hidden_states``, ``<name>_attentions``,
-            ``<name>_cross_attentions``).
+        name: the suffix of its logged terms (``kd_hidden_<name>``, ``kd_attn_<name>``, ``kd_attn_<name>_cross``).
+        output: the head output's field holding the pass's ``EfficientVLMEncoderOutput`` (``vision_model_output``,
+            ...; set when hidden states or attention maps are requested).
         modality: selects the layer map, the loss weights and the hidden-state projection (``MODALITIES`` or
             ``"decoder"``).
         rows: which padding mask the rows follow: ``"image"`` (no padding), ``"text"`` (the batch's texts),
@@ -61,6 +61,7 @@ class KDStream:
     """
 
     name: str
+    output: str
     modality: str
     rows: str
 
@@ -175,12 +176,12 @@ def _weights(task: float, logits: float, hidden: float, attention: float, vision
 
 
 # KD streams: every head distils the vision and text passes and its fusion pass (whose rows differ per head)
-_VISION = KDStream("vision", "vision", "image")
-_TEXT = KDStream("text", "text", "text")
+_VISION = KDStream("vision", "vision_model_output", "vision", "image")
+_TEXT = KDStream("text", "text_model_output", "text", "text")
 
 
 def _fusion(rows: str) -> KDStream:
-    return KDStream("fusion", "fusion", rows)
+    return KDStream("fusion", "fusion_model_output", "fusion", rows)
 
 
 def _logits(multilabel: bool = False, rows: str = "all", name: str = "kd_logits", output: str = "logits"
@@ -204,8 +205,9 @@ TASKS: dict[str, Task] = {
     "pretraining": Task(
         "pretraining",
         heads=(TaskHead(EfficientVLMForPreTraining,
-                        (_VISION, _TEXT, _fusion("itm_pairs"), KDStream("mlm_text", "text", "text"),
-                         KDStream("mlm_fusion", "fusion", "text")),
+                        (_VISION, _TEXT, _fusion("itm_pairs"),  # the ITM pass, then the MLM pass
+                         KDStream("mlm_text", "mlm_text_model_output", "text", "text"),
+                         KDStream("mlm_fusion", "mlm_fusion_model_output", "fusion", "text")),
                         (_logits(name="kd_logits_itm"),
                          _logits(rows="masked_tokens", name="kd_logits_mlm", output="mlm_logits"))),),
         kd_weights=_weights(0.6, 0.4, 0.4, 0.4, vision=(0.1, 1.0), text=(1.0, 1.0), fusion=(1.0, 1.0, 0.0)),
@@ -215,7 +217,8 @@ TASKS: dict[str, Task] = {
         heads=(TaskHead(EfficientVLMForVisualQuestionAnswering, (_VISION, _TEXT, _fusion("text")),
                         (_logits(multilabel=True),)),
                TaskHead(EfficientVLMForGenerativeVQA,
-                        (_VISION, _TEXT, _fusion("text"), KDStream("decoder", "decoder", "answers")),
+                        (_VISION, _TEXT, _fusion("text"),
+                         KDStream("decoder", "decoder_model_output", "decoder", "answers")),
                         (_logits(rows="answers", output="answer_logits"),))),
         kd_weights=_weights(0.6, 0.4, 0.4, 0.4, vision=(0.2, 1.0), text=(1.0, 1.0), fusion=(0.5, 0.5, 0.5),
                             decoder=(1.0, 1.0, 1.0)),

@@ -35,7 +35,6 @@ import logging
 import os
 from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 import torch
 from accelerate.data_loader import IterableDatasetShard
@@ -338,9 +337,9 @@ class DistillationTrainer(Trainer):
         self._record(recorded, "train" if model.training else "eval")
         if not return_outputs:
             return loss
-        # Evaluation gathers every output tensor: drop the per-layer states (and captioning's image-tower output).
+        # Evaluation gathers every output tensor: drop the per-encoder outputs (and captioning's image-tower output).
         return loss, type(student_outputs)(**{key: value for key, value in student_outputs.items()
-                                              if not key.endswith(("_hidden_states", "_attentions", "image_outputs"))})
+                                              if not key.endswith(("_model_output", "image_outputs"))})
 
     def training_step(self, model: nn.Module, inputs: dict[str, torch.Tensor], num_items_in_batch=None
                       ) -> torch.Tensor:
@@ -381,16 +380,17 @@ class DistillationTrainer(Trainer):
 
         hidden = {}  # term name -> (modality, row groups, [(student states, teacher states) per layer pair])
         for stream in self.task_head.kd_streams:
-            groups = self._row_groups(stream, inputs, student_outputs)
-            if groups is None:  # this forward did not run the stream (e.g. no MLM pass)
+            student_pass = getattr(student_outputs, stream.output)  # an EfficientVLMEncoderOutput, or None
+            if student_pass is None:  # this forward did not run the stream (e.g. no MLM pass)
                 continue
+            groups = self._row_groups(stream, inputs, student_outputs)
             pairs = self.layer_pairs[stream.modality]
             for kind, field in (("attention", "attentions"), ("cross_attention", "cross_attentions")):
                 name = _term_name(kind, stream)
                 if name not in self.term_weights:
                     continue
-                student_maps = getattr(student_outputs, f"{stream.name}_{field}")
-                teacher_maps = getattr(teacher_outputs, f"{stream.name}_{field}")
+                student_maps = getattr(student_pass, field)
+                teacher_maps = getattr(getattr(teacher_outputs, stream.output), field)
                 losses = [
                     attention_map_mse(student_maps[s][rows], teacher_maps[t][rows], mask,
                                       mask if kind == "attention" else None)  # cross-attention keys: image
@@ -403,8 +403,8 @@ class DistillationTrainer(Trainer):
                     terms[name] = sum(losses)
             name = _term_name("hidden", stream)
             if name in self.term_weights:
-                student_states = getattr(student_outputs, f"{stream.name}_hidden_states")
-                teacher_states = getattr(teacher_outputs, f"{stream.name}_hidden_states")
+                student_states = student_pass.hidden_states
+                teacher_states = getattr(teacher_outputs, stream.output).hidden_states
                 hidden[name] = (stream.modality, groups,
                                 [(student_states[s], teacher_states[t]) for s, t in pairs.hidden])
 
@@ -425,12 +425,8 @@ class DistillationTrainer(Trainer):
 
     @staticmethod
     def _row_groups(stream: KDStream, inputs: dict[str, torch.Tensor], outputs
-                    ) -> list[tuple[slice, torch.Tensor | None]] | None:
-        """``(rows, padding mask)`` groups of a stream's states, each averaged on its own; None if the stream was
-        not computed in this forward (e.g. no MLM pass)."""
-        if getattr(outputs, f"{stream.name}_hidden_states", None) is None and \
-                getattr(outputs, f"{stream.name}_attentions", None) is None:
-            return None
+                    ) -> list[tuple[slice, torch.Tensor | None]]:
+        """``(rows, padding mask)`` groups of a stream's states, each averaged on its own."""
         everything = slice(None)
         mask = inputs.get("attention_mask")
         if stream.rows == "image":

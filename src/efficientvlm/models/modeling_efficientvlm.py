@@ -70,14 +70,15 @@ _CACHE_KWARG = _GENERATION_CACHE_NAMES[0]
 
 @dataclass
 class EfficientVLMEncoderOutput(ModelOutput):
-    """Output of one encoder stack.
+    """Output of one encoder stack (vision, text, fusion) or of the answer decoder.
 
     Args:
         last_hidden_state: ``(batch, seq, hidden)``.
         hidden_states: the input of the stack and the output of every layer (``num_layers + 1`` tensors).
         attentions: per layer, self-attention probabilities ``(batch, heads, seq, seq)``; ``None`` for a layer
             without self-attention.
-        cross_attentions: fusion only: per layer, cross-attention probabilities ``(batch, heads, seq, image_seq)``.
+        cross_attentions: fusion and decoder only: per layer, cross-attention probabilities ``(batch, heads, seq,
+            key_seq)`` (keys: the image tokens, or the decoder's question tokens); ``None`` for a layer without it.
     """
 
     last_hidden_state: torch.FloatTensor | None = None
@@ -86,49 +87,64 @@ class EfficientVLMEncoderOutput(ModelOutput):
     cross_attentions: tuple[torch.FloatTensor | None, ...] | None = None
 
 
+_PER_LAYER_KINDS = ("hidden_states", "attentions", "cross_attentions")
+
+
+class _NestedEncoderOutputs:
+    """What the outputs holding per-encoder ``EfficientVLMEncoderOutput`` fields (``<pass>_model_output``, as CLIP's
+    ``vision_model_output``) share: ``to_tuple`` turns them into tuples too (transformers' convention for nested
+    outputs, so ``return_dict=False`` gives plain tuples), and the flat names of earlier versions
+    (``vision_hidden_states``, ``fusion_cross_attentions``, ``mlm_text_attentions``, ...) still read the nested
+    fields: deprecated, use ``output.vision_model_output.hidden_states``."""
+
+    def to_tuple(self) -> tuple:
+        return tuple(self[k].to_tuple() if isinstance(self[k], ModelOutput) else self[k] for k in self.keys())
+
+    def __getattr__(self, name: str):  # only called for names that are not attributes: the deprecated flat ones
+        for kind in _PER_LAYER_KINDS:
+            if name.endswith(f"_{kind}") and f"{name[:-len(kind) - 1]}_model_output" in self.__dataclass_fields__:
+                nested = getattr(self, f"{name[:-len(kind) - 1]}_model_output")
+                return None if nested is None else getattr(nested, kind)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+
 @dataclass
-class EfficientVLMModelOutput(ModelOutput):
-    """Output of ``EfficientVLMModel`` and the per-encoder fields shared by every head's output.
+class EfficientVLMModelOutput(_NestedEncoderOutputs, ModelOutput):
+    """Output of ``EfficientVLMModel``.
 
     Args:
         last_hidden_state: fusion output ``(batch, text_seq, hidden)``.
         pooler_output: the fused ``[CLS]`` token ``(batch, hidden)``.
         image_embeds: vision tower output ``(batch, image_seq, vision_hidden)``.
         text_embeds: text encoder output ``(batch, text_seq, hidden)``.
-        vision_hidden_states, vision_attentions, text_hidden_states, text_attentions, fusion_hidden_states,
-        fusion_attentions, fusion_cross_attentions: per-layer states, when requested.
+        vision_model_output, text_model_output, fusion_model_output: each encoder's ``EfficientVLMEncoderOutput``
+            (per-layer hidden states, attention maps and, for fusion, cross-attention maps), set when
+            ``output_hidden_states`` or ``output_attentions`` is; ``vision_model_output`` is ``None`` when the images
+            came already encoded (``image_embeds``).
     """
 
     last_hidden_state: torch.FloatTensor | None = None
     pooler_output: torch.FloatTensor | None = None
     image_embeds: torch.FloatTensor | None = None
     text_embeds: torch.FloatTensor | None = None
-    vision_hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    vision_attentions: tuple[torch.FloatTensor | None, ...] | None = None
-    text_hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    text_attentions: tuple[torch.FloatTensor | None, ...] | None = None
-    fusion_hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    fusion_attentions: tuple[torch.FloatTensor | None, ...] | None = None
-    fusion_cross_attentions: tuple[torch.FloatTensor | None, ...] | None = None
+    vision_model_output: EfficientVLMEncoderOutput | None = None
+    text_model_output: EfficientVLMEncoderOutput | None = None
+    fusion_model_output: EfficientVLMEncoderOutput | None = None
 
 
 @dataclass
-class EfficientVLMHeadOutput(ModelOutput):
-    """Common output of the task heads: ``loss``, ``logits`` and the per-encoder states when requested.
+class EfficientVLMHeadOutput(_NestedEncoderOutputs, ModelOutput):
+    """Common output of the task heads: ``loss``, ``logits`` and each encoder's ``EfficientVLMEncoderOutput``.
 
-    Per-encoder fields are only filled when ``output_hidden_states`` / ``output_attentions`` is set, so that
-    evaluation loops do not gather them.
+    ``vision_model_output``, ``text_model_output`` and ``fusion_model_output`` are only set when
+    ``output_hidden_states`` / ``output_attentions`` is, so that evaluation loops do not gather them.
     """
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
-    vision_hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    vision_attentions: tuple[torch.FloatTensor | None, ...] | None = None
-    text_hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    text_attentions: tuple[torch.FloatTensor | None, ...] | None = None
-    fusion_hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    fusion_attentions: tuple[torch.FloatTensor | None, ...] | None = None
-    fusion_cross_attentions: tuple[torch.FloatTensor | None, ...] | None = None
+    vision_model_output: EfficientVLMEncoderOutput | None = None
+    text_model_output: EfficientVLMEncoderOutput | None = None
+    fusion_model_output: EfficientVLMEncoderOutput | None = None
 
 
 @dataclass
@@ -154,7 +170,7 @@ class EfficientVLMRetrievalOutput(EfficientVLMHeadOutput):
         itm_attention_mask: text padding mask of the ITM pairs ``(n_pairs, text_seq)``, in the order of ``logits``;
             ``None`` when the batch came without an ``attention_mask`` in a single process. Under multi-process
             training the pairs' texts are padded to the longest text of the gathered batch.
-        fusion_* fields: states of the fusion pass over all ITM pairs (positives first).
+        fusion_model_output: states of the fusion pass over all ITM pairs (positives first).
     """
 
     itm_labels: torch.LongTensor | None = None
@@ -178,8 +194,8 @@ class EfficientVLMPreTrainingOutput(EfficientVLMRetrievalOutput):
         loss: ``itc_loss + itm_loss + mlm_loss (+ bbox_loss + giou_loss)``.
         mlm_loss: masked language modelling loss.
         mlm_logits: ``(batch, text_seq, vocab)``.
-        mlm_text_hidden_states, mlm_text_attentions, mlm_fusion_hidden_states, mlm_fusion_attentions,
-        mlm_fusion_cross_attentions: states of the text + fusion pass over the masked text.
+        mlm_text_model_output, mlm_fusion_model_output: the ``EfficientVLMEncoderOutput`` of the text and fusion
+            pass over the masked text, when requested.
         bbox_loss: L1 distance between predicted and target boxes ``(cx, cy, w, h)``, summed over the four
             coordinates and averaged over the boxed examples.
         giou_loss: ``1 - GIoU`` of the predicted and target boxes, averaged over the boxed examples.
@@ -188,11 +204,8 @@ class EfficientVLMPreTrainingOutput(EfficientVLMRetrievalOutput):
 
     mlm_loss: torch.FloatTensor | None = None
     mlm_logits: torch.FloatTensor | None = None
-    mlm_text_hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    mlm_text_attentions: tuple[torch.FloatTensor | None, ...] | None = None
-    mlm_fusion_hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    mlm_fusion_attentions: tuple[torch.FloatTensor | None, ...] | None = None
-    mlm_fusion_cross_attentions: tuple[torch.FloatTensor | None, ...] | None = None
+    mlm_text_model_output: EfficientVLMEncoderOutput | None = None
+    mlm_fusion_model_output: EfficientVLMEncoderOutput | None = None
     bbox_loss: torch.FloatTensor | None = None
     giou_loss: torch.FloatTensor | None = None
     pred_boxes: torch.FloatTensor | None = None
@@ -213,16 +226,12 @@ class EfficientVLMCaptioningOutput(EfficientVLMHeadOutput):
             ``output.past_key_values`` reads it in every 5.x version.
         image_outputs: the vision tower's ``BaseModelOutputWithPooling`` (``last_hidden_state``: the image tokens
             the decoder cross-attends to; ``pooler_output``: their ``[CLS]`` token; ``hidden_states`` and
-            ``attentions`` when requested, the same tensors as ``vision_hidden_states`` / ``vision_attentions``).
+            ``attentions`` when requested, the same tensors as ``vision_model_output``'s).
             ``None`` when the images came already encoded (``image_embeds``) or cached, as during ``generate``.
     """
 
     cache: Cache | None = None
     image_outputs: BaseModelOutputWithPooling | None = None
-
-    def to_tuple(self) -> tuple:
-        # as transformers' multimodal outputs: the nested encoder output becomes a tuple too
-        return tuple(self[k].to_tuple() if k == "image_outputs" else self[k] for k in self.keys())
 
 
 if not hasattr(ModelOutput, "past_key_values"):  # transformers < 5.24: no alias of the older name yet
@@ -1413,23 +1422,18 @@ class EfficientVLMModel(EfficientVLMPreTrainedModel):
             pooler_output=fusion.last_hidden_state[:, 0],
             image_embeds=image_embeds,
             text_embeds=text.last_hidden_state,
-            vision_hidden_states=vision.hidden_states if vision is not None else None,
-            vision_attentions=vision.attentions if vision is not None else None,
-            text_hidden_states=text.hidden_states,
-            text_attentions=text.attentions,
-            fusion_hidden_states=fusion.hidden_states,
-            fusion_attentions=fusion.attentions,
-            fusion_cross_attentions=fusion.cross_attentions,
+            vision_model_output=_requested(vision),
+            text_model_output=_requested(text),
+            fusion_model_output=_requested(fusion),
         )
 
 
-def _encoder_fields(prefix: str, output: EfficientVLMEncoderOutput | None) -> dict:
-    if output is None:
-        return {}
-    fields = {f"{prefix}_hidden_states": output.hidden_states, f"{prefix}_attentions": output.attentions}
-    if output.cross_attentions is not None:
-        fields[f"{prefix}_cross_attentions"] = output.cross_attentions
-    return fields
+def _requested(output: EfficientVLMEncoderOutput | None) -> EfficientVLMEncoderOutput | None:
+    """An encoder's output for a ``<pass>_model_output`` field: set when its hidden states or attention maps were
+    requested, else ``None`` (its last hidden state alone is already in the head's own fields)."""
+    if output is None or (output.hidden_states is None and output.attentions is None):
+        return None
+    return output
 
 
 def _classifier(in_features: int, hidden: int, num_outputs: int) -> nn.Sequential:
@@ -1516,9 +1520,9 @@ class EfficientVLMForVisualQuestionAnswering(EfficientVLMPreTrainedModel):
 
 
 def _model_fields(outputs: EfficientVLMModelOutput) -> dict:
-    keys = ("vision_hidden_states", "vision_attentions", "text_hidden_states", "text_attentions",
-            "fusion_hidden_states", "fusion_attentions", "fusion_cross_attentions")
-    return {k: getattr(outputs, k) for k in keys}
+    """The per-encoder outputs of ``EfficientVLMModel``'s output, for a head's output."""
+    return {"vision_model_output": outputs.vision_model_output, "text_model_output": outputs.text_model_output,
+            "fusion_model_output": outputs.fusion_model_output}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1543,16 +1547,14 @@ class EfficientVLMGenerativeVQAOutput(EfficientVLMHeadOutput):
             answer ``(batch, answers)`` (0 for padding answers).
         ranked_answer_ids: when ranking: indices into ``config.id2label`` of the ``k`` re-scored answers, best first
             ``(batch, k)``.
-        decoder_hidden_states, decoder_attentions, decoder_cross_attentions: per-layer states of the answer decoder
-            over the ``batch * answers`` answer sequences (answers of one question consecutive), when requested.
+        decoder_model_output: the answer decoder's ``EfficientVLMEncoderOutput`` over the ``batch * answers`` answer
+            sequences (answers of one question consecutive), when requested.
     """
 
     answer_logits: torch.FloatTensor | None = None
     answer_log_likelihood: torch.FloatTensor | None = None
     ranked_answer_ids: torch.LongTensor | None = None
-    decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    decoder_attentions: tuple[torch.FloatTensor | None, ...] | None = None
-    decoder_cross_attentions: tuple[torch.FloatTensor | None, ...] | None = None
+    decoder_model_output: EfficientVLMEncoderOutput | None = None
 
 
 class EfficientVLMDecoderLayer(GradientCheckpointingLayer):
@@ -1843,7 +1845,7 @@ class EfficientVLMForGenerativeVQA(EfficientVLMPreTrainedModel, GenerationMixin)
                 raise ValueError("decoder_input_ids needs question_embeds (the fused question states).")
             logits, decoder = self.decode(decoder_input_ids, decoder_attention_mask, question_embeds,
                                           question_attention_mask, output_attentions, output_hidden_states)
-            return EfficientVLMGenerativeVQAOutput(logits=logits, **_encoder_fields("decoder", decoder))
+            return EfficientVLMGenerativeVQAOutput(logits=logits, decoder_model_output=_requested(decoder))
 
         outputs = self.efficientvlm(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask,
                                     token_type_ids=token_type_ids, output_attentions=output_attentions,
@@ -1876,7 +1878,7 @@ class EfficientVLMForGenerativeVQA(EfficientVLMPreTrainedModel, GenerationMixin)
             loss = -(answer_weights.float() * log_likelihood).sum() / batch
         return EfficientVLMGenerativeVQAOutput(
             loss=loss, answer_logits=logits.view(batch, answers, length, -1), answer_log_likelihood=log_likelihood,
-            **fields, **_encoder_fields("decoder", decoder),
+            **fields, decoder_model_output=_requested(decoder),
         )
 
     # ---- generation -------------------------------------------------------------------------------------------
@@ -2126,8 +2128,8 @@ class EfficientVLMContrastiveMixin(nn.Module):
         itm_logits, fusion = self.itm_logits(pair_images, pair_texts, pair_mask, output_attentions,
                                              output_hidden_states)
         itm_loss = F.cross_entropy(itm_logits, itm_labels)
-        fields = {**_encoder_fields("vision", vision), **_encoder_fields("text", text),
-                  **_encoder_fields("fusion", fusion)}
+        fields = {"vision_model_output": _requested(vision), "text_model_output": _requested(text),
+                  "fusion_model_output": _requested(fusion)}
         return dict(
             itc_loss=itc_loss, itm_loss=itm_loss, logits=itm_logits, itm_labels=itm_labels,
             logits_per_image=logits_per_image, logits_per_text=logits_per_text, image_features=image_feat,
@@ -2267,8 +2269,8 @@ class EfficientVLMForPreTraining(EfficientVLMContrastiveMixin, EfficientVLMPreTr
             fusion = self.efficientvlm.fuse(text.last_hidden_state, attention_mask, image_embeds, False,
                                             output_attentions, output_hidden_states)
             mlm_logits = self.lm_head(fusion.last_hidden_state)
-            fields.update(mlm_logits=mlm_logits, **_encoder_fields("mlm_text", text),
-                          **_encoder_fields("mlm_fusion", fusion))
+            fields.update(mlm_logits=mlm_logits, mlm_text_model_output=_requested(text),
+                          mlm_fusion_model_output=_requested(fusion))
             if mlm_labels is not None:
                 mlm_loss = F.cross_entropy(mlm_logits.flatten(0, 1).float(), mlm_labels.flatten(), ignore_index=-100)
                 fields["mlm_loss"] = mlm_loss
@@ -2323,8 +2325,8 @@ class EfficientVLMForNLVR2(EfficientVLMPreTrainedModel):
         pooled = fusion.last_hidden_state[:, 0].reshape(batch, -1)
         logits = self.classifier(pooled)
         loss = F.cross_entropy(logits, labels.long()) if labels is not None else None
-        return EfficientVLMHeadOutput(loss=loss, logits=logits, **_encoder_fields("vision", vision),
-                                      **_encoder_fields("text", text), **_encoder_fields("fusion", fusion))
+        return EfficientVLMHeadOutput(loss=loss, logits=logits, vision_model_output=_requested(vision),
+                                      text_model_output=_requested(text), fusion_model_output=_requested(fusion))
 
 
 class EfficientVLMForCaptioning(EfficientVLMPreTrainedModel, GenerationMixin):
@@ -2475,8 +2477,8 @@ class EfficientVLMForCaptioning(EfficientVLMPreTrainedModel, GenerationMixin):
                 last_hidden_state=vision.last_hidden_state, pooler_output=vision.last_hidden_state[:, 0],
                 hidden_states=vision.hidden_states, attentions=vision.attentions)
         return EfficientVLMCaptioningOutput(loss=loss, logits=logits, cache=cache, image_outputs=image_outputs,
-                                            **_encoder_fields("vision", vision), **_encoder_fields("text", text),
-                                            **_encoder_fields("fusion", fusion))
+                                            vision_model_output=_requested(vision), text_model_output=_requested(text),
+                                            fusion_model_output=_requested(fusion))
 
     # -- generation ------------------------------------------------------------------------------------------------
 
