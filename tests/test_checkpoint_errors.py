@@ -14,12 +14,12 @@ from efficientvlm import (
     EfficientVLMForVisualQuestionAnswering,
     EfficientVLMModel,
 )
-from efficientvlm.models import modeling_efficientvlm
+from efficientvlm.models import loading_efficientvlm
 from tests.tiny_models import HEAD_CLASSES, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-LOGGER = "efficientvlm.models.modeling_efficientvlm"
+LOGGER = "efficientvlm.models.loading_efficientvlm"
 
 
 @pytest.fixture(scope="module")
@@ -160,10 +160,34 @@ def test_the_mismatch_message_never_hides_the_problem_behind_its_own_error(saved
     def broken(*args):
         raise IndexError("list index out of range")
 
-    monkeypatch.setattr(modeling_efficientvlm, "_explain_mismatch", broken)
+    monkeypatch.setattr(loading_efficientvlm, "_explain_mismatch", broken)
     folder = edited_copy(saved / "vqa", tmp_path / "fewer", lambda c: c["vision_config"].update(num_hidden_layers=2))
     with pytest.raises(ValueError) as error:
         EfficientVLMForVisualQuestionAnswering.from_pretrained(folder)
     message = str(error.value)
     assert "efficientvlm.vision_model.encoder.layers.2.mlp.fc1.weight" in message  # the raw report
     assert "Fix config.json" in message and "IndexError: list index out of range" in message
+
+
+def test_the_fusion_encoder_config_is_not_taken_for_a_kernel_fusion_request_and_transformers_is_left_as_it_was(
+        saved, tmp_path, monkeypatch):
+    from transformers import fusion_mapping
+
+    requests = []
+    original = fusion_mapping.register_fusion_patches
+
+    def spy(model_class, config, fusion_config=None):  # stands for transformers' own function
+        requests.append(fusion_config)
+        return original(model_class, config, fusion_config)
+
+    monkeypatch.setattr(fusion_mapping, "register_fusion_patches", spy)
+    model = EfficientVLMForVisualQuestionAnswering.from_pretrained(saved / "vqa")
+    assert model.config.fusion_config.num_hidden_layers == tiny_config().fusion_config.num_hidden_layers
+    assert requests == []  # config.fusion_config (the encoder) never reached the kernel-fusion registry
+    assert fusion_mapping.register_fusion_patches is spy  # restored after loading...
+    folder = edited_copy(saved / "vqa", tmp_path / "fewer", lambda c: c["vision_config"].update(num_hidden_layers=2))
+    with pytest.raises(ValueError, match="vision_config.num_hidden_layers"):
+        EfficientVLMForVisualQuestionAnswering.from_pretrained(folder)
+    assert fusion_mapping.register_fusion_patches is spy  # ... and after a refused checkpoint
+    with pytest.raises(ValueError, match="requests transformers kernel fusions"):
+        EfficientVLMForVisualQuestionAnswering.from_pretrained(saved / "vqa", fusion_config={"patch_embeddings": True})

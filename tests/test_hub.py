@@ -52,8 +52,8 @@ REPORT = {
 }
 EVAL = {"dataset_type": "HuggingFaceM4/VQAv2", "dataset_name": "VQAv2", "dataset_split": "test-dev",
         "metric_type": "accuracy", "metric_name": "VQA accuracy", "metric_value": 76.2}
-CODE_FILES = {"configuration_efficientvlm.py", "modeling_efficientvlm.py", "image_processing_efficientvlm.py",
-              "processing_efficientvlm.py"}
+CODE_FILES = {"configuration_efficientvlm.py", "modeling_efficientvlm.py", "loading_efficientvlm.py",
+              "image_processing_efficientvlm.py", "processing_efficientvlm.py"}
 PROCESSOR_FILES = {"processor_config.json", "tokenizer.json", "tokenizer_config.json"}
 OTHER_HEADS = {
     "captioning": EfficientVLMForCaptioning, "retrieval": EfficientVLMForImageTextRetrieval,
@@ -176,7 +176,9 @@ def test_config_maps_every_auto_class_and_the_vqa_pipeline(hub):
 def test_shipped_modules_import_only_torch_numpy_pil_transformers_and_siblings(hub, tmp_path):
     for path in hub.folder.glob("*.py"):
         assert set(remote_code_imports(path)) <= {p.stem for p in hub.folder.glob("*.py")}
-    assert remote_code_imports(hub.folder / "modeling_efficientvlm.py") == ["configuration_efficientvlm"]
+    assert remote_code_imports(hub.folder / "modeling_efficientvlm.py") == ["configuration_efficientvlm",
+                                                                             "loading_efficientvlm"]
+    assert remote_code_imports(hub.folder / "loading_efficientvlm.py") == ["configuration_efficientvlm"]
     assert remote_code_imports(hub.folder / "pipeline_efficientvlm.py") == []  # images go through the image processor
     for bad, message in (("import efficientvlm.hub", "efficientvlm"), ("from ..models import x", r"\.\.models"),
                          ("import scipy", "scipy"), ("from .missing import x", "not a sibling"),

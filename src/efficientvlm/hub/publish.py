@@ -9,10 +9,10 @@ The repository holds exactly:
 * the processor files (``processor_config.json`` with ``auto_map`` for ``AutoProcessor`` / ``AutoImageProcessor``,
   ``tokenizer.json``, ``tokenizer_config.json``);
 * the remote-code modules the ``auto_map`` and ``custom_pipelines`` entries point to, and the sibling modules they
-  import (``configuration_efficientvlm.py``, ``modeling_efficientvlm.py``, ``image_processing_efficientvlm.py``,
-  ``processing_efficientvlm.py``, and ``pipeline_efficientvlm.py`` for VQA). They are checked to import nothing but
-  the standard library, torch, numpy, PIL, transformers and each other (relatively), so that
-  ``trust_remote_code=True`` works for users without efficientvlm;
+  import (``configuration_efficientvlm.py``, ``modeling_efficientvlm.py``, ``loading_efficientvlm.py``,
+  ``image_processing_efficientvlm.py``, ``processing_efficientvlm.py``, and ``pipeline_efficientvlm.py`` for VQA).
+  They are checked to import nothing but the standard library, torch, numpy, PIL, transformers and each other
+  (relatively), so that ``trust_remote_code=True`` works for users without efficientvlm;
 * ``README.md`` (the model card) and, when given, ``pruning_report.json`` / ``pruning_report.png``;
 * when given, ``extra_files`` (``{path in the repository: local file}``, e.g. the figures the card shows). Their names
   are checked not to take the place of a file above, and their sources to exist, before anything is written.
