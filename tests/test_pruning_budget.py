@@ -435,3 +435,21 @@ def test_the_generative_export_keeps_a_path_to_the_image_and_one_to_the_answer(c
         decoded, decoded_other = (pruned.decode(*answers, q, question["attention_mask"])[1].last_hidden_state
                                   for q in (fused, 10 * fused))
     assert (fused - fused_other).abs().max() > 1e-3 and (decoded - decoded_other).abs().max() > 1e-3
+
+
+def test_with_block_gates_only_the_kept_path_is_a_whole_cross_attention_block(caplog, fresh_warnings):
+    from efficientvlm.pruning.budget import reachable_sparsity
+
+    _, student = make_pair()
+    l0 = ModalAdaptiveL0Module(student.config, 0.3, prune=("blocks",))
+    scores = detached(l0.export_scores())
+    reachable = reachable_sparsity(scores, student.config)
+    block = l0.costs["params"]["fusion"]["cross_attention"].size(2)  # the fusion layer's 2 cross-attention heads
+    assert reachable["fusion"] == pytest.approx(1 - block / l0.full_size["params"]["fusion"])
+    assert reachable["vision"] == reachable["text"] == 1.0
+    with caplog.at_level(logging.WARNING):
+        zs = select_structure(scores, student.config, reachable["overall"])
+    assert float(zs["fusion"][0]["cross_attention_block"]) == 1.0
+    assert float(zs["fusion"][0]["attention_block"]) == float(zs["fusion"][0]["ffn_block"]) == 0.0
+    assert sparsity_of(zs, student.config)["overall"] == pytest.approx(reachable["overall"], abs=1e-9)
+    assert "kept layer 0 heads 0, 1" in path_warnings(caplog)[0]

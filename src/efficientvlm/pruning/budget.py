@@ -60,9 +60,9 @@ Target = float | Mapping[str, float]
 
 logger = logging.get_logger(__name__)
 
-#: what is lost with the last unit of each path sub-block (``PATH_SUB_BLOCKS``), for the warning
-_PATH_ROLE = {"fusion": "the only path from the image to the text",
-              "decoder": "the only path from the question and image to the answer"}
+#: the modalities of ``PATH_SUB_BLOCKS`` and what their last path unit carries, for the warning
+_PATH_ROLE = {"fusion": ("fusion encoder", "the only path from the image to the text"),
+              "decoder": ("answer decoder", "the only path from the question and image to the answer")}
 
 
 @dataclass
@@ -230,13 +230,13 @@ class _PathGuard:
             self.alive[block.modality] -= 1 if unit is not None else block.remaining
 
     def floor(self) -> dict[str, int]:
-        """Per modality whose path units are all scored: the least it costs to keep one (its cheapest block with
-        one unit)."""
+        """Per modality whose path units are all scored: the least it costs to keep one (the cheapest block with one
+        unit, or whole where only its block gate is scored)."""
         floor = {}
         for modality in self.alive:
             path = [b for b in self.blocks if self.guards(b) and b.modality == modality]
             if path and sum(len(b.alive) for b in path) == self.alive[modality]:
-                floor[modality] = min(b.cost.size(1) for b in path)
+                floor[modality] = min(b.cost.size(1 if b.gated_units else len(b.alive)) for b in path)
         return floor
 
     def warn(self, budget: str) -> None:
@@ -246,11 +246,12 @@ class _PathGuard:
             kept = [f"layer {b.layer} head{'s' if b.remaining > 1 else ''} "
                     + ", ".join(str(u) for u, alive in enumerate(b.alive) if alive)
                     for b in self.blocks if self.guards(b) and b.modality == modality and b.remaining]
+            name, role = _PATH_ROLE[modality]
             logger.warning_once(
-                f"The {budget} budget's ranking would remove every {kind} head of the {modality}, "
-                f"{_PATH_ROLE[modality]}: kept {'; '.join(kept)} (the highest-scored) and removed other units "
-                f"instead, so the size still meets the target. The scores had ranked the model into not looking: "
-                f"compare its accuracy with an image-blind baseline.")
+                f"The {budget} budget's ranking would remove every {kind} head of the {name}, {role}: kept "
+                f"{'; '.join(kept)} (the highest-scored) and removed other units instead, so the size still meets "
+                f"the target. The scores had ranked the model into not looking: compare its accuracy with an "
+                f"image-blind baseline.")
         self.refused.clear()
 
 
