@@ -87,7 +87,7 @@ def run(cfg: DemoConfig) -> dict:
             "pretraining", pretrained, 1.0, train_dataset=captions, collator=ImageTextPretrainingCollator(processor),
             max_steps=cfg.pretrain_steps)
 
-    models, minutes, pruning_info = {}, {}, {}
+    models, minutes, pruning_info, structure = {}, {}, {}, {}
     steps = int(cfg.prune_epochs * -(-len(train) // cfg.batch_size))
     pruning = dict(task="vqa", target_sparsity=cfg.target_sparsity, budget=cfg.budget,
                    reg_learning_rate=cfg.reg_learning_rate, lambda_learning_rate=cfg.lambda_learning_rate,
@@ -113,6 +113,9 @@ def run(cfg: DemoConfig) -> dict:
         models[f"{head} teacher"], models[f"{head} student with KD"] = teacher.eval(), student.eval()
         models[f"{head} pruned student"] = pruned
         pruning_info[head] = pruned.config.pruning_info
+        structure[head] = pruned.config.layer_sizes()  # heads, cross-attention heads and FFN width kept per layer
+        # the learned gates, to re-export other sizes (trainer.l0_module.load_state_dict) or inspect the scores
+        torch.save(trainer.l0_module.state_dict(), out / head / "pruning_gates.pt")
         minutes[head] = (time.perf_counter() - head_started) / 60
 
     torch.set_num_threads(eval_threads)
@@ -142,6 +145,7 @@ def run(cfg: DemoConfig) -> dict:
             row["achieved_sparsity"] = pruning_info[head]["achieved_sparsity"]
         rows.append(row)
     results = {"config": asdict(cfg), "rows": rows, "accuracy": accuracy, "pruning": pruning_info,
+               "pruned_layer_sizes": structure,
                "minutes_per_head": minutes, "minutes": (time.perf_counter() - started) / 60,
                "threads": {"training": cfg.train_threads, "evaluation": eval_threads}}
     (out / "vqa_heads.json").write_text(json.dumps(results, indent=2, default=str))

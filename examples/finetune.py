@@ -40,7 +40,7 @@ from pathlib import Path
 from transformers import AutoProcessor, AutoTokenizer, Trainer, TrainingArguments, set_seed
 
 from efficientvlm import EfficientVLMImageProcessor, EfficientVLMProcessor, lora_config
-from efficientvlm.lora import LORA_ENCODERS
+from efficientvlm.lora import LORA_ENCODERS, merge_lora, model_encoders
 from efficientvlm.scripts import script_parser
 from efficientvlm.tasks import DOWNSTREAM_TASKS, TASKS, TaskDataArguments, small_config
 from efficientvlm.user_errors import check_checkpoint_argument, run_script
@@ -71,8 +71,9 @@ class LoraArguments:
     lora_r: int = field(default=0, metadata={"help": "LoRA rank; 0 fine-tunes every weight instead"})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (updates scaled by alpha / r)"})
     lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA adapters' input"})
-    lora_encoders: list[str] = field(default_factory=lambda: list(LORA_ENCODERS),
-                                     metadata={"help": "encoders that get adapters (vision, text, fusion)"})
+    lora_encoders: list[str] = field(default_factory=list,
+                                     metadata={"help": "encoders that get adapters (vision, text, fusion; decoder for "
+                                                       "a generative VQA model); default: all the model has"})
 
 
 def build_model(task: str, args: ModelArguments, labels, tokenizer):
@@ -114,8 +115,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if lora_args.lora_r < 0:
         raise ValueError(f"--lora_r must be >= 0 (0: no LoRA), got {lora_args.lora_r}.")
     unknown = sorted(set(lora_args.lora_encoders) - set(LORA_ENCODERS))
-    if unknown or not lora_args.lora_encoders:
-        raise ValueError(f"--lora_encoders: unknown {unknown or 'empty list'}; choose among {list(LORA_ENCODERS)}.")
+    if unknown:
+        raise ValueError(f"--lora_encoders: unknown {unknown}; choose among {list(LORA_ENCODERS)}.")
     for flag, value in (("--model_name_or_path", model_args.model_name_or_path),
                         ("--vision_model", model_args.vision_model), ("--text_model", model_args.text_model)):
         if value:
@@ -132,16 +133,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if lora_args.lora_r:
         from peft import get_peft_model
 
+        encoders = lora_args.lora_encoders or model_encoders(model)
         model = get_peft_model(model, lora_config(model, r=lora_args.lora_r, lora_alpha=lora_args.lora_alpha,
-                                                  lora_dropout=lora_args.lora_dropout,
-                                                  encoders=lora_args.lora_encoders))
+                                                  lora_dropout=lora_args.lora_dropout, encoders=encoders))
         trainable, total = model.get_nb_trainable_parameters()
-        logger.info("LoRA (r=%d, %s): %d of %d parameters trained", lora_args.lora_r,
-                    "+".join(lora_args.lora_encoders), trainable, total)
+        logger.info("LoRA (r=%d, %s): %d of %d parameters trained", lora_args.lora_r, "+".join(encoders), trainable,
+                    total)
     trainer = Trainer(model=model, args=training_args, train_dataset=data.train, data_collator=collator)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     if lora_args.lora_r:
-        model = trainer.model.merge_and_unload()  # a plain model of the task's class, adapters folded in
+        model = merge_lora(trainer.model)  # a plain model of the task's class, adapters folded in
     metrics = task.evaluate(model, processor, data.eval) if data.eval is not None else {}
     logger.info("evaluation: %s", json.dumps(metrics, indent=2))
     if lora_args.lora_r:

@@ -125,6 +125,24 @@ def test_captioning_cache_smoke(tmp_path, capsys):
         assert f"| {row['batch_size']} | " in printed
 
 
+def test_generative_vqa_cache_smoke(tmp_path, capsys):
+    bench = _load_benchmark("generative_vqa_cache")
+    threads = torch.get_num_threads()
+    result = bench.main(["--smoke", "--json", str(tmp_path / "generative.json")])
+    assert torch.get_num_threads() == threads
+    assert json.loads((tmp_path / "generative.json").read_text()) == json.loads(json.dumps(result))
+    assert result["settings"]["threads"] == 1 and result["settings"]["k"] == 12
+    printed = capsys.readouterr().out
+    assert [row["variant"] for row in result["rows"]] == ["rank", "rank (decoder only)", "generate (greedy)",
+                                                          "generate (beam 3)"]
+    for row in result["rows"]:
+        seconds = row["seconds"]
+        assert set(seconds) == {"cached", "uncached"} and min(seconds.values()) > 0
+        assert row["uncached_over_cached"] == seconds["uncached"] / seconds["cached"]
+        assert row["same"]  # the cache changes neither the ranking nor what is generated
+        assert f"| 2 | {row['variant']} | " in printed
+
+
 def test_vqa_heads_smoke(tmp_path, capsys):
     bench = _load_benchmark("vqa_heads")
     threads = torch.get_num_threads()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -191,6 +192,157 @@ def test_generate_is_greedy_decoding_from_cls():
             expected = expected[:expected.index(eos) + 1]
         assert row[:len(expected)] == expected
     assert generated.shape[1] <= 5
+
+
+# ---------------------------------------------------------------------------------------------------- key/value cache
+
+
+def cache_case(kind: str):
+    """A model (float64, so that cached and uncached paths agree to rounding) and a context that applies its gates.
+
+    ``gated``: the decoder pattern of the equality test applied as masks (heads all 0, FFN removed, ...);
+    ``materialized``: the same pattern removed (the decoder keeps no self-attention at all: every step reruns the
+    answer so far and only the question's keys and values are cached); ``materialized_partial``: random partial
+    gates removed (the decoder keeps some self-attention heads)."""
+    from efficientvlm.pruning import ModalAdaptiveL0Module, gates_applied, materialize
+    from tests.test_pruning_core import random_pattern, set_pattern
+
+    model = make_model(heterogeneous=kind == "heterogeneous")
+    if kind in ("uniform", "heterogeneous"):
+        return model.double(), contextlib.nullcontext
+    l0 = ModalAdaptiveL0Module(model.config, 0.5, prune=("heads", "ffn", "blocks"))
+    set_pattern(l0, random_pattern(l0, seed=4) if kind == "materialized_partial" else decoder_pattern(l0))
+    zs = l0.eval().deterministic()
+    if kind == "gated":
+        model = model.double()
+        return model, lambda: gates_applied(model, {m: [{k: g.double() for k, g in layer.items()} for layer in layers]
+                                                    for m, layers in zs.items()})
+    return materialize(model, zs).eval().double(), contextlib.nullcontext
+
+
+CACHE_CASES = ["uniform", "heterogeneous", "gated", "materialized", "materialized_partial"]
+
+
+def float64_inputs(model) -> dict:
+    inputs = question_inputs(tiny_generative_inputs(model.config))
+    return {**inputs, "pixel_values": inputs["pixel_values"].double()}
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+@pytest.mark.parametrize("kind", CACHE_CASES)
+def test_cached_and_uncached_generation_give_the_same_sequences_and_scores(kind, num_beams):
+    model, gates = cache_case(kind)
+    inputs = float64_inputs(model)
+    settings = dict(num_beams=num_beams, max_new_tokens=6, min_new_tokens=5, return_dict_in_generate=True,
+                    output_scores=True, max_length=None)
+    with gates():
+        cached = model.generate(**inputs, **settings)  # use_cache is on by default
+        uncached = model.generate(**inputs, use_cache=False, **settings)
+    assert cached.sequences.shape[1] >= 6  # [CLS] and at least 5 new tokens
+    assert cached.sequences.tolist() == uncached.sequences.tolist()
+    torch.testing.assert_close(torch.stack(cached.scores), torch.stack(uncached.scores))
+    if num_beams > 1:
+        torch.testing.assert_close(cached.sequences_scores, uncached.sequences_scores)
+    returned = cached.get("cache", None) or cached.get("past_key_values", None)
+    assert returned is not None and (uncached.get("cache", None) or uncached.get("past_key_values", None)) is None
+
+
+@pytest.mark.parametrize("kind", CACHE_CASES)
+def test_ranking_with_and_without_the_cache_is_identical_and_equals_brute_force(kind):
+    model, gates = cache_case(kind)
+    inputs = float64_inputs(model)
+    everything = len(GENERATIVE_ANSWERS)
+    with gates():
+        expected = brute_force_scores(model, inputs)
+        with torch.no_grad():
+            for k in (2, everything):
+                cached, uncached = model(**inputs, k=k), model(**inputs, k=k, use_cache=False)
+                assert cached.ranked_answer_ids.tolist() == uncached.ranked_answer_ids.tolist()
+                assert torch.equal(torch.isinf(cached.logits), torch.isinf(uncached.logits))
+                torch.testing.assert_close(cached.logits, uncached.logits, rtol=0, atol=1e-5)
+            question = model.efficientvlm(**inputs).last_hidden_state
+            chunked = [model.rank_answers(question, inputs["attention_mask"], everything, chunk_size=size,
+                                          use_cache=use_cache) for size in (1, everything) for use_cache in (True, False)]
+    torch.testing.assert_close(cached.logits, expected, rtol=0, atol=1e-5)  # k = the list's size: brute force
+    assert cached.ranked_answer_ids.tolist() == expected.argsort(dim=1, descending=True).tolist()
+    for scores, ranked in chunked:  # one question per decoder pass, or every candidate of a question at once
+        torch.testing.assert_close(scores, expected, rtol=0, atol=1e-5)
+        assert ranked.tolist() == cached.ranked_answer_ids.tolist()
+
+
+def count_key_rows(model) -> dict:
+    """Rows through every decoder cross-attention key projection, per layer."""
+    rows = {}
+    for index, layer in enumerate(model.answer_decoder.encoder.layers):
+        if layer.cross_attn is not None:
+            layer.cross_attn.k_proj.register_forward_hook(
+                lambda module, args, output, index=index: rows.setdefault(index, []).append(args[0].shape[0]))
+    return rows
+
+
+def test_the_question_s_keys_and_values_are_computed_once_per_question():
+    model = make_model()
+    inputs = question_inputs(tiny_generative_inputs(model.config))
+    rows = count_key_rows(model)
+    with torch.no_grad():
+        model(**inputs, k=4)
+    assert rows == {0: [3], 1: [3]}  # once for the first-token step and the 4 candidates of each of 3 questions
+    rows.clear()
+    with torch.no_grad():
+        model(**inputs, k=4, use_cache=False)
+    assert rows == {0: [3, 12], 1: [3, 12]}  # without the cache: again for every candidate
+    rows.clear()
+    model.generate(**inputs, num_beams=3, max_new_tokens=4, min_new_tokens=4)
+    assert rows == {0: [3], 1: [3]}  # once per generate call, one row per question (not per beam)
+    rows.clear()
+    model.generate(**inputs, num_beams=3, max_new_tokens=4, min_new_tokens=4, use_cache=False)
+    assert rows[0] == [9] * 4  # without the cache: every step, every beam
+
+
+def test_step_by_step_decoding_with_a_cache_equals_one_full_pass():
+    from transformers import EncoderDecoderCache
+
+    model = make_model(heterogeneous=True)
+    inputs = question_inputs(tiny_generative_inputs(model.config))
+    ids = torch.randint(5, 40, (3, 6), generator=torch.Generator().manual_seed(0))
+    ids[:, 0] = model.config.text_config.bos_token_id
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        question = model.efficientvlm(**inputs).last_hidden_state
+        q_mask = inputs["attention_mask"]
+        full = model(decoder_input_ids=ids, decoder_attention_mask=mask, question_embeds=question,
+                     question_attention_mask=q_mask).logits
+        out = model(decoder_input_ids=ids[:, :2], decoder_attention_mask=mask[:, :2],
+                    cache=model.cache_question(question), question_attention_mask=q_mask)
+        steps, cache = [out.logits], out.cache
+        for i in range(2, 6):  # one token at a time; the mask covers the whole answer so far
+            out = model(decoder_input_ids=ids[:, i:i + 1], decoder_attention_mask=mask[:, :i + 1], cache=cache,
+                        question_attention_mask=q_mask)
+            assert out.cache is cache and cache.get_seq_length() == i + 1
+            steps.append(out.logits)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
+    assert isinstance(cache, EncoderDecoderCache) and out.past_key_values is cache
+    # the decoder's layer 1 has no cross-attention: one cross slot; both layers have self-attention
+    assert len(cache.cross_attention_cache.layers) == 1 and len(cache.self_attention_cache.layers) == 2
+    assert model(decoder_input_ids=ids, question_embeds=question).cache is None  # no cache unless asked for
+    with pytest.raises(ValueError, match="needs question_embeds"):
+        model(decoder_input_ids=ids)
+
+
+def test_candidates_sharing_a_question_row_need_a_mask_over_the_keys_only():
+    model = make_model()
+    inputs = question_inputs(tiny_generative_inputs(model.config))
+    with torch.no_grad():
+        question = model.efficientvlm(**inputs).last_hidden_state
+        ids = torch.full((6, 1), model.config.text_config.bos_token_id)
+        shared = model(decoder_input_ids=ids, cache=model.cache_question(question),
+                       question_attention_mask=inputs["attention_mask"]).logits
+        repeated = model(decoder_input_ids=ids, question_embeds=question.repeat_interleave(2, 0),
+                         question_attention_mask=inputs["attention_mask"].repeat_interleave(2, 0)).logits
+        torch.testing.assert_close(shared, repeated, rtol=1e-5, atol=1e-5)
+        with pytest.raises(ValueError, match=r"mask must cover the keys only, one row per key row \(3, 1, 1, keys\)"):
+            model(decoder_input_ids=ids, cache=model.cache_question(question),
+                  question_attention_mask=inputs["attention_mask"].repeat_interleave(2, 0))
 
 
 def test_init_decoder_from_fusion_copies_the_fusion_layers():

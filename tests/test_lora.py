@@ -3,6 +3,8 @@ DistillationTrainer, and a LoRA-fine-tuned teacher that teaches pruning after th
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from peft import PeftModel, get_peft_model
@@ -22,7 +24,7 @@ from efficientvlm import (
     lora_config,
 )
 from efficientvlm.distillation import DistillationConfig, DistillationTrainer
-from efficientvlm.lora import LORA_MODULES, default_modules_to_save
+from efficientvlm.lora import LORA_MODULES, default_modules_to_save, merge_lora
 from efficientvlm.pruning import ModalAdaptivePruningTrainer, PruningConfig, prune_model
 from tests.distillation_helpers import BatchDataset, pruning_pair, tiny_batch
 from tests.tiny_models import HEAD_CLASSES, main_output, tiny_config, tiny_inputs
@@ -63,12 +65,55 @@ def test_default_targets_are_every_projection_and_ffn_of_the_chosen_encoders():
     base_targets = default_lora_targets(EfficientVLMModel(tiny_config()))
     assert base_targets == [name.removeprefix("efficientvlm.") for name in targets]
     with pytest.raises(ValueError, match=r"Unknown encoders \['audio'\]: choose one or more of \['vision', 'text', "
-                                         r"'fusion'\]"):
+                                         r"'fusion', 'decoder'\]"):
         lora_config(model, encoders=("vision", "audio"))
+    with pytest.raises(ValueError, match="has no answer decoder"):
+        default_lora_targets(model, encoders=("decoder",))
     with pytest.raises(ValueError, match="Unknown modules"):
         default_lora_targets(model, modules=("query",))
     with pytest.raises(TypeError, match="before wrapping"):
         default_lora_targets(get_peft_model(VQA(tiny_config()), lora_config(model)))
+
+
+def test_the_generative_answer_decoder_gets_adapters_like_an_encoder_and_keeps_its_tie(tmp_path):
+    from efficientvlm import EfficientVLMForGenerativeVQA
+    from efficientvlm.lora import model_encoders
+    from tests.tiny_models import tiny_generative_config, tiny_generative_inputs
+
+    torch.manual_seed(0)
+    config = tiny_generative_config(heterogeneous=True)
+    model = EfficientVLMForGenerativeVQA(config)
+    assert model_encoders(model) == ("vision", "text", "fusion", "decoder")
+    assert model_encoders(VQA(tiny_config())) == ("vision", "text", "fusion")
+    targets = default_lora_targets(model)
+    decoder = {name for name, module in model.named_modules() if isinstance(module, nn.Linear)
+               and name.startswith("answer_decoder.encoder.layers.")}
+    # decoder layer 0: self 2 heads, cross 1 head, FFN 16; layer 1: self 1 head, no cross-attention, no FFN
+    assert decoder == {name for name in targets if name.startswith("answer_decoder.")} and len(decoder) == 10 + 4
+    assert "answer_decoder.encoder.layers.0.cross_attn.k_proj" in targets
+    assert set(default_lora_targets(model, encoders=("vision", "text", "fusion"))) == set(targets) - decoder
+    # the decoder is not copied in full (its embeddings are tied to the LM head): only the LM head's transform
+    assert default_modules_to_save(model) == ["lm_head.dense", "lm_head.layer_norm"]
+
+    peft_model = get_peft_model(model, lora_config(model, r=4))
+    randomise_adapters(peft_model)
+    peft_model.eval()
+    inputs = tiny_generative_inputs(config)
+    ranking = {key: inputs[key] for key in ("pixel_values", "input_ids", "attention_mask")}
+    with torch.no_grad():
+        adapted, adapted_ranking = peft_model(**inputs).answer_logits, peft_model(**ranking).logits
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        merged = merge_lora(peft_model)  # PEFT's merge alone would untie config.tie_word_embeddings (see merge_lora)
+    assert not any("no longer tied" in str(w.message) for w in caught)
+    assert type(merged) is EfficientVLMForGenerativeVQA and merged.config.tie_word_embeddings
+    assert merged.get_output_embeddings().weight is merged.answer_decoder.embeddings.word_embeddings.weight
+    merged.save_pretrained(tmp_path)
+    reloaded = EfficientVLMForGenerativeVQA.from_pretrained(tmp_path).eval()  # strict: plain weights
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**inputs).answer_logits, adapted, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(reloaded(**inputs).answer_logits, adapted, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(reloaded(**ranking).logits, adapted_ranking, atol=1e-5, rtol=1e-4)
 
 
 def test_heads_are_trained_in_full_except_the_tied_lm_output_layer():

@@ -288,3 +288,168 @@ def test_the_export_spreads_the_budget_in_the_learned_proportions():
     kept = zs["vision"][0]["ffn"].bool()
     if kept.any() and (~kept).any():
         assert keep[kept].min() >= keep[~kept].max()
+
+
+# ---- the image's path: the export never removes the last cross-attention head of the fusion encoder (or decoder)
+
+
+def detached(scores) -> dict:
+    return {m: [{k: v.detach().clone() for k, v in layer.items()} for layer in layers] for m, layers in scores.items()}
+
+
+def path_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "cross-attention head of the" in r.getMessage()]
+
+
+@pytest.fixture
+def fresh_warnings():
+    """The path rule warns once per message (``warning_once``): forget earlier ones."""
+    logging.Logger.warning_once.cache_clear()
+    yield
+    logging.Logger.warning_once.cache_clear()
+
+
+def cross_attention_last(scores: dict, *modalities: str) -> dict:
+    """Scores that rank the cross-attention heads of ``modalities`` below every other unit (head i scores 0.01 * i),
+    as the FLOPs budget's gates learned in README's benchmark: a ranking that removes them all first."""
+    for modality in modalities:
+        for layer, layer_scores in enumerate(scores[modality]):
+            heads = layer_scores["cross_heads"]
+            layer_scores["cross_heads"] = 0.01 * torch.arange(heads.numel(), dtype=heads.dtype) + 0.001 * layer
+            if "cross_attention_block" in layer_scores:
+                layer_scores["cross_attention_block"] = torch.tensor(0.0)
+    return scores
+
+
+@pytest.mark.parametrize("prune", [("heads", "ffn"), ("heads", "ffn", "blocks")], ids=["units", "with-blocks"])
+def test_the_export_keeps_the_best_fusion_cross_attention_head_and_still_meets_the_budget(
+        tmp_path, caplog, fresh_warnings, prune):
+    _, student = make_pair()
+    l0 = ModalAdaptiveL0Module(student.config, 0.6, prune=prune, budget="flops", text_length=TEXT_LENGTH)
+    scores = cross_attention_last(detached(l0.export_scores()), "fusion")
+    with caplog.at_level(logging.WARNING):
+        zs = select_structure(scores, student.config, 0.6, budget="flops", text_length=TEXT_LENGTH)
+    # the student's one fusion layer has 2 cross-attention heads: the better-scored one (1) stays
+    assert zs["fusion"][0]["cross_heads"].tolist() == [0.0, 1.0]
+    assert float(zs["fusion"][0].get("cross_attention_block", torch.tensor(1.0))) == 1.0
+    warnings = path_warnings(caplog)
+    assert len(warnings) == 1 and "every cross-attention head of the fusion" in warnings[0]
+    assert "the only path from the image to the text: kept layer 0 head 1" in warnings[0]
+    # the size is still the budget's: other units went instead of the kept head
+    assert sparsity_of(zs, student.config, "flops", TEXT_LENGTH)["overall"] == pytest.approx(0.6, abs=0.01)
+    pruned = materialize(student, zs)
+    assert pruned.config.fusion_config.num_cross_attention_heads == [1]
+    assert 1 - encoder_flops(pruned) / encoder_flops(student) == pytest.approx(0.6, abs=0.02)
+    assert_masked_materialised_reloaded_agree(student, zs, pruned, tmp_path / "pruned")
+    # ...and the pruned model looks at the image: another image changes its answer scores
+    inputs = tiny_batch(HEAD, seed=5)
+    inputs.pop("labels")
+    other = {**inputs, "pixel_values": torch.randn_like(inputs["pixel_values"])}
+    with torch.no_grad():
+        assert (pruned(**inputs).logits - pruned(**other).logits).abs().max() > 1e-4
+
+
+def test_a_family_keeps_the_path_at_every_size_and_stays_nested(caplog, fresh_warnings):
+    _, student = make_pair()
+    l0 = ModalAdaptiveL0Module(student.config, 0.3, budget="flops", text_length=TEXT_LENGTH)
+    scores = cross_attention_last(detached(l0.export_scores()), "fusion")
+    with caplog.at_level(logging.WARNING):
+        family = select_structures(scores, student.config, [0.3, 0.5, 0.7], budget="flops",
+                                   text_length=TEXT_LENGTH)
+    for target, zs in zip([0.3, 0.5, 0.7], family):
+        assert zs["fusion"][0]["cross_heads"].tolist() == [0.0, 1.0]
+        assert sparsity_of(zs, student.config, "flops", TEXT_LENGTH)["overall"] == pytest.approx(target, abs=0.01)
+    for larger, smaller in zip(family, family[1:]):
+        for modality, layers in smaller.items():
+            for big, small in zip(larger[modality], layers):
+                assert all(bool((small[key] <= big[key]).all()) for key in small)
+    assert len(path_warnings(caplog)) == 1  # the same kept head: one warning
+
+
+def test_no_rule_without_a_path_to_protect_or_when_it_is_not_pruned(caplog, fresh_warnings):
+    _, student = make_pair()
+    # fusion not gated: its cross-attention stays whole, nothing to protect
+    l0 = ModalAdaptiveL0Module(student.config, 0.5, modalities=("vision", "text"))
+    with caplog.at_level(logging.WARNING):
+        zs = select_structure(detached(l0.export_scores()), student.config, 0.5)
+    assert "fusion" not in zs and not path_warnings(caplog)
+    # a ranking that leaves a cross-attention head anyway: no warning, the scores decide
+    l0 = ModalAdaptiveL0Module(student.config, 0.3)
+    with caplog.at_level(logging.WARNING):
+        zs = select_structure(detached(l0.export_scores()), student.config, 0.3)
+    assert zs["fusion"][0]["cross_heads"].sum() >= 1 and not path_warnings(caplog)
+
+
+def test_the_learned_split_caps_the_fusion_share_at_the_kept_head():
+    """Gates that learned to remove the whole fusion encoder: its share of the budget is capped at what the export
+    can remove (all but one cross-attention head), the other encoders take the rest, and the size is exact."""
+    from efficientvlm.pruning.budget import reachable_sparsity
+
+    _, student = make_pair()
+    l0 = ModalAdaptiveL0Module(student.config, 0.6, budget="flops", text_length=TEXT_LENGTH)
+    with torch.no_grad():
+        for modality, layers in l0.gates.items():
+            for groups in layers:
+                for gate in groups.values():
+                    gate.log_alpha.fill_(-6.0 if modality == "fusion" else 1.0)
+    cap = reachable_sparsity(l0.export_scores(), student.config, budget="flops", text_length=TEXT_LENGTH)["fusion"]
+    head = l0.costs["flops"]["fusion"]["cross_attention"].size(1)
+    assert cap == pytest.approx(1 - head / l0.full_size["flops"]["fusion"])
+    split = l0.learned_split(0.6)
+    assert split["fusion"] == cap
+    full = l0.full_size["flops"]
+    assert sum(full[m] / full["overall"] * t for m, t in split.items()) == pytest.approx(0.6, abs=1e-6)
+    zs = l0.budget_gates()
+    assert zs["fusion"][0]["cross_heads"].sum() == 1
+    assert sparsity_of(zs, student.config, "flops", TEXT_LENGTH)["overall"] == pytest.approx(0.6, abs=0.01)
+    with pytest.raises(ValueError, match="each keep one cross-attention head"):
+        select_structure(l0.export_scores(), student.config, {"fusion": 1.0}, budget="flops",
+                         text_length=TEXT_LENGTH)
+
+
+def test_the_generative_export_keeps_a_path_to_the_image_and_one_to_the_answer(caplog, fresh_warnings):
+    from efficientvlm import EfficientVLMForGenerativeVQA
+    from tests.tiny_models import tiny_generative_config, tiny_generative_inputs
+
+    torch.manual_seed(0)
+    model = EfficientVLMForGenerativeVQA(tiny_generative_config()).eval()
+    l0 = ModalAdaptiveL0Module(model.config, 0.6, budget="flops", text_length=TEXT_LENGTH)
+    scores = cross_attention_last(detached(l0.export_scores()), "fusion", "decoder")
+    with caplog.at_level(logging.WARNING):
+        zs = select_structure(scores, model.config, 0.6, budget="flops", text_length=TEXT_LENGTH)
+    for modality in ("fusion", "decoder"):  # 2 layers of 2 heads: the best-scored, head 1 of layer 1, stays
+        assert [layer["cross_heads"].tolist() for layer in zs[modality]] == [[0.0, 0.0], [0.0, 1.0]]
+    warnings = path_warnings(caplog)
+    assert len(warnings) == 2
+    assert any("decoder, the only path from the question and image to the answer: kept layer 1 head 1" in w
+               for w in warnings)
+    assert sparsity_of(zs, model.config, "flops", TEXT_LENGTH)["overall"] == pytest.approx(0.6, abs=0.01)
+    pruned = materialize(model, zs).eval()
+    inputs = tiny_generative_inputs(model.config)
+    question = {key: inputs[key] for key in ("pixel_values", "input_ids", "attention_mask")}
+    other = {**question, "pixel_values": torch.randn_like(question["pixel_values"])}
+    answers = inputs["answer_input_ids"][:, 0], inputs["answer_attention_mask"][:, 0]
+    with torch.no_grad():  # the fused question depends on the image, and the decoder's states on the question
+        fused, fused_other = (pruned.efficientvlm(**q).last_hidden_state for q in (question, other))
+        # (a random init reads the question faintly: 10x larger question states make it visible)
+        decoded, decoded_other = (pruned.decode(*answers, q, question["attention_mask"])[1].last_hidden_state
+                                  for q in (fused, 10 * fused))
+    assert (fused - fused_other).abs().max() > 1e-3 and (decoded - decoded_other).abs().max() > 1e-3
+
+
+def test_with_block_gates_only_the_kept_path_is_a_whole_cross_attention_block(caplog, fresh_warnings):
+    from efficientvlm.pruning.budget import reachable_sparsity
+
+    _, student = make_pair()
+    l0 = ModalAdaptiveL0Module(student.config, 0.3, prune=("blocks",))
+    scores = detached(l0.export_scores())
+    reachable = reachable_sparsity(scores, student.config)
+    block = l0.costs["params"]["fusion"]["cross_attention"].size(2)  # the fusion layer's 2 cross-attention heads
+    assert reachable["fusion"] == pytest.approx(1 - block / l0.full_size["params"]["fusion"])
+    assert reachable["vision"] == reachable["text"] == 1.0
+    with caplog.at_level(logging.WARNING):
+        zs = select_structure(scores, student.config, reachable["overall"])
+    assert float(zs["fusion"][0]["cross_attention_block"]) == 1.0
+    assert float(zs["fusion"][0]["attention_block"]) == float(zs["fusion"][0]["ffn_block"]) == 0.0
+    assert sparsity_of(zs, student.config)["overall"] == pytest.approx(reachable["overall"], abs=1e-9)
+    assert "kept layer 0 heads 0, 1" in path_warnings(caplog)[0]

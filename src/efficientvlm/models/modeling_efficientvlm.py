@@ -324,13 +324,15 @@ class EfficientVLMAttention(nn.Module):
     by default). When attention probabilities are requested the eager kernel is used, since fused kernels do not
     return them.
 
-    Generation cache (``cache``, a transformers ``Cache``; only the captioning decoder passes one). Self-attention
-    appends the new positions' keys and values to slot ``cache_index`` of the self-attention cache and attends to all
-    of them. Cross-attention (to the image tokens) reads slot ``cache_index`` of an ``EncoderDecoderCache``'s
+    Generation cache (``cache``, a transformers ``Cache``; passed by the decoders of ``EfficientVLMForCaptioning``
+    and ``EfficientVLMForGenerativeVQA``). Self-attention appends the new positions' keys and values to slot
+    ``cache_index`` of the self-attention cache and attends to all of them. Cross-attention (to the image tokens, or
+    to the fused question for the answer decoder) reads slot ``cache_index`` of an ``EncoderDecoderCache``'s
     cross-attention cache once it is filled, and otherwise computes the keys and values from
-    ``encoder_hidden_states`` and stores them there. Cached image keys and values may have fewer rows than the queries:
-    one row per image, shared by the ``batch / rows`` consecutive query rows that decode that image (beams, returned
-    sequences), which attend to it without copies. ``cache_index`` is set by ``EfficientVLMForCaptioning``.
+    ``encoder_hidden_states`` and stores them there. Cached keys and values may have fewer rows than the queries: one
+    row per image (question), shared by the ``batch / rows`` consecutive query rows that decode it (beams, returned
+    sequences, candidate answers), which attend to it without copies; a mask then covers the keys only, one row per
+    key row: ``(rows, 1, 1, keys)``. ``cache_index`` is set by the model (``EfficientVLMCachedGenerationMixin``).
     """
 
     def __init__(self, config: EfficientVLMConfig, hidden_size: int, num_heads: int, head_dim: int,
@@ -361,8 +363,8 @@ class EfficientVLMAttention(nn.Module):
 
     def _cache_slot(self) -> int:
         if self.cache_index is None:
-            raise ValueError("This attention block has no cache slot: EfficientVLMForCaptioning numbers them; call "
-                             "the captioning model (or its generate()) rather than its layers with a cache.")
+            raise ValueError("This attention block has no cache slot: the captioning and generative VQA models "
+                             "number them; call the model (or its generate()) rather than its layers with a cache.")
         return self.cache_index
 
     def _cross_key_value(self, encoder_hidden_states, cache):
@@ -391,10 +393,14 @@ class EfficientVLMAttention(nn.Module):
                 self_cache = cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
                 key, value = self_cache.update(key, value, self._cache_slot())
         rows = key.shape[0]
-        group = batch // rows  # query rows per key row: > 1 for an image shared by its beams
-        if group * rows != batch or (group > 1 and attention_mask is not None):
-            raise ValueError(f"{batch} query rows cannot share {rows} rows of keys and values"
-                             + (" under an attention mask." if group * rows == batch else "."))
+        group = batch // rows  # query rows per key row: > 1 for an image (question) shared by its beams (answers)
+        if group * rows != batch:
+            raise ValueError(f"{batch} query rows cannot share {rows} rows of keys and values.")
+        if group > 1 and attention_mask is not None and (attention_mask.shape[0] not in (1, rows)
+                                                         or attention_mask.shape[2] != 1):
+            raise ValueError(f"{batch} query rows share {rows} rows of keys and values: the attention mask must "
+                             f"cover the keys only, one row per key row ({rows}, 1, 1, keys), got "
+                             f"{tuple(attention_mask.shape)}.")
         if group > 1:  # (batch, H, q, D) -> (rows, H, group * q, D): each key row serves its group of query rows
             query = query.view(rows, group, self.num_heads, q_len, self.head_dim).transpose(1, 2)
             query = query.reshape(rows, self.num_heads, group * q_len, self.head_dim)
@@ -1056,6 +1062,132 @@ def _model_fields(outputs: EfficientVLMModelOutput) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Decoding with a key/value cache (captioning, generative VQA)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class EfficientVLMCachedGenerationMixin(GenerationMixin):
+    """``generate`` with a key/value cache for a decoder that cross-attends to encoder states (the image tokens for
+    captioning, the fused question for generative VQA).
+
+    The cache is an ``EncoderDecoderCache``: the self-attention keys and values of the decoded positions (one slot
+    per decoder block with self-attention) and the cross-attention keys and values of the encoder states (one slot
+    per block with cross-attention), computed once per encoder row by ``cache_cross_attention``. The rows that decode
+    one encoder row (its beams, returned sequences or candidate answers, consecutive as transformers expands them)
+    share that row without copies (see ``EfficientVLMAttention``). A model lists its decoder layers in decoding
+    order in ``_cached_decoder_layers``.
+    """
+
+    def _cached_decoder_layers(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def _number_cache_slots(self) -> int:
+        """Give every decoder attention block its slot in a cache, in decoding order, and return the number of
+        cross-attention slots.
+
+        Self-attention blocks are numbered 0, 1, ... and so are cross-attention blocks; absent blocks (0 heads) get
+        no slot, so that slot 0 always holds the length of the cached text (``Cache.get_seq_length()``). Numbered at
+        every cached call, since pruning may remove blocks in place.
+        """
+        self_slot = cross_slot = 0
+        for layer in self._cached_decoder_layers():
+            if layer.self_attn is not None:
+                layer.self_attn.cache_index, self_slot = self_slot, self_slot + 1
+            if getattr(layer, "cross_attn", None) is not None:
+                layer.cross_attn.cache_index, cross_slot = cross_slot, cross_slot + 1
+        return cross_slot
+
+    @staticmethod
+    def _cached_length(cache: Cache | None) -> int:
+        """Text positions whose keys and values ``cache`` holds (0 when no decoder layer has self-attention: each
+        step then reruns the whole prefix, and only the encoder states' keys and values are reused)."""
+        return 0 if cache is None else cache.get_seq_length()
+
+    def _new_cache(self, cache: Cache | None, use_cache: bool | None) -> EncoderDecoderCache | None:
+        """The cache a forward call works with: ``None`` without ``use_cache`` (default: when a cache is passed), a
+        new one for ``use_cache=True`` alone, a plain self-attention ``Cache`` wrapped into an ``EncoderDecoderCache``."""
+        use_cache = cache is not None if use_cache is None else use_cache
+        if not use_cache:
+            return None
+        if cache is None:
+            return EncoderDecoderCache(DynamicCache(), DynamicCache())
+        return cache if isinstance(cache, EncoderDecoderCache) else EncoderDecoderCache(cache, DynamicCache())
+
+    def _cross_attention_cached(self, cache: Cache | None) -> bool:
+        """Whether ``cache`` holds the keys and values of every cross-attention block (numbering the slots)."""
+        if cache is None:
+            return False
+        return all(cache.is_updated.get(slot) for slot in range(self._number_cache_slots()))
+
+    @staticmethod
+    def _cached_cross_rows(cache: Cache | None) -> int | None:
+        """Rows of the encoder states whose keys and values ``cache`` holds (``None`` if it holds none)."""
+        if not isinstance(cache, EncoderDecoderCache) or not cache.is_updated.get(0):
+            return None
+        return cache.cross_attention_cache.layers[0].keys.shape[0]
+
+    def cache_cross_attention(self, encoder_states: torch.Tensor) -> EncoderDecoderCache:
+        """A new cache holding the decoder's cross-attention keys and values of ``encoder_states``
+        ``(rows, tokens, width)``, one row per image (question); its self-attention cache is empty."""
+        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        self._number_cache_slots()
+        layers = self._cached_decoder_layers()
+        encoder_states = encoder_states.to(self.get_output_embeddings().weight.dtype)
+        for layer in layers:
+            if getattr(layer, "cross_attn", None) is not None:
+                key, value = layer.cross_attn.key_value(encoder_states)
+                cache.cross_attention_cache.update(key, value, layer.cross_attn.cache_index)
+                cache.is_updated[layer.cross_attn.cache_index] = True
+        return cache
+
+    def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False, **kwargs):
+        if outputs.get("cache") is not None:
+            model_kwargs[_CACHE_KWARG] = outputs["cache"]
+        mask = model_kwargs.get("attention_mask")
+        if mask is not None:
+            new = kwargs.get("num_new_tokens", 1)
+            model_kwargs["attention_mask"] = torch.cat([mask, mask.new_ones((mask.shape[0], new))], dim=-1)
+        return model_kwargs
+
+    def _reorder_cache(self, cache: Cache, beam_idx: torch.LongTensor) -> Cache:
+        """Beam search: keep the self-attention keys and values of the beams chosen at this step.
+
+        The encoder states' cross-attention keys and values are left as they are: beam search picks every beam among
+        the beams of the same image (question), and those share its keys and values (one row per image, or identical
+        rows), so reordering them would copy them for nothing.
+        """
+        if isinstance(cache, EncoderDecoderCache):
+            cache.self_attention_cache.reorder_cache(beam_idx)
+        else:
+            cache.reorder_cache(beam_idx)
+        return cache
+
+    def _generation_setting(self, generate_kwargs: dict, name: str):
+        """A generation setting as ``generate`` resolves it: keyword, then the ``generation_config`` argument, then
+        the model's ``generation_config`` (``None`` if unset everywhere)."""
+        for source in (generate_kwargs, generate_kwargs.get("generation_config"), self.generation_config):
+            value = source.get(name) if isinstance(source, dict) else getattr(source, name, None)
+            if value is not None:
+                return value
+        return None
+
+    def _cache_for_generate(self, generate_kwargs: dict, encoder_states: torch.Tensor) -> torch.Tensor | None:
+        """Unless ``use_cache=False`` or the caller passed a cache: put a new cache holding ``encoder_states``'
+        cross-attention keys and values into ``generate_kwargs`` and return ``None`` (the decoder then reads the
+        encoder states from the cache alone); otherwise return ``encoder_states``."""
+        use_cache, implementation = (self._generation_setting(generate_kwargs, name)
+                                     for name in ("use_cache", "cache_implementation"))
+        user_cache = generate_kwargs.get("cache", generate_kwargs.get("past_key_values"))
+        if use_cache is False or user_cache is not None:  # unset means True, as in transformers
+            return encoder_states
+        if implementation not in (None, "dynamic"):
+            raise ValueError(f"cache_implementation={implementation!r} is not supported by {type(self).__name__} (its "
+                             "decoder layers differ in size); use the default dynamic cache.")
+        generate_kwargs[_CACHE_KWARG] = self.cache_cross_attention(encoder_states)
+        return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Generative VQA: an answer decoder over the fused question states (the paper's VQA model)
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -1079,12 +1211,21 @@ class EfficientVLMGenerativeVQAOutput(EfficientVLMHeadOutput):
             ``(batch, k)``.
         decoder_model_output: the answer decoder's ``EfficientVLMEncoderOutput`` over the ``batch * answers`` answer
             sequences (answers of one question consecutive), when requested.
+        cache: when decoding with ``use_cache`` (as ``generate()`` does), the ``EncoderDecoderCache`` holding the
+            decoder's self-attention keys and values of the answer so far and its cross-attention keys and values
+            of the fused question; pass it back as ``cache=`` with the next tokens only (``past_key_values`` before
+            transformers 5.24; ``output.past_key_values`` reads it in every 5.x version).
     """
 
     answer_logits: torch.FloatTensor | None = None
     answer_log_likelihood: torch.FloatTensor | None = None
     ranked_answer_ids: torch.LongTensor | None = None
     decoder_model_output: EfficientVLMEncoderOutput | None = None
+    cache: Cache | None = None
+
+
+if not hasattr(ModelOutput, "past_key_values"):  # transformers < 5.24: no alias of the older name yet
+    EfficientVLMGenerativeVQAOutput.past_key_values = property(lambda self: self.cache)
 
 
 class EfficientVLMDecoderLayer(GradientCheckpointingLayer):
@@ -1093,7 +1234,8 @@ class EfficientVLMDecoderLayer(GradientCheckpointingLayer):
 
     Its sub-blocks, their names and their pruning gates are the fusion layer's (``EfficientVLMTextLayer``), so the
     decoder is gated, materialised and reloaded like the fusion encoder; a gated sub-block computes
-    ``x + g * (ln(x + branch(x)) - x)``.
+    ``x + g * (ln(x + branch(x)) - x)``. ``cache`` (generation, ranking) is handed to both attention blocks; see
+    ``EfficientVLMAttention``.
     """
 
     def __init__(self, config: EfficientVLMConfig, layer_idx: int):
@@ -1112,7 +1254,7 @@ class EfficientVLMDecoderLayer(GradientCheckpointingLayer):
         self.self_attn_layer_norm = layer_norm() if heads else None
         self.cross_attn = (
             EfficientVLMAttention(config, hidden, cross_heads, dc.head_dim, dropout,
-                                  kv_input_size=dc.encoder_hidden_size)
+                                  kv_input_size=dc.encoder_hidden_size, is_cross_attention=True)
             if cross_heads else None
         )
         self.cross_attn_layer_norm = layer_norm() if cross_heads else None
@@ -1124,15 +1266,16 @@ class EfficientVLMDecoderLayer(GradientCheckpointingLayer):
     _residual = EfficientVLMTextLayer._residual
 
     def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
-                output_attentions=False):
+                output_attentions=False, cache: Cache | None = None):
         attn_weights = cross_weights = None
         if self.self_attn is not None:
-            branch, attn_weights = self.self_attn(hidden_states, attention_mask, output_attentions=output_attentions)
+            branch, attn_weights = self.self_attn(hidden_states, attention_mask, output_attentions=output_attentions,
+                                                  cache=cache)
             gate = _combine_gates(self.attention_gate, self.self_attn.head_gate)
             hidden_states = self._residual(hidden_states, branch, self.self_attn_layer_norm, gate)
         if self.cross_attn is not None:
             branch, cross_weights = self.cross_attn(hidden_states, encoder_attention_mask, encoder_hidden_states,
-                                                    output_attentions=output_attentions)
+                                                    output_attentions=output_attentions, cache=cache)
             gate = _combine_gates(self.cross_attention_gate, self.cross_attn.head_gate)
             hidden_states = self._residual(hidden_states, branch, self.cross_attn_layer_norm, gate)
         if self.mlp is not None:
@@ -1146,14 +1289,16 @@ class EfficientVLMDecoderStack(EfficientVLMEncoder):
     """The decoder's layer stack: like ``EfficientVLMEncoder``, with the cross-attention's padding mask."""
 
     def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
-                output_attentions=False, output_hidden_states=False) -> EfficientVLMEncoderOutput:
+                output_attentions=False, output_hidden_states=False,
+                cache: Cache | None = None) -> EfficientVLMEncoderOutput:
         all_hidden = (hidden_states,) if output_hidden_states else None
         all_attn = () if output_attentions else None
         all_cross = () if output_attentions else None
+        layer_kwargs = {} if cache is None else {"cache": cache}
         for layer in self.layers:
             # positional arguments, as gradient checkpointing requires
             hidden_states, attn, cross = layer(hidden_states, attention_mask, encoder_hidden_states,
-                                               encoder_attention_mask, output_attentions)
+                                               encoder_attention_mask, output_attentions, **layer_kwargs)
             if output_hidden_states:
                 all_hidden += (hidden_states,)
             if output_attentions:
@@ -1176,17 +1321,24 @@ class EfficientVLMAnswerDecoder(nn.Module):
         )
 
     def forward(self, input_ids, attention_mask, question_embeds, question_attention_mask=None,
-                output_attentions=False, output_hidden_states=False) -> EfficientVLMEncoderOutput:
-        hidden_states = self.embeddings(input_ids)
+                output_attentions=False, output_hidden_states=False, cache: Cache | None = None,
+                past_length: int = 0) -> EfficientVLMEncoderOutput:
+        """``cache`` / ``past_length``: ``input_ids`` follow ``past_length`` positions whose self-attention keys and
+        values ``cache`` holds (``attention_mask`` then covers all of them); ``question_embeds`` may be ``None`` once
+        the cache holds the question's cross-attention keys and values (see ``EfficientVLMForGenerativeVQA``)."""
+        hidden_states = self.embeddings(input_ids, past_length=past_length)
         dtype, device = hidden_states.dtype, hidden_states.device
-        mask = build_attention_mask(attention_mask, input_ids.shape[1], dtype, device, causal=True)
+        mask = build_attention_mask(attention_mask, input_ids.shape[1], dtype, device, causal=True,
+                                    past_length=past_length)
         cross_mask = None if question_attention_mask is None else build_attention_mask(  # keys: the question tokens
             question_attention_mask, question_attention_mask.shape[-1], dtype, device)
-        return self.encoder(hidden_states, mask, question_embeds.to(dtype), cross_mask, output_attentions,
-                            output_hidden_states)
+        if question_embeds is not None:
+            question_embeds = question_embeds.to(dtype)
+        return self.encoder(hidden_states, mask, question_embeds, cross_mask, output_attentions,
+                            output_hidden_states, cache)
 
 
-class EfficientVLMForGenerativeVQA(EfficientVLMPreTrainedModel, GenerationMixin):
+class EfficientVLMForGenerativeVQA(EfficientVLMPreTrainedModel, EfficientVLMCachedGenerationMixin):
     """VQA as in the paper: an answer decoder generates the answer from the fused question + image states.
 
     The vision, text and fusion encoders fuse the question with the image as in every head; a BERT-style causal
@@ -1206,9 +1358,15 @@ class EfficientVLMForGenerativeVQA(EfficientVLMPreTrainedModel, GenerationMixin)
       over the answer list (``-inf`` for answers not re-scored), so ``logits.argmax(-1)`` is the answer, as for the
       classifier head, and ``softmax(logits)`` the paper's answer probabilities. With ``k`` = the list's size every
       answer is scored exactly. (The official re-scoring adds the first token's log-probability once more to the
-      full-sequence log-likelihood; here each answer is scored by its log-likelihood alone.)
+      full-sequence log-likelihood; here each answer is scored by its log-likelihood alone.) With ``use_cache`` (the
+      default) the decoder's cross-attention keys and values of a question are computed once and shared by its
+      ``k`` candidates, and so are the self-attention keys and values of their common ``[CLS]``; ``use_cache=False``
+      runs every candidate against its own copy of the question (same scores, slower).
     * **Free-form answers**: ``generate(pixel_values, input_ids, attention_mask)`` decodes from ``[CLS]`` with any
-      of transformers' strategies (greedy by default, ``config.max_answer_length`` tokens; no key/value cache).
+      of transformers' strategies (greedy by default, ``config.max_answer_length`` tokens). With the key/value cache
+      (``use_cache=True``, the default) each step runs only the new token through the decoder, and the question's
+      cross-attention keys and values are computed once per question and shared by its beams
+      (``cache_question``); ``use_cache=False`` recomputes the whole answer so far at every step (same sequences).
     """
 
     config_class = EfficientVLMGenerativeVQAConfig
@@ -1279,12 +1437,31 @@ class EfficientVLMForGenerativeVQA(EfficientVLMPreTrainedModel, GenerationMixin)
 
     # ---- decoder ----------------------------------------------------------------------------------------------
 
+    def _cached_decoder_layers(self) -> list[nn.Module]:
+        return list(self.answer_decoder.encoder.layers)
+
+    def cache_question(self, question_embeds: torch.Tensor) -> EncoderDecoderCache:
+        """A new cache holding the answer decoder's cross-attention keys and values of the fused question states
+        ``(questions, question_len, hidden)``, one row per question.
+
+        ``generate`` and ranking build it once per question; the rows that decode one question (its beams, returned
+        sequences or candidate answers, consecutive) share its row. Pass it as ``cache=`` (``past_key_values=``
+        before transformers 5.24) with ``decoder_input_ids``; ``question_embeds`` are then not needed, and
+        ``question_attention_mask`` has one row per question.
+        """
+        return self.cache_cross_attention(question_embeds)
+
     def decode(self, answer_input_ids, answer_attention_mask, question_embeds, question_attention_mask=None,
-               output_attentions=False, output_hidden_states=False):
+               output_attentions=False, output_hidden_states=False, cache: Cache | None = None,
+               past_length: int = 0):
         """Run the answer decoder on ``(n, len)`` answer ids against ``(n, question_len, hidden)`` question states;
-        returns ``(next-token logits (n, len, vocab), decoder output)``."""
+        returns ``(next-token logits (n, len, vocab), decoder output)``. With a ``cache``: the ids follow
+        ``past_length`` positions it holds (``answer_attention_mask`` covers all of them), and ``question_embeds``
+        may be ``None`` when it holds the question's keys and values (one row per question, shared by ``n /
+        questions`` consecutive answer rows)."""
         decoder = self.answer_decoder(answer_input_ids, answer_attention_mask, question_embeds,
-                                      question_attention_mask, output_attentions, output_hidden_states)
+                                      question_attention_mask, output_attentions, output_hidden_states, cache,
+                                      past_length)
         return self.lm_head(decoder.last_hidden_state), decoder
 
     @staticmethod
@@ -1297,45 +1474,65 @@ class EfficientVLMForGenerativeVQA(EfficientVLMPreTrainedModel, GenerationMixin)
             token = token * attention_mask[:, 1:].to(token.dtype)
         return token.sum(-1)
 
-    def _answer_log_likelihood(self, question_embeds, question_attention_mask, answer_ids, answer_mask,
-                               chunk_size: int) -> torch.Tensor:
-        """Log-likelihood of answer ``i`` given question state ``i`` (``(n,)``), ``chunk_size`` sequences at a time."""
-        scores = []
-        for start in range(0, answer_ids.shape[0], chunk_size):
-            part = slice(start, start + chunk_size)
-            mask = None if question_attention_mask is None else question_attention_mask[part]
-            logits, _ = self.decode(answer_ids[part], answer_mask[part], question_embeds[part], mask)
-            scores.append(self.sequence_log_likelihood(logits, answer_ids[part], answer_mask[part]))
-        return torch.cat(scores)
-
     @torch.no_grad()
     def rank_answers(self, question_embeds, question_attention_mask=None, k: int | None = None,
-                     chunk_size: int = 512) -> tuple[torch.Tensor, torch.LongTensor]:
+                     chunk_size: int = 512, use_cache: bool = True) -> tuple[torch.Tensor, torch.LongTensor]:
         """Rank the answer list for already fused questions (``(batch, question_len, hidden)``).
 
         The ``k`` answers (default ``config.rank_k``, at most the list's size) with the most likely first token
-        after ``[CLS]`` are re-scored with their full-sequence log-likelihood (``chunk_size`` sequences per decoder
-        pass). Returns ``(scores (batch, num_answers), ranked (batch, k))``: the log-likelihoods of the re-scored
-        answers (``-inf`` elsewhere) and their indices, best first.
+        after ``[CLS]`` are re-scored with their full-sequence log-likelihood, for ``max(1, chunk_size // k)``
+        questions per decoder pass. Returns ``(scores (batch, num_answers), ranked (batch, k))``: the
+        log-likelihoods of the re-scored answers (``-inf`` elsewhere) and their indices, best first.
+
+        ``use_cache`` (default): the decoder's cross-attention keys and values of a question are computed once
+        (``cache_question``) for the first-token step and its ``k`` candidates, and the candidates continue from the
+        first step's ``[CLS]`` (its self-attention keys and values and its next-token log-probabilities); without
+        it every candidate is decoded from ``[CLS]`` against its own copy of the question. Both give the same scores
+        up to float rounding.
         """
         candidates, candidate_mask = self.answer_candidates(question_embeds.device)
         batch, num_answers = question_embeds.shape[0], candidates.shape[0]
         k = min(self.config.rank_k if k is None else int(k), num_answers)
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}.")
-        start = candidates[:1, :1].expand(batch, 1)  # [CLS]
-        first_logits, _ = self.decode(start, None, question_embeds, question_attention_mask)
-        first_scores = F.log_softmax(first_logits[:, 0].float(), dim=-1)[:, candidates[:, 1]]  # (batch, answers)
-        top = first_scores.topk(k, dim=1).indices  # (batch, k)
-        flat = top.reshape(-1)
-        question_mask = None if question_attention_mask is None else question_attention_mask.repeat_interleave(k, 0)
-        log_likelihood = self._answer_log_likelihood(
-            question_embeds.repeat_interleave(k, 0), question_mask, candidates[flat], candidate_mask[flat], chunk_size
-        ).view(batch, k)
         scores = torch.full((batch, num_answers), float("-inf"), device=question_embeds.device)
-        scores.scatter_(1, top, log_likelihood)
-        ranked = top.gather(1, log_likelihood.argsort(dim=1, descending=True, stable=True))
-        return scores, ranked
+        ranked = []
+        step = max(1, chunk_size // k)
+        for start in range(0, batch, step):
+            rows = slice(start, start + step)
+            mask = None if question_attention_mask is None else question_attention_mask[rows]
+            top, log_likelihood = self._rank_questions(question_embeds[rows], mask, candidates, candidate_mask, k,
+                                                       use_cache)
+            scores[rows] = scores[rows].scatter(1, top, log_likelihood)
+            ranked.append(top.gather(1, log_likelihood.argsort(dim=1, descending=True, stable=True)))
+        return scores, torch.cat(ranked)
+
+    def _rank_questions(self, question, question_mask, candidates, candidate_mask, k: int, use_cache: bool):
+        """``rank_answers`` for ``n`` questions: the ``k`` answers with the most likely first token ``(n, k)`` and
+        their log-likelihoods ``(n, k)``."""
+        n = question.shape[0]
+        start = candidates[:1, :1].expand(n, 1)  # [CLS]
+        cache = self.cache_question(question) if use_cache else None
+        first_logits, _ = self.decode(start, None, None if use_cache else question, question_mask, cache=cache)
+        first_log_probs = F.log_softmax(first_logits[:, 0].float(), dim=-1)
+        first_scores = first_log_probs[:, candidates[:, 1]]  # (n, answers)
+        top = first_scores.topk(k, dim=1).indices  # (n, k)
+        flat = top.reshape(-1)
+        ids, ids_mask = candidates[flat], candidate_mask[flat]  # (n * k, len), the k answers of a question consecutive
+        if not use_cache:
+            expanded_mask = None if question_mask is None else question_mask.repeat_interleave(k, 0)
+            logits, _ = self.decode(ids, ids_mask, question.repeat_interleave(k, 0), expanded_mask)
+            return top, self.sequence_log_likelihood(logits, ids, ids_mask).view(n, k)
+        # the candidates go on from [CLS] (cached, unless no decoder layer has self-attention: then they are run from
+        # [CLS] again); the question's keys and values serve its k candidates without copies
+        past = self._cached_length(cache)
+        if past:
+            cache.self_attention_cache.reorder_cache(torch.arange(n, device=ids.device).repeat_interleave(k))
+        logits, _ = self.decode(ids[:, past:], ids_mask, None, question_mask, cache=cache, past_length=past)
+        log_likelihood = self.sequence_log_likelihood(logits, ids[:, past:], ids_mask[:, past:]).view(n, k)
+        if past:  # the first answer token's log-probability comes from the [CLS] step
+            log_likelihood = log_likelihood + first_scores.gather(1, top)
+        return top, log_likelihood
 
     def init_decoder_from_fusion(self) -> None:
         """Initialise the answer decoder as the official code does: decoder layer ``i`` copies fusion layer ``i``
@@ -1358,8 +1555,9 @@ class EfficientVLMForGenerativeVQA(EfficientVLMPreTrainedModel, GenerationMixin)
     def forward(self, pixel_values=None, input_ids=None, attention_mask=None, token_type_ids=None,
                 answer_input_ids=None, answer_attention_mask=None, answer_weights=None, k=None,
                 decoder_input_ids=None, decoder_attention_mask=None, question_embeds=None,
-                question_attention_mask=None, output_attentions=None, output_hidden_states=None, return_dict=None,
-                **kwargs) -> EfficientVLMGenerativeVQAOutput:
+                question_attention_mask=None, cache: Cache | None = None, use_cache: bool | None = None,
+                output_attentions=None, output_hidden_states=None, return_dict=None,
+                past_key_values: Cache | None = None, **kwargs) -> EfficientVLMGenerativeVQAOutput:
         """Args:
             pixel_values, input_ids, attention_mask, token_type_ids: image and question, as for every head.
             answer_input_ids, answer_attention_mask: ``(batch, answers, len)`` (or ``(batch, len)``: one answer
@@ -1368,21 +1566,32 @@ class EfficientVLMForGenerativeVQA(EfficientVLMPreTrainedModel, GenerationMixin)
             k: answers re-scored when ranking (default ``config.rank_k``).
             decoder_input_ids, decoder_attention_mask, question_embeds, question_attention_mask: one decoder step
                 over already fused questions (``generate()``); ``logits`` are then next-token logits.
+            cache: when decoding, a generation cache (``past_key_values`` before transformers 5.24, also accepted):
+                an ``EncoderDecoderCache`` as returned by a previous step or built by ``cache_question``;
+                ``decoder_input_ids`` are then only the tokens after the ``cache.get_seq_length()`` positions it
+                holds, ``decoder_attention_mask`` covers the whole answer so far, and ``question_embeds`` are not
+                needed once it holds the question's keys and values.
+            use_cache: when decoding, return the cache (updated with these positions) as ``output.cache``
+                (default: when one is passed; ``True`` without one starts a new one). When ranking: share each
+                question's keys and values among its candidates (default ``True``; see ``rank_answers``).
         """
         output_attentions, output_hidden_states = bool(output_attentions), bool(output_hidden_states)
         if decoder_input_ids is not None:
-            if question_embeds is None:
-                raise ValueError("decoder_input_ids needs question_embeds (the fused question states).")
+            cache = self._new_cache(past_key_values if cache is None else cache, use_cache)
+            if question_embeds is None and not self._cross_attention_cached(cache):
+                raise ValueError("decoder_input_ids needs question_embeds (the fused question states), or a cache "
+                                 "that holds their keys and values (cache_question).")
             logits, decoder = self.decode(decoder_input_ids, decoder_attention_mask, question_embeds,
-                                          question_attention_mask, output_attentions, output_hidden_states)
-            return EfficientVLMGenerativeVQAOutput(logits=logits, decoder_model_output=_requested(decoder))
+                                          question_attention_mask, output_attentions, output_hidden_states, cache,
+                                          self._cached_length(cache))
+            return EfficientVLMGenerativeVQAOutput(logits=logits, cache=cache, decoder_model_output=_requested(decoder))
 
         outputs = self.efficientvlm(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask,
                                     token_type_ids=token_type_ids, output_attentions=output_attentions,
                                     output_hidden_states=output_hidden_states, return_dict=True)
         question, fields = outputs.last_hidden_state, _model_fields(outputs)
         if answer_input_ids is None:
-            scores, ranked = self.rank_answers(question, attention_mask, k)
+            scores, ranked = self.rank_answers(question, attention_mask, k, use_cache=use_cache is not False)
             return EfficientVLMGenerativeVQAOutput(logits=scores, ranked_answer_ids=ranked, **fields)
 
         if answer_input_ids.dim() == 2:
@@ -1414,22 +1623,34 @@ class EfficientVLMForGenerativeVQA(EfficientVLMPreTrainedModel, GenerationMixin)
     # ---- generation -------------------------------------------------------------------------------------------
 
     def prepare_inputs_for_generation(self, input_ids, attention_mask=None, question_embeds=None,
-                                      question_attention_mask=None, **kwargs):
-        return {"decoder_input_ids": input_ids, "decoder_attention_mask": attention_mask,
-                "question_embeds": question_embeds, "question_attention_mask": question_attention_mask}
-
-    def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False, **kwargs):
-        mask = model_kwargs.get("attention_mask")
-        if mask is not None:
-            model_kwargs["attention_mask"] = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
-        return model_kwargs
+                                      question_attention_mask=None, cache: Cache | None = None,
+                                      past_key_values: Cache | None = None, use_cache: bool | None = None, **kwargs):
+        """The next step's inputs: with a cache, only the positions it does not hold yet (the last token)."""
+        cache = past_key_values if cache is None else cache
+        inputs = {"decoder_attention_mask": attention_mask, "question_embeds": question_embeds,
+                  "question_attention_mask": question_attention_mask}
+        if cache is not None and use_cache is not False:
+            input_ids = input_ids[:, self._cached_length(cache):]
+            inputs.update(cache=cache, use_cache=True)
+            rows = self._cached_cross_rows(cache)
+            if question_attention_mask is not None and rows and question_attention_mask.shape[0] != rows:
+                # transformers repeated the question's mask for its beams (consecutive rows) but the cache holds one
+                # row per question: each question's first row is its mask
+                inputs["question_attention_mask"] = question_attention_mask[::question_attention_mask.shape[0] // rows]
+        inputs["decoder_input_ids"] = input_ids
+        return inputs
 
     @torch.no_grad()
     def generate(self, pixel_values=None, input_ids=None, attention_mask=None, token_type_ids=None,
                  **generate_kwargs):
         """Free-form answers: fuse the question with the image once, then decode from ``[CLS]`` (greedy unless
         told otherwise, at most ``config.max_answer_length`` tokens). Returns token ids ``(batch, len)`` starting
-        with ``[CLS]``; decode them with the tokenizer (``skip_special_tokens=True``)."""
+        with ``[CLS]``; decode them with the tokenizer (``skip_special_tokens=True``).
+
+        With ``use_cache`` (the default) the decoder's cross-attention keys and values of each question are
+        computed once, in a cache (``cache_question``) that ``generate`` then extends with the answer's
+        self-attention keys and values; ``use_cache=False`` recomputes the whole answer so far at every step
+        instead (same sequences, slower)."""
         if pixel_values is None or input_ids is None:
             raise ValueError("generate() needs pixel_values and the question's input_ids.")
         question = self.efficientvlm(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask,
@@ -1440,7 +1661,8 @@ class EfficientVLMForGenerativeVQA(EfficientVLMPreTrainedModel, GenerationMixin)
             attention_mask = torch.ones(input_ids.shape, dtype=torch.long, device=question.device)
         generate_kwargs.setdefault("eos_token_id", tc.eos_token_id)
         generate_kwargs.setdefault("pad_token_id", tc.pad_token_id)
-        generate_kwargs.setdefault("use_cache", False)
+        # with the cache (the default) question becomes None: the cache holds all the decoder reads from it
+        question = self._cache_for_generate(generate_kwargs, question)
         return super().generate(input_ids=start, attention_mask=torch.ones_like(start), question_embeds=question,
                                 question_attention_mask=attention_mask, **generate_kwargs)
 
@@ -1859,7 +2081,7 @@ class EfficientVLMForNLVR2(EfficientVLMPreTrainedModel):
                                       text_model_output=_requested(text), fusion_model_output=_requested(fusion))
 
 
-class EfficientVLMForCaptioning(EfficientVLMPreTrainedModel, GenerationMixin):
+class EfficientVLMForCaptioning(EfficientVLMPreTrainedModel, EfficientVLMCachedGenerationMixin):
     """Image captioning: the text and fusion layers run as a causal decoder that cross-attends to the image.
 
     As in the paper, the text layers become causal self-attention layers and the fusion layers add cross-attention
@@ -1902,28 +2124,11 @@ class EfficientVLMForCaptioning(EfficientVLMPreTrainedModel, GenerationMixin):
 
     # -- cache layout ----------------------------------------------------------------------------------------------
 
-    def _number_cache_slots(self) -> int:
-        """Give every decoder attention block its slot in a cache, in decoding order, and return the number of
-        cross-attention slots.
-
-        Self-attention blocks (text layers, then fusion layers) are numbered 0, 1, ... and so are cross-attention
-        blocks; absent blocks (0 heads) get no slot, so that slot 0 always holds the length of the cached text
-        (``Cache.get_seq_length()``). Numbered at every cached call, since pruning may remove blocks in place.
-        """
-        self_slot = cross_slot = 0
+    def _cached_decoder_layers(self) -> list[nn.Module]:
+        """The decoder in decoding order: text layers (self-attention), then fusion layers (self- and
+        cross-attention to the image)."""
         base = self.efficientvlm
-        for layer in (*base.text_model.encoder.layers, *base.fusion_model.encoder.layers):
-            if layer.self_attn is not None:
-                layer.self_attn.cache_index, self_slot = self_slot, self_slot + 1
-            if layer.cross_attn is not None:
-                layer.cross_attn.cache_index, cross_slot = cross_slot, cross_slot + 1
-        return cross_slot
-
-    @staticmethod
-    def _cached_length(cache: Cache | None) -> int:
-        """Text positions whose keys and values ``cache`` holds (0 when no decoder layer has self-attention: each
-        step then reruns the whole prefix, and only the image's keys and values are reused)."""
-        return 0 if cache is None else cache.get_seq_length()
+        return [*base.text_model.encoder.layers, *base.fusion_model.encoder.layers]
 
     def cache_image(self, image_embeds: torch.Tensor) -> EncoderDecoderCache:
         """A new cache holding the cross-attention keys and values of ``image_embeds`` ``(images, tokens, width)``,
@@ -1934,15 +2139,7 @@ class EfficientVLMForCaptioning(EfficientVLMPreTrainedModel, GenerationMixin):
         ``past_key_values=`` before transformers 5.24) to ``forward`` or ``generate``; ``image_embeds`` are then not
         needed.
         """
-        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
-        self._number_cache_slots()
-        image_embeds = image_embeds.to(self.efficientvlm.text_model.embeddings.word_embeddings.weight.dtype)
-        for layer in self.efficientvlm.fusion_model.encoder.layers:
-            if layer.cross_attn is not None:
-                key, value = layer.cross_attn.key_value(image_embeds)
-                cache.cross_attention_cache.update(key, value, layer.cross_attn.cache_index)
-                cache.is_updated[layer.cross_attn.cache_index] = True
-        return cache
+        return self.cache_cross_attention(image_embeds)
 
     # -- forward ---------------------------------------------------------------------------------------------------
 
@@ -1966,14 +2163,7 @@ class EfficientVLMForCaptioning(EfficientVLMPreTrainedModel, GenerationMixin):
             use_cache: return the cache (updated with these positions) as ``output.cache``; default: when one is
                 passed. ``True`` without a cache starts a new one.
         """
-        cache = past_key_values if cache is None else cache
-        use_cache = cache is not None if use_cache is None else use_cache
-        if not use_cache:
-            cache = None
-        elif cache is None:
-            cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
-        elif not isinstance(cache, EncoderDecoderCache):
-            cache = EncoderDecoderCache(cache, DynamicCache())
+        cache = self._new_cache(past_key_values if cache is None else cache, use_cache)
         output_attentions = bool(output_attentions if output_attentions is not None else self.config.output_attentions)
         output_hidden_states = bool(
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
@@ -1981,8 +2171,7 @@ class EfficientVLMForCaptioning(EfficientVLMPreTrainedModel, GenerationMixin):
         if input_ids is None:
             raise ValueError("input_ids are required: the captioning decoder predicts the next token of a text.")
         base = self.efficientvlm
-        cross_slots = self._number_cache_slots() if cache is not None else 0
-        image_cached = cache is not None and all(cache.is_updated.get(slot) for slot in range(cross_slots))
+        image_cached = self._cross_attention_cached(cache)
         vision = None
         if image_embeds is None and not image_cached:
             if pixel_values is None:
@@ -2024,37 +2213,6 @@ class EfficientVLMForCaptioning(EfficientVLMPreTrainedModel, GenerationMixin):
         inputs["input_ids"] = input_ids
         return inputs
 
-    def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False, **kwargs):
-        if outputs.get("cache") is not None:
-            model_kwargs[_CACHE_KWARG] = outputs["cache"]
-        mask = model_kwargs.get("attention_mask")
-        if mask is not None:
-            new = kwargs.get("num_new_tokens", 1)
-            model_kwargs["attention_mask"] = torch.cat([mask, mask.new_ones((mask.shape[0], new))], dim=-1)
-        return model_kwargs
-
-    def _reorder_cache(self, cache: Cache, beam_idx: torch.LongTensor) -> Cache:
-        """Beam search: keep the self-attention keys and values of the beams chosen at this step.
-
-        The image's cross-attention keys and values are left as they are: beam search picks every beam among the
-        beams of the same image, and those share the image's keys and values (one row per image, or identical
-        rows), so reordering them would copy them for nothing.
-        """
-        if isinstance(cache, EncoderDecoderCache):
-            cache.self_attention_cache.reorder_cache(beam_idx)
-        else:
-            cache.reorder_cache(beam_idx)
-        return cache
-
-    def _generation_setting(self, generate_kwargs: dict, name: str):
-        """A generation setting as ``generate`` resolves it: keyword, then the ``generation_config`` argument, then
-        the model's ``generation_config`` (``None`` if unset everywhere)."""
-        for source in (generate_kwargs, generate_kwargs.get("generation_config"), self.generation_config):
-            value = source.get(name) if isinstance(source, dict) else getattr(source, name, None)
-            if value is not None:
-                return value
-        return None
-
     @torch.no_grad()
     def generate(self, pixel_values=None, input_ids=None, attention_mask=None, image_embeds=None, **generate_kwargs):
         """Caption images (``pixel_values`` or already encoded ``image_embeds``).
@@ -2091,16 +2249,8 @@ class EfficientVLMForCaptioning(EfficientVLMPreTrainedModel, GenerationMixin):
             attention_mask = torch.ones_like(input_ids)
         generate_kwargs.setdefault("eos_token_id", tc.eos_token_id)
         generate_kwargs.setdefault("pad_token_id", tc.pad_token_id)
-        use_cache, implementation = (self._generation_setting(generate_kwargs, name)
-                                     for name in ("use_cache", "cache_implementation"))
-        user_cache = generate_kwargs.get("cache", generate_kwargs.get("past_key_values"))
-        if use_cache is not False and user_cache is None:  # unset means True, as in transformers
-            if implementation not in (None, "dynamic"):
-                raise ValueError(f"cache_implementation={implementation!r} is not supported by "
-                                 "EfficientVLMForCaptioning (its decoder layers differ in size); use the default "
-                                 "dynamic cache.")
-            generate_kwargs[_CACHE_KWARG] = self.cache_image(image_embeds)
-            image_embeds = None  # the cache holds all that the decoder reads from the image
+        # with the cache (the default) image_embeds becomes None: the cache holds all the decoder reads from the image
+        image_embeds = self._cache_for_generate(generate_kwargs, image_embeds)
         return super().generate(input_ids=input_ids, attention_mask=attention_mask, image_embeds=image_embeds,
                                 **generate_kwargs)
 

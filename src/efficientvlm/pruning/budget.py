@@ -23,6 +23,14 @@ ranked globally (``efficientvlm.pruning.importance``).
 continues from the previous one, so every smaller model is contained in every larger one (nested by
 construction).
 
+One rule overrides the scores: the selection never removes the last cross-attention head of the fusion encoder (the
+only path from the image to the text, and so to every head's output) nor of the answer decoder (the only path from
+the fused question to the answer) - ``structure.PATH_SUB_BLOCKS``. When the ranking reaches that head, it is kept,
+a warning names it, and the walk goes on removing higher-scored units, so the size still meets the target. Without
+the rule a FLOPs budget, which prices a cross-attention head over the image tokens at several self-attention heads,
+exported image-blind students (README, "Generative against classifier VQA head"). The largest reachable sparsity
+accounts for the kept head (``reachable_sparsity``).
+
 The result is hard 0/1 gates in the same layout, ready for ``gates_applied`` (masked model) and ``materialize``.
 """
 
@@ -32,9 +40,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
+from transformers.utils import logging
 
 from ..models.configuration_efficientvlm import EfficientVLMConfig
 from .structure import (
+    PATH_SUB_BLOCKS,
     SUB_BLOCKS,
     SubBlockCost,
     check_budget,
@@ -48,6 +58,12 @@ from .structure import (
 Gates = dict[str, list[dict[str, torch.Tensor]]]
 Target = float | Mapping[str, float]
 
+logger = logging.get_logger(__name__)
+
+#: the modalities of ``PATH_SUB_BLOCKS`` and what their last path unit carries, for the warning
+_PATH_ROLE = {"fusion": ("fusion encoder", "the only path from the image to the text"),
+              "decoder": ("answer decoder", "the only path from the question and image to the answer")}
+
 
 @dataclass
 class _SubBlockState:
@@ -60,6 +76,7 @@ class _SubBlockState:
     cost: SubBlockCost
     alive: list[bool]
     gated_units: bool
+    name: str  # "attention", "cross_attention" or "ffn"
     removed: bool = False
     alive_count: int = -1  # kept in step with ``alive`` (counting it per removal would be quadratic)
 
@@ -113,6 +130,48 @@ def select_structures(scores: Gates, config: EfficientVLMConfig, targets: Sequen
                       budget: str = "params", text_length: int = 40, image_size: int | None = None) -> list[Gates]:
     """``select_structure`` for several targets at once, nested: the units removed for a target stay removed for
     every larger one. ``targets`` must be strictly increasing (per modality, for dict targets)."""
+    targets, keys, blocks, full = _prepare(scores, config, targets, budget, text_length, image_size)
+    guard = _PathGuard(blocks, config)
+    # The removal order of each constraint's scope: its scored units and blocks, lowest score first.
+    orders = {key: _removal_order(scores, blocks, None if key == "overall" else key) for key in keys}
+    family = []
+    for target in targets:
+        for key in keys:
+            value = target if key == "overall" else target[key]
+            _remove_until(orders[key], blocks, (1 - value) * full[key], _scope_size(blocks, full, key), guard)
+        guard.warn(budget)
+        family.append(_as_gates(scores, blocks))
+    return family
+
+
+def check_targets(scores: Gates, config: EfficientVLMConfig, targets: Sequence[Target], *, budget: str = "params",
+                  text_length: int = 40, image_size: int | None = None) -> None:
+    """Raise the ``ValueError`` that ``select_structures`` would for these targets (only the layout of ``scores``
+    matters), without selecting anything."""
+    _prepare(scores, config, targets, budget, text_length, image_size)
+
+
+def reachable_sparsity(scores: Gates, config: EfficientVLMConfig, *, budget: str = "params", text_length: int = 40,
+                       image_size: int | None = None) -> dict[str, float]:
+    """The largest exact sparsity ``select_structure`` can reach from scores of this layout, per modality and
+    ``"overall"``: every scored unit removed except the one cross-attention head that the fusion encoder and the
+    answer decoder each keep (``PATH_SUB_BLOCKS``); unscored sub-blocks stay whole."""
+    check_budget(budget)
+    costs = sub_block_costs(config, budget, text_length, image_size)
+    blocks = _sub_blocks(scores, config, costs)
+    full = _full_sizes(config, costs)
+    floor = _PathGuard(blocks, config).floor()
+    reachable = {}
+    for key in full:
+        scope = [b for b in blocks if key in ("overall", b.modality)]
+        least = full[key] - sum(b.size() for b in scope)
+        least += sum(size for modality, size in floor.items() if key in ("overall", modality))
+        reachable[key] = 1 - least / full[key] if full[key] else 0.0
+    return reachable
+
+
+def _prepare(scores, config, targets, budget, text_length, image_size):
+    """Check the budget and targets; return ``(targets, constraint keys, sub-block states, full sizes)``."""
     check_budget(budget)
     targets = list(targets)
     if not targets:
@@ -121,28 +180,79 @@ def select_structures(scores: Gates, config: EfficientVLMConfig, targets: Sequen
     _check_increasing(targets, keys)
     costs = sub_block_costs(config, budget, text_length, image_size)
     blocks = _sub_blocks(scores, config, costs)
+    full = _full_sizes(config, costs)
+    reachable = reachable_sparsity(scores, config, budget=budget, text_length=text_length, image_size=image_size)
+    for key in keys:
+        for target in targets:
+            _check_target(target if key == "overall" else target[key], reachable[key], key)
+    return targets, keys, blocks, full
+
+
+def _full_sizes(config: EfficientVLMConfig, costs) -> dict[str, float]:
     full_costs = sizes_cost(layer_sizes(config), costs)
     full = {m: float(sum(full_costs[m])) for m in full_costs}
     full["overall"] = sum(full.values())
+    return full
 
-    # The removal order of each constraint's scope: its scored units and blocks, lowest score first.
-    orders = {key: _removal_order(scores, blocks, None if key == "overall" else key) for key in keys}
-    for key in keys:
-        scope = [b for b in blocks if key in ("overall", b.modality)]
-        least = full[key] - sum(b.size() for b in scope)
-        reachable = 1 - least / full[key] if full[key] else 0.0
-        for target in targets:
-            value = target if key == "overall" else target[key]
-            _check_target(value, reachable, key)
 
-    family = []
-    for target in targets:
-        for key in keys:
-            value = target if key == "overall" else target[key]
-            _remove_until(orders[key], blocks, (1 - value) * full[key],
-                          _scope_size(blocks, full, key))
-        family.append(_as_gates(scores, blocks))
-    return family
+class _PathGuard:
+    """Keeps, in each modality of ``PATH_SUB_BLOCKS`` that has any, at least one unit of its path sub-blocks (the
+    cross-attention of the fusion encoder and of the answer decoder): refuses the removal that would take the last
+    one, and warns about the units it kept that way."""
+
+    def __init__(self, blocks: list[_SubBlockState], config: EfficientVLMConfig):
+        sizes = layer_sizes(config)
+        self.blocks = blocks
+        self.alive: dict[str, int] = {}  # path units left per modality, scored or not
+        for modality, kind in PATH_SUB_BLOCKS.items():
+            spec = next(s for s in SUB_BLOCKS[modality] if s.name == kind)
+            total = sum(layer[spec.units] for layer in sizes.get(modality, ()))
+            if total:  # a model without any has no path to keep
+                self.alive[modality] = total
+        self.refused: set[str] = set()  # modalities where the rule kept a unit since the last warn()
+
+    def guards(self, block: _SubBlockState) -> bool:
+        return block.modality in self.alive and block.name == PATH_SUB_BLOCKS[block.modality]
+
+    def allows(self, block: _SubBlockState, unit: int | None) -> bool:
+        """Whether removing ``unit`` (``None``: the whole block) leaves a path unit in its modality."""
+        if not self.guards(block):
+            return True
+        return self.alive[block.modality] - (1 if unit is not None else block.remaining) > 0
+
+    def refuse(self, block: _SubBlockState) -> None:
+        """Record that the rule kept a unit of ``block`` that the ranking would have removed."""
+        self.refused.add(block.modality)
+
+    def remove(self, block: _SubBlockState, unit: int | None) -> None:
+        """Count a removal (before ``_remove`` changes the block)."""
+        if self.guards(block):
+            self.alive[block.modality] -= 1 if unit is not None else block.remaining
+
+    def floor(self) -> dict[str, int]:
+        """Per modality whose path units are all scored: the least it costs to keep one (the cheapest block with one
+        unit, or whole where only its block gate is scored)."""
+        floor = {}
+        for modality in self.alive:
+            path = [b for b in self.blocks if self.guards(b) and b.modality == modality]
+            if path and sum(len(b.alive) for b in path) == self.alive[modality]:
+                floor[modality] = min(b.cost.size(1 if b.gated_units else len(b.alive)) for b in path)
+        return floor
+
+    def warn(self, budget: str) -> None:
+        """Warn (once per message) about the path units kept by the rule since the last call."""
+        for modality in sorted(self.refused):
+            kind = PATH_SUB_BLOCKS[modality].replace("_", "-")
+            kept = [f"layer {b.layer} head{'s' if b.remaining > 1 else ''} "
+                    + ", ".join(str(u) for u, alive in enumerate(b.alive) if alive)
+                    for b in self.blocks if self.guards(b) and b.modality == modality and b.remaining]
+            name, role = _PATH_ROLE[modality]
+            logger.warning_once(
+                f"The {budget} budget's ranking would remove every {kind} head of the {name}, {role}: kept "
+                f"{'; '.join(kept)} (the highest-scored) and removed other units instead, so the size still meets "
+                f"the target. The scores had ranked the model into not looking: compare its accuracy with an "
+                f"image-blind baseline.")
+        self.refused.clear()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -186,7 +296,8 @@ def _check_target(value: float, reachable: float, key: str) -> None:
         raise ValueError(f"{name}={value} must be in [0, 1): it is the fraction of the prunable size to remove.")
     if value > reachable + 1e-9:
         raise ValueError(f"{name}={value} cannot be reached: removing every scored unit gives {reachable:.4f} "
-                         f"(unscored sub-blocks and modalities stay whole). Lower the target to at most "
+                         f"(unscored sub-blocks and modalities stay whole, and the fusion encoder and answer decoder "
+                         f"each keep one cross-attention head). Lower the target to at most "
                          f"{reachable:.4f}, or score (gate) more structures or modalities.")
 
 
@@ -213,7 +324,7 @@ def _sub_blocks(scores: Gates, config: EfficientVLMConfig, costs) -> list[_SubBl
                                          f"importance scores are corrupt (NaN/inf) and cannot select a structure.")
                 block_key = spec.block if block_score is not None else None
                 blocks.append(_SubBlockState(modality, index, spec.units, block_key, costs[modality][spec.name],
-                                             [True] * units, unit_scores is not None))
+                                             [True] * units, unit_scores is not None, spec.name))
     return blocks
 
 
@@ -256,9 +367,11 @@ def _remove(block: _SubBlockState, unit: int | None) -> None:
         block.alive_count -= 1
 
 
-def _remove_until(order: list[tuple], blocks: list[_SubBlockState], goal: float, size: float) -> None:
+def _remove_until(order: list[tuple], blocks: list[_SubBlockState], goal: float, size: float,
+                  guard: _PathGuard) -> None:
     """Walk the removal order: remove each item that keeps the size at or above ``goal``; skip those that would
-    overshoot it; finally take the skipped item that lands closest, if that is closer than stopping short."""
+    overshoot it, and those that would cut the last path (``guard``); finally take the skipped item that lands
+    closest, if that is closer than stopping short."""
     skipped = []
     for block, unit in order:
         if size <= goal:
@@ -266,14 +379,19 @@ def _remove_until(order: list[tuple], blocks: list[_SubBlockState], goal: float,
         cost = _removal_cost(block, unit)
         if cost == 0:
             continue
-        if size - cost >= goal:
+        if size - cost < goal:
+            skipped.append((block, unit))
+        elif not guard.allows(block, unit):
+            guard.refuse(block)
+        else:
+            guard.remove(block, unit)
             _remove(block, unit)
             size -= cost
-        else:
-            skipped.append((block, unit))
+    skipped = [item for item in skipped if _removal_cost(*item) and guard.allows(*item)]
     if size > goal and skipped:
         best = min(skipped, key=lambda item: abs(size - _removal_cost(*item) - goal))
         if abs(size - _removal_cost(*best) - goal) < size - goal:
+            guard.remove(*best)
             _remove(*best)
 
 
@@ -302,4 +420,4 @@ def _as_gates(scores: Gates, blocks: list[_SubBlockState]) -> Gates:
     return out
 
 
-__all__ = ["select_structure", "select_structures", "sparsity_of"]
+__all__ = ["check_targets", "reachable_sparsity", "select_structure", "select_structures", "sparsity_of"]

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from .budget import Gates, Target, select_structures, sparsity_of
+from .budget import Gates, Target, check_targets, select_structures, sparsity_of
 from .l0 import PRUNABLE_STRUCTURES, SUB_BLOCKS_BY_UNITS, _unit_structure, gates_applied
 from .materialize import materialize
 from .structure import SUB_BLOCKS, check_budget, check_modality, layer_sizes, model_modalities, sub_block_costs
@@ -143,9 +143,9 @@ def one_shot_prune(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor
     targets = list(target_sparsity) if family else [target_sparsity]
     # validate the targets against the scored structure before the (costly) scoring
     placeholder = _unit_gates(model.config, structures, modalities, "cpu")
-    select_structures({m: [{k: v.detach() for k, v in layer.items()} for layer in layers]
-                       for m, layers in placeholder.items()}, model.config, targets, budget=budget,
-                      text_length=text_length, image_size=image_size)
+    check_targets({m: [{k: v.detach() for k, v in layer.items()} for layer in layers]
+                   for m, layers in placeholder.items()}, model.config, targets, budget=budget,
+                  text_length=text_length, image_size=image_size)
 
     scores = importance_scores(model, batches, structures=structures, modalities=modalities)
     ranked = per_unit_of_cost(scores, model.config, budget, text_length, image_size)

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from ..models.configuration_efficientvlm import EfficientVLMConfig
-from .budget import select_structures
+from .budget import reachable_sparsity, select_structures
 from .gates import LOG_ALPHA_MIN, HardConcreteGate, keep_probability
 from .structure import (
     BUDGETS,
@@ -285,17 +285,23 @@ class ModalAdaptiveL0Module(nn.Module):
         gates learned: ``t_m = min(1, k * s_m)`` with ``s_m`` the expected sparsity of modality ``m`` and ``k`` such
         that the size-weighted sum of the ``t_m`` is the target. When the gates have converged (``s = target``),
         ``k = 1`` and ``t_m = s_m``. (``s_m`` gets a floor of 1% of the target, so that gates that have not moved
-        yet still share the budget.)"""
+        yet still share the budget.) ``t_m`` is capped at what the export can reach in modality ``m``
+        (``budget.reachable_sparsity``: the fusion encoder and the decoder keep one cross-attention head each),
+        and the other modalities take up what the cap leaves."""
         learned = self.expected_sparsity()
         full = self.full_size[self.budget]
         weights = {m: full[m] / full["overall"] for m in self.modalities if full[m] > 0}
-        if sum(weights.values()) < target_sparsity:
-            raise ValueError(f"target_sparsity={target_sparsity} cannot be reached: the gated modalities "
-                             f"{tuple(weights)} hold {sum(weights.values()):.4f} of the prunable {self.budget}.")
+        caps = reachable_sparsity(self.export_scores(), self.config, budget=self.budget,
+                                  text_length=self.text_length, image_size=self.image_size)
+        reachable = sum(w * caps[m] for m, w in weights.items())
+        if reachable < target_sparsity:
+            raise ValueError(f"target_sparsity={target_sparsity} cannot be reached: removing every gated unit of "
+                             f"{tuple(weights)} (but one cross-attention head of the fusion encoder and of the "
+                             f"decoder) gives {reachable:.4f} of the prunable {self.budget}.")
         shares = {m: max(float(learned[m]), 0.0) + 0.01 * target_sparsity for m in weights}
 
         def total(k: float) -> float:
-            return sum(w * min(1.0, k * shares[m]) for m, w in weights.items())
+            return sum(w * min(caps[m], k * shares[m]) for m, w in weights.items())
 
         low, high = 0.0, 1.0
         while total(high) < target_sparsity:
@@ -303,7 +309,7 @@ class ModalAdaptiveL0Module(nn.Module):
         for _ in range(100):
             middle = (low + high) / 2
             low, high = (middle, high) if total(middle) < target_sparsity else (low, middle)
-        return {m: min(1.0, high * shares[m]) for m in weights}
+        return {m: min(caps[m], high * shares[m]) for m in weights}
 
     @torch.no_grad()
     def budget_gates(self, target_sparsity: Target | Sequence[Target] | None = None) -> Gates | list[Gates]:

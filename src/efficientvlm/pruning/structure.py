@@ -87,6 +87,12 @@ SUB_BLOCKS: dict[str, tuple[SubBlockSpec, ...]] = {
     "decoder": (ATTENTION, CROSS_ATTENTION, FFN),
 }
 
+#: per modality, the sub-block kind of which an exported structure always keeps at least one unit: the fusion
+#: encoder's cross-attention is the only path from the image to the text (and so to every head's output), the answer
+#: decoder's the only path from the fused question and image to the answer. Removing every such head leaves a model
+#: that answers without looking (``efficientvlm.pruning.budget``).
+PATH_SUB_BLOCKS: dict[str, str] = {"fusion": "cross_attention", "decoder": "cross_attention"}
+
 #: the LayerNorm that belongs to each sub-block (removed with it)
 LAYER_NORMS: dict[str, dict[str, str]] = {
     "vision": {"attention": "layer_norm1", "ffn": "layer_norm2"},
