@@ -25,7 +25,9 @@ The pruned structures come from the library's budget selection (``efficientvlm.p
 per-encoder parameter targets and random unit scores (which units go does not change the speed; how many does);
 they are materialised into smaller dense models. Every model runs the same seeded inputs; all are timed in one
 process, one forward each per round, round after round (``efficientvlm.evaluation.measure_latency``, median of
-``--repeats``), so that the ratios hold on a loaded machine even when absolute times drift. The goals: pruned
+``--repeats``; the order rotates every round). Each ratio is the median over rounds of the model's time over
+ViLT's time in the same round, so that load drifting between rounds cancels; the JSON also keeps the smallest and
+largest per-round ratio. The goals: pruned
 (FLOPs budget) <= 1.0x ViLT-B/32's latency, pruned + int8 <= 0.5x at batch 1.
 """
 
@@ -34,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -193,6 +196,31 @@ def build_models(args, scratch: Path, progress) -> tuple[dict[str, nn.Module], d
     return models, info
 
 
+def count_macs(models: dict[str, nn.Module], inputs: dict) -> dict[str, float]:
+    """Multiply-accumulates of one forward on ``inputs`` (torch's FLOP counter / 2): machine-independent."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    macs = {}
+    with torch.inference_mode():
+        for name, model in models.items():
+            with FlopCounterMode(display=False) as counter:
+                model(**inputs)
+            macs[name] = counter.get_total_flops() / 2
+    return macs
+
+
+def paired_ratio(times: list[float], reference: list[float]) -> float:
+    """The median over rounds of this round's time / the reference's time in the same round: load that drifts
+    between rounds (a shared machine) cancels within each pair."""
+    return statistics.median(t / r for t, r in zip(times, reference))
+
+
+def ratio_range(times: list[float], reference: list[float]) -> list[float]:
+    """The smallest and largest per-round ratio, to show how much the rounds disagree."""
+    ratios = [t / r for t, r in zip(times, reference)]
+    return [min(ratios), max(ratios)]
+
+
 def _bf16_copy(model: nn.Module) -> nn.Module:
     import copy
 
@@ -206,12 +234,12 @@ def _bf16_copy(model: nn.Module) -> nn.Module:
 
 def markdown(result: dict) -> str:
     batches = [str(b) for b in result["settings"]["batch_sizes"]]
-    header = ["model", "parameters"] + [f"b{b} latency" for b in batches] + [f"b{b} / {REFERENCE}" for b in batches]
+    header = ["model", "parameters", "GMACs b1"] + [f"b{b} latency" for b in batches] + [f"b{b} / {REFERENCE}" for b in batches]
     header += ["max abs diff of logits vs float32"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, row in result["models"].items():
         count = row["parameters"]
-        cells = [name, f"{count / 1e6:.1f}M" if count >= 1e6 else f"{count / 1e3:.0f}k"]
+        cells = [name, f"{count / 1e6:.1f}M" if count >= 1e6 else f"{count / 1e3:.0f}k", f"{row['macs_batch1'] / 1e9:.2f}"]
         cells += [f"{1000 * row['latency_s'][b]:.0f} ms" for b in batches]
         cells += [f"{row['ratio_to_reference'][b]:.2f}x" for b in batches]
         diff = row.get("max_abs_diff")
@@ -264,18 +292,25 @@ def run(args: argparse.Namespace) -> dict:
                 agreement = (output.argmax(-1) == reference.argmax(-1)).float().mean()
                 differences[name] = {"max_abs_diff": float((output - reference).abs().max()),
                                      "top1_agreement": float(agreement)}
+        macs = count_macs({name: models[name] for name in (REFERENCE, "teacher", "student", "pruned, uniform",
+                                                           "pruned, FLOPs budget")},
+                          make_inputs(1, args, vocab, seed=args.seed))
+        for name in ("pruned + int8", "pruned + bf16", "pruned, ONNX Runtime", "pruned, ONNX Runtime int8"):
+            macs[name] = macs["pruned, FLOPs budget"]  # the same network in another number format or runtime
         latency = {}
         for batch in args.batch_sizes:
             progress(f"timing {len(models)} models at batch {batch}")
             with torch.inference_mode():
                 latency[batch] = measure_latency(models, lambda: make_inputs(batch, args, vocab, args.seed),
-                                                 repeats=args.repeats, warmup=args.warmup)
+                                                 repeats=args.repeats, warmup=args.warmup, per_round=True)
     rows = {}
     for name in models:
-        rows[name] = {**info[name], **differences.get(name, {}),
-                      "latency_s": {str(b): latency[b][name] for b in args.batch_sizes},
-                      "ratio_to_reference": {str(b): latency[b][name] / latency[b][REFERENCE]
-                                             for b in args.batch_sizes}}
+        rows[name] = {**info[name], **differences.get(name, {}), "macs_batch1": macs[name],
+                      "latency_s": {str(b): statistics.median(latency[b][name]) for b in args.batch_sizes},
+                      "ratio_to_reference": {str(b): paired_ratio(latency[b][name], latency[b][REFERENCE])
+                                             for b in args.batch_sizes},
+                      "ratio_range": {str(b): ratio_range(latency[b][name], latency[b][REFERENCE])
+                                      for b in args.batch_sizes}}
     goals = {}
     for name, (every_batch, batch_one) in GOALS.items():
         ratios = rows[name]["ratio_to_reference"]
@@ -293,7 +328,7 @@ def run(args: argparse.Namespace) -> dict:
     }
     s = result["settings"]
     print(f"torch {s['torch']}, {s['threads']} thread(s), {s['processor']}; image {s['image_size']} px, text "
-          f"{s['text_length']} tokens, median of {s['repeats']} round-robin rounds\n")
+          f"{s['text_length']} tokens, median of {s['repeats']} round-robin rounds (ratios: median of per-round ratios)\n")
     print(markdown(result))
     print()
     for goal, met in goals.items():

@@ -148,25 +148,36 @@ def evaluate_captioning(model, processor, dataset, batch_size: int = 32, caption
 
 @torch.no_grad()
 def measure_latency(models: Mapping[str, torch.nn.Module], make_inputs: Callable[[], Mapping[str, torch.Tensor]],
-                    repeats: int = 10, warmup: int = 2) -> dict[str, float]:
+                    repeats: int = 10, warmup: int = 2, per_round: bool = False
+                    ) -> dict[str, float] | dict[str, list[float]]:
     """Median seconds per forward of each model on the same inputs, timed alternately (round-robin).
+
+    Each round runs every model once; the order rotates by one model per round, so that no model always runs
+    right after the same neighbour (whose cache footprint or thermal state it would inherit).
 
     Args:
         models: name -> model (put in eval mode here).
         make_inputs: returns the forward's keyword arguments (called once; the same tensors feed every model).
         repeats: timed rounds; each round runs every model once.
         warmup: untimed rounds first.
+        per_round: return every timed round's seconds (``name -> [seconds of round 0, 1, ...]``) instead of the
+            medians, e.g. to take the median of per-round ratios, which cancels load that drifts between rounds.
     """
     inputs = make_inputs()
     for model in models.values():
         model.eval()
-    times: dict[str, list[float]] = {name: [] for name in models}
+    names = list(models)
+    times: dict[str, list[float]] = {name: [] for name in names}
     for round_index in range(warmup + repeats):
-        for name, model in models.items():
+        shift = round_index % len(names) if names else 0
+        for name in names[shift:] + names[:shift]:
+            model = models[name]
             start = time.perf_counter()
             model(**_to(inputs, _device_of(model)))
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             if round_index >= warmup:
                 times[name].append(time.perf_counter() - start)
+    if per_round:
+        return times
     return {name: statistics.median(values) for name, values in times.items()}
