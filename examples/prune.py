@@ -24,13 +24,13 @@ the teacher's (VQA: the classifier or the generative answer decoder); ``--vqa_he
 is a one-line error. The student has the teacher's head: it comes from ``--model_name_or_path`` (e.g. a distilled
 student; for a generative teacher, a student checkpoint without an answer decoder gets one initialised from its
 fusion layers) or, with ``--student_layers V,T,F`` (``V,T,F,D`` with an answer decoder; without ``D`` the decoder is
-as deep as the fusion encoder), is created from the teacher with ``create_student``. The output folder holds the materialised model (reloads with ``from_pretrained``,
-no masks), the processor, ``pruning_report.json`` / ``pruning_report.png`` and ``eval_results.json``. The exported
-model has the target size exactly (``trainer.prune()`` is budget-exact). ``--export_sparsities`` also exports a nested
-family from the same run, one evaluated model per size in ``sparsity-<target>/``, and adds the accuracy-size curve to
-the report (``pruning_report_family.png``). ``--seed`` is set before the student is built. A user mistake (a missing
-checkpoint or file, a bad flag value) prints one error message and exits with status 2; ``--debug`` shows the
-traceback.
+as deep as the fusion encoder), is created from the teacher with ``create_student``. The output folder holds the
+materialised model (reloads with ``from_pretrained``, no masks), the processor, ``pruning_report.json`` /
+``pruning_report.png`` and ``eval_results.json``. The exported model has the target size exactly (``trainer.prune()``
+is budget-exact). ``--export_sparsities`` also exports a nested family from the same run, one evaluated model per
+size in ``sparsity-<target>/``, and adds the accuracy-size curve to the report (``pruning_report_family.png``).
+``--seed`` is set before the student is built. A user mistake (a missing checkpoint or file, a bad flag value) prints
+one error message and exits with status 2; ``--debug`` shows the traceback.
 
 Multi-process (DDP, FSDP, DeepSpeed ZeRO-2/3: configs in ``examples/accelerate_configs/``, see the README)::
 

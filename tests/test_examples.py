@@ -283,8 +283,8 @@ def test_finetune_and_prune_the_generative_vqa_head(tmp_path, capsys):
     assert encoders and all(torch.equal(classifier[name], generative[name]) for name in encoders)
     fusion = "efficientvlm.fusion_model.encoder.layers.0."
     copied = [name for name in classifier if name.startswith(fusion)]
-    assert copied and all(torch.equal(classifier[name], generative[name.replace(fusion, "answer_decoder.encoder.layers.0.")])
-                          for name in copied)
+    decoder = "answer_decoder.encoder.layers.0."
+    assert copied and all(torch.equal(classifier[name], generative[name.replace(fusion, decoder)]) for name in copied)
     model = AutoModelForVisualQuestionAnswering.from_pretrained(tmp_path / "generative")
     assert type(model) is EfficientVLMForGenerativeVQA
     assert model.config.answer_list == answer_vocabulary(ShapesConfig(image_size=32))
@@ -303,7 +303,8 @@ def test_finetune_and_prune_the_generative_vqa_head(tmp_path, capsys):
     capsys.readouterr()
     assert finetune.run_script(finetune.main, bad, prog="finetune.py") == 2
     line, = capsys.readouterr().err.strip().splitlines()
-    assert "--vqa_head classifier: " in line and "EfficientVLMForGenerativeVQA" in line and "leave --vqa_head out" in line
+    assert line.startswith("finetune.py: error: --vqa_head classifier: ")
+    assert "EfficientVLMForGenerativeVQA" in line and "leave --vqa_head out" in line
     with pytest.raises(ValueError, match="the nlvr2 task has one head"):
         finetune.main(["--task", "nlvr2", "--vqa_head", "generative", "--output_dir", str(tmp_path / "bad"), *TINY])
 
@@ -324,7 +325,7 @@ def test_finetune_and_prune_the_generative_vqa_head(tmp_path, capsys):
     teacher, student, _ = prune.load_models("vqa", TaskHeadArguments(), prune.ModelArguments(
         teacher_name_or_path=str(tmp_path / "again"), model_name_or_path=str(tmp_path / "classifier")))
     assert type(student) is EfficientVLMForGenerativeVQA and student.config.answer_list == teacher.config.answer_list
-    with pytest.raises(ValueError, match=r"--vqa_head classifier: .* is an EfficientVLMForGenerativeVQA \(generative\)"):
+    with pytest.raises(ValueError, match=r"--vqa_head classifier: .* an EfficientVLMForGenerativeVQA \(generative\)"):
         prune.main([*common, "--vqa_head", "classifier", "--teacher_name_or_path", str(tmp_path / "again"),
                     "--student_layers", "1,1,1", "--output_dir", str(tmp_path / "bad")])
     with pytest.raises(ValueError, match=r"classifier\) checkpoint, not a trained EfficientVLMForGenerativeVQA"):

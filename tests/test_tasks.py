@@ -91,7 +91,8 @@ def test_named_heads_choose_the_model_and_its_collator(tmp_path):
     generative = vqa.head("generative").build(data.labels, data.tokenizer, config=config)
     classifier = vqa.head("classifier").build(data.labels, data.tokenizer, config=config)
     assert type(generative) is EfficientVLMForGenerativeVQA and generative.config.answer_list == data.labels
-    assert type(classifier) is EfficientVLMForVisualQuestionAnswering and classifier.config.num_labels == len(data.labels)
+    assert type(classifier) is EfficientVLMForVisualQuestionAnswering
+    assert classifier.config.num_labels == len(data.labels)
     collator = vqa.collator(processor, data.labels, model=generative)
     assert isinstance(collator, GenerativeVQACollator)
     assert collator.max_answer_length == generative.config.max_answer_length
