@@ -15,7 +15,18 @@ text model, or a small random model; with --lora_r only LoRA adapters and the ta
     python examples/finetune.py --task vqa --model_name_or_path path/to/student --lora_r 8 \\
         --lora_encoders text fusion ... --output_dir runs/vqa-lora
 
-Tasks: ``vqa`` (classifier over the answer vocabulary), ``nlvr2``, ``retrieval`` (ITC + ITM), ``captioning``.
+    # the paper's generative VQA model: an answer decoder initialised from the fusion layers, ranking the answers:
+    python examples/finetune.py --task vqa --vqa_head generative --model_name_or_path path/to/student \\
+        ... --output_dir runs/vqa-generative
+
+Tasks: ``vqa`` (``--vqa_head classifier``: scores over the answer vocabulary; ``--vqa_head generative``: the paper's
+answer decoder, trained on the weighted annotated answers and evaluated by ranking the answer list), ``nlvr2``,
+``retrieval`` (ITC + ITM), ``captioning``. Without ``--vqa_head`` a checkpoint keeps its head (a generative one stays
+generative), any other starts the classifier; a generative head built from a checkpoint without one gets an answer
+decoder shaped like, and initialised from, its fusion layers (and a pre-training checkpoint's MLM head as its LM
+head); a classifier is not made from a generative checkpoint (a one-line error says so). How each head is built and
+fed is the task registry's (``efficientvlm.tasks.TASKS``).
+
 The model comes from ``--model_name_or_path`` (any EfficientVLM checkpoint: a pre-trained one gives the encoders,
 the task head is initialised fresh), from ``--vision_model`` + ``--text_model`` (a CLIP and a BERT checkpoint), or,
 with neither, a small random model whose sizes are set by ``--hidden_size`` and the ``--*_layers`` flags.
@@ -42,7 +53,7 @@ from transformers import AutoProcessor, AutoTokenizer, Trainer, TrainingArgument
 from efficientvlm import EfficientVLMImageProcessor, EfficientVLMProcessor, lora_config
 from efficientvlm.lora import LORA_ENCODERS, merge_lora, model_encoders
 from efficientvlm.scripts import script_parser
-from efficientvlm.tasks import DOWNSTREAM_TASKS, TASKS, TaskDataArguments, small_config
+from efficientvlm.tasks import DOWNSTREAM_TASKS, TASKS, TaskDataArguments, TaskHeadArguments, small_config
 from efficientvlm.user_errors import check_checkpoint_argument, run_script
 
 logger = logging.getLogger("finetune")
@@ -76,25 +87,24 @@ class LoraArguments:
                                                        "a generative VQA model); default: all the model has"})
 
 
-def build_model(task: str, args: ModelArguments, labels, tokenizer):
-    model_class = TASKS[task].model_class
-    config_kwargs = {"id2label": dict(enumerate(labels))} if labels is not None else {}
+def build_model(head, args: ModelArguments, labels, tokenizer):
+    """A model of ``head`` (a ``TaskHead`` of the registry, which knows how to build itself from each source) and
+    its processor."""
     if args.model_name_or_path:
-        model = model_class.from_pretrained(args.model_name_or_path, **config_kwargs)
         processor = AutoProcessor.from_pretrained(args.model_name_or_path)
+        model = head.build(labels, processor.tokenizer, checkpoint=args.model_name_or_path)
     elif args.vision_model and args.text_model:
-        model = model_class.from_vision_text_pretrained(args.vision_model, args.text_model,
-                                                        config_kwargs=config_kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(args.text_model)
+        model = head.build(labels, tokenizer, vision_model=args.vision_model, text_model=args.text_model)
         size = model.config.vision_config.image_size
-        processor = EfficientVLMProcessor(EfficientVLMImageProcessor(size={"height": size, "width": size}),
-                                          AutoTokenizer.from_pretrained(args.text_model))
+        processor = EfficientVLMProcessor(EfficientVLMImageProcessor(size={"height": size, "width": size}), tokenizer)
     else:
         if tokenizer is None:
             raise ValueError("A random model needs a tokenizer: use --dataset shapes, or give --model_name_or_path.")
         config = small_config(tokenizer, (args.vision_layers, args.text_layers, args.fusion_layers),
                               hidden_size=args.hidden_size, head_dim=min(32, args.hidden_size),
                               image_size=args.image_size or 64, labels=labels)
-        model = model_class(config)
+        model = head.build(labels, tokenizer, config=config)
         size = config.vision_config.image_size
         processor = EfficientVLMProcessor(EfficientVLMImageProcessor(size={"height": size, "width": size}), tokenizer)
     if args.image_size and args.image_size != model.config.vision_config.image_size:
@@ -104,10 +114,10 @@ def build_model(task: str, args: ModelArguments, labels, tokenizer):
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = script_parser((TaskArguments, TaskDataArguments, ModelArguments, LoraArguments, TrainingArguments),
-                           __doc__)
-    task_args, data_args, model_args, lora_args, training_args, script_args = parser.parse_args_into_dataclasses(
-        args=argv)
+    parser = script_parser((TaskArguments, TaskHeadArguments, TaskDataArguments, ModelArguments, LoraArguments,
+                            TrainingArguments), __doc__)
+    (task_args, head_args, data_args, model_args, lora_args, training_args,
+     script_args) = parser.parse_args_into_dataclasses(args=argv)
     script_args.apply()
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stdout)
     if task_args.task not in DOWNSTREAM_TASKS:
@@ -121,13 +131,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                         ("--vision_model", model_args.vision_model), ("--text_model", model_args.text_model)):
         if value:
             check_checkpoint_argument(value, flag)
+    task = TASKS[task_args.task]
+    head = head_args.head(task.name, model_args.model_name_or_path)  # before any data is read
     set_seed(training_args.seed)  # before the model is built: its initialisation is part of the run
     training_args.remove_unused_columns = False  # the collator reads the raw image/text columns
     output_dir = Path(training_args.output_dir)
-    task = TASKS[task_args.task]
     data = data_args.load(task.name, output_dir)
-    model, processor = build_model(task.name, model_args, data.labels, data.tokenizer)
-    collator = task.collator(processor, data.labels, data_args.max_length)
+    model, processor = build_model(head, model_args, data.labels, data.tokenizer)
+    collator = task.collator(processor, data.labels, data_args.max_length, model=model)
     logger.info("%s: %.1fM parameters, %d training examples", type(model).__name__,
                 sum(p.numel() for p in model.parameters()) / 1e6, len(data.train))
     if lora_args.lora_r:

@@ -257,3 +257,86 @@ def test_training_scripts_log_to_tensorboard_by_default_and_set_threads(tmp_path
     events = list((tmp_path / "run" / "runs").glob("*/events.out.tfevents.*"))
     assert len(events) == 1
     assert b"train/loss" in events[0].read_bytes()  # the Trainer's logged scalars (logging_steps 1), by tag
+
+
+def test_finetune_and_prune_the_generative_vqa_head(tmp_path, capsys):
+    """--vqa_head generative: built from a classifier checkpoint's encoders (decoder = its fusion layers), kept by a
+    later run without --vqa_head, loaded by the Auto class and the pipeline, and pruned under a generative teacher
+    with the decoder as a fourth modality; impossible combinations are one-line errors."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForVisualQuestionAnswering, pipeline
+
+    from efficientvlm import EfficientVLMForGenerativeVQA
+    from efficientvlm.data import ShapesConfig, answer_vocabulary
+    from efficientvlm.tasks import TaskHeadArguments
+
+    finetune = _load_example("finetune")
+    finetune.main(["--task", "vqa", "--output_dir", str(tmp_path / "classifier"), *TINY])
+    # learning rate 0: the saved generative model is what the script built from the classifier checkpoint
+    metrics = finetune.main(["--task", "vqa", "--vqa_head", "generative", "--model_name_or_path",
+                             str(tmp_path / "classifier"), "--output_dir", str(tmp_path / "generative"),
+                             "--learning_rate", "0", *TINY])
+    assert "vqa_accuracy" in metrics  # ranked over the answer list
+    classifier = load_file(tmp_path / "classifier" / "model.safetensors")
+    generative = load_file(tmp_path / "generative" / "model.safetensors")
+    encoders = [name for name in classifier if name.startswith("efficientvlm.")]
+    assert encoders and all(torch.equal(classifier[name], generative[name]) for name in encoders)
+    fusion = "efficientvlm.fusion_model.encoder.layers.0."
+    copied = [name for name in classifier if name.startswith(fusion)]
+    decoder = "answer_decoder.encoder.layers.0."
+    assert copied and all(torch.equal(classifier[name], generative[name.replace(fusion, decoder)]) for name in copied)
+    model = AutoModelForVisualQuestionAnswering.from_pretrained(tmp_path / "generative")
+    assert type(model) is EfficientVLMForGenerativeVQA
+    assert model.config.answer_list == answer_vocabulary(ShapesConfig(image_size=32))
+
+    # without --vqa_head a generative checkpoint keeps its head (trained further, not replaced by a classifier)
+    finetune.main(["--task", "vqa", "--model_name_or_path", str(tmp_path / "generative"), "--output_dir",
+                   str(tmp_path / "again"), *TINY])
+    again = load_file(tmp_path / "again" / "model.safetensors")
+    assert again.keys() == generative.keys() and not any(name.startswith("classifier.") for name in again)
+    answers = pipeline("visual-question-answering", model=str(tmp_path / "again"))(
+        _red_image(), "what color is the circle?", top_k=2)
+    assert len(answers) == 2 and {a["answer"] for a in answers} <= set(model.config.answer_list)
+
+    bad = ["--task", "vqa", "--vqa_head", "classifier", "--model_name_or_path", str(tmp_path / "generative"),
+           "--output_dir", str(tmp_path / "bad"), *TINY]
+    capsys.readouterr()
+    assert finetune.run_script(finetune.main, bad, prog="finetune.py") == 2
+    line, = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("finetune.py: error: --vqa_head classifier: ")
+    assert "EfficientVLMForGenerativeVQA" in line and "leave --vqa_head out" in line
+    with pytest.raises(ValueError, match="the nlvr2 task has one head"):
+        finetune.main(["--task", "nlvr2", "--vqa_head", "generative", "--output_dir", str(tmp_path / "bad"), *TINY])
+
+    prune = _load_example("prune")
+    common = ["--task", "vqa", "--dataset", "shapes", "--shapes_train_size", "16", "--shapes_eval_size", "6",
+              "--shapes_image_size", "32", "--max_steps", "4", "--per_device_train_batch_size", "4",
+              "--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true", "--use_cpu", "true"]
+    result = prune.main([*common, "--teacher_name_or_path", str(tmp_path / "again"), "--student_layers", "1,1,1,1",
+                         "--target_sparsity", "0.3", "--lagrangian_warmup_steps", "2", "--reg_learning_rate", "0.2",
+                         "--output_dir", str(tmp_path / "pruned")])
+    assert "vqa_accuracy" in result["metrics"]
+    assert set(result["report"]["modalities"]) == {"vision", "text", "fusion", "decoder"}
+    assert abs(result["report"]["achieved_sparsity"] - 0.3) <= 0.01
+    pruned = AutoModelForVisualQuestionAnswering.from_pretrained(tmp_path / "pruned")
+    assert type(pruned) is EfficientVLMForGenerativeVQA and pruned.config.pruning_info["target_sparsity"] == 0.3
+
+    # a student checkpoint without an answer decoder becomes a generative student (decoder from its fusion layers)
+    teacher, student, _ = prune.load_models("vqa", TaskHeadArguments(), prune.ModelArguments(
+        teacher_name_or_path=str(tmp_path / "again"), model_name_or_path=str(tmp_path / "classifier")))
+    assert type(student) is EfficientVLMForGenerativeVQA and student.config.answer_list == teacher.config.answer_list
+    with pytest.raises(ValueError, match=r"--vqa_head classifier: .* an EfficientVLMForGenerativeVQA \(generative\)"):
+        prune.main([*common, "--vqa_head", "classifier", "--teacher_name_or_path", str(tmp_path / "again"),
+                    "--student_layers", "1,1,1", "--output_dir", str(tmp_path / "bad")])
+    with pytest.raises(ValueError, match=r"classifier\) checkpoint, not a trained EfficientVLMForGenerativeVQA"):
+        prune.main([*common, "--vqa_head", "generative", "--teacher_name_or_path", str(tmp_path / "classifier"),
+                    "--student_layers", "1,1,1", "--output_dir", str(tmp_path / "bad")])
+    with pytest.raises(ValueError, match=r"three or four layer counts, vision,text,fusion\[,decoder\]"):
+        prune.main([*common, "--teacher_name_or_path", str(tmp_path / "again"), "--student_layers", "1,1",
+                    "--output_dir", str(tmp_path / "bad")])
+
+
+def _red_image():
+    from PIL import Image
+
+    return Image.new("RGB", (32, 32), "red")

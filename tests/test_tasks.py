@@ -75,3 +75,39 @@ def test_one_registry_entry_per_head_gives_its_task_and_distillation_streams():
         task_of(EfficientVLMModel(config))
     with pytest.raises(ValueError, match="no task data here"):
         load_task_data("pretraining")
+
+
+def test_named_heads_choose_the_model_and_its_collator(tmp_path):
+    from efficientvlm import EfficientVLMForGenerativeVQA, EfficientVLMForVisualQuestionAnswering
+    from efficientvlm.data import GenerativeVQACollator, VQACollator
+    from efficientvlm.tasks import HEAD_NAMES
+
+    vqa = TASKS["vqa"]
+    assert HEAD_NAMES == ("classifier", "generative") and vqa.head() is vqa.heads[0]
+    data = load_task_data("vqa", "shapes", shapes_train_size=4, shapes_eval_size=2,
+                          shapes_config=ShapesConfig(image_size=32), tokenizer_dir=tmp_path / "tok")
+    processor = EfficientVLMProcessor(EfficientVLMImageProcessor(size={"height": 32, "width": 32}), data.tokenizer)
+    config = tiny_config(text_config={"vocab_size": len(data.tokenizer)})
+    generative = vqa.head("generative").build(data.labels, data.tokenizer, config=config)
+    classifier = vqa.head("classifier").build(data.labels, data.tokenizer, config=config)
+    assert type(generative) is EfficientVLMForGenerativeVQA and generative.config.answer_list == data.labels
+    assert type(classifier) is EfficientVLMForVisualQuestionAnswering
+    assert classifier.config.num_labels == len(data.labels)
+    collator = vqa.collator(processor, data.labels, model=generative)
+    assert isinstance(collator, GenerativeVQACollator)
+    assert collator.max_answer_length == generative.config.max_answer_length
+    assert isinstance(vqa.collator(processor, data.labels, model=classifier), VQACollator)
+    batch = collator([data.train[i] for i in range(4)])
+    assert torch.isfinite(generative(**batch).loss)
+
+    generative.save_pretrained(tmp_path / "generative")
+    assert vqa.checkpoint_head(tmp_path / "generative") is vqa.heads[1]
+    assert vqa.head(checkpoint=tmp_path / "generative") is vqa.heads[1]  # no name: the checkpoint's own head
+    with pytest.raises(ValueError, match="head 'answers': the vqa task has no such head; choose one of classifier, "
+                                         "generative"):
+        vqa.head("answers")
+    with pytest.raises(ValueError, match="head classifier: .* is an EfficientVLMForGenerativeVQA"):
+        vqa.head("classifier", checkpoint=tmp_path / "generative")
+    with pytest.raises(ValueError, match=r"the retrieval task has one head \(EfficientVLMForImageTextRetrieval\) "
+                                         r"\('generative' is a head of the vqa task\)"):
+        TASKS["retrieval"].head("generative")

@@ -10,6 +10,9 @@ demo, the trainers and user code look tasks up here instead of branching on the 
     collator = task.collator(processor, data.labels)
     metrics = task.evaluate(model, processor, data.eval)
     task_of(model), task_head(model).kd_streams              # the task of a model, and what KD distils of it
+    head = task.head("generative", checkpoint="path/to/student")  # a named head (VQA: classifier, generative)
+    model = head.build(data.labels, processor.tokenizer, checkpoint="path/to/student")
+    collator = task.collator(processor, data.labels, model=model)  # the collator of the model's head
 
 ``TASKS`` holds pre-training (general distillation: ``EfficientVLMForPreTraining``) and the four downstream tasks,
 ``DOWNSTREAM_TASKS`` names the latter (those with data, a collator and an evaluation here). Adding a task means one
@@ -18,7 +21,9 @@ entry here (see CONTRIBUTING.md, "Adding a task head").
 
 from __future__ import annotations
 
+import copy
 import json
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,11 +31,12 @@ from types import MappingProxyType
 from typing import Any
 
 from torch import nn
+from transformers import AutoConfig
 
 from . import data as evlm_data
 from . import evaluation
 from .lora import unwrap_lora
-from .models.configuration_efficientvlm import EfficientVLMConfig
+from .models.configuration_efficientvlm import EfficientVLMConfig, EfficientVLMGenerativeVQAConfig
 from .models.modeling_efficientvlm import (
     EfficientVLMForCaptioning,
     EfficientVLMForGenerativeVQA,
@@ -38,10 +44,11 @@ from .models.modeling_efficientvlm import (
     EfficientVLMForNLVR2,
     EfficientVLMForPreTraining,
     EfficientVLMForVisualQuestionAnswering,
+    EfficientVLMModel,
 )
 
-__all__ = ["DOWNSTREAM_TASKS", "KDLogits", "KDStream", "Task", "TaskHead", "TASKS", "TaskData", "TaskDataArguments",
-           "load_task_data", "small_config", "task_head", "task_of"]
+__all__ = ["DOWNSTREAM_TASKS", "HEAD_NAMES", "KDLogits", "KDStream", "Task", "TaskHead", "TaskHeadArguments", "TASKS",
+           "TaskData", "TaskDataArguments", "load_task_data", "small_config", "task_head", "task_of"]
 
 
 @dataclass(frozen=True)
@@ -87,11 +94,59 @@ class KDLogits:
 
 @dataclass(frozen=True)
 class TaskHead:
-    """One model class of a task and what distillation reads off its outputs."""
+    """One model class of a task: what distillation reads off its outputs, and how fine-tuning builds and feeds it.
+
+    Attributes:
+        model_class: the head's model class.
+        kd_streams / kd_logits: what distillation reads off its outputs.
+        name: its name where the task has several heads (VQA: ``"classifier"``, ``"generative"``; the example
+            scripts' ``--vqa_head``); None for a task's only head.
+        make_collator: ``(processor, labels, max_length, config) -> collator`` of this head (``config``: the model's,
+            or None); None: the task's ``make_collator``.
+        adapt: ``(model, labels, tokenizer) -> model``: makes a model of this head out of any EfficientVLM model (the
+            generative VQA head keeps a generative model, with ``labels`` as its answer list, and builds one around
+            the encoders of any other); None: the class loads any checkpoint of its task itself (``from_pretrained``,
+            a fresh head where the checkpoint has none) and takes ``labels`` as ``id2label``.
+    """
 
     model_class: type
     kd_streams: tuple[KDStream, ...]
     kd_logits: tuple[KDLogits, ...]
+    name: str | None = None
+    make_collator: Callable[..., Any] | None = None
+    adapt: Callable[..., Any] | None = None
+
+    def build(self, labels: Sequence[str] | None = None, tokenizer=None, *, checkpoint: str | os.PathLike | None = None,
+              vision_model: str | None = None, text_model: str | None = None,
+              config: EfficientVLMConfig | None = None):
+        """A model of this head from ``checkpoint`` (any EfficientVLM checkpoint: its encoders, and its head when
+        it is this one), from a CLIP ``vision_model`` and a BERT ``text_model``, or at random from ``config``.
+        ``labels`` (VQA: the answer list) become ``id2label`` (generative VQA: the ranked answer list, tokenised
+        with ``tokenizer``)."""
+        if sum(source is not None for source in (checkpoint, vision_model or text_model, config)) != 1:
+            raise ValueError("TaskHead.build needs exactly one source: checkpoint, vision_model + text_model, or "
+                             "config.")
+        if (vision_model is None) != (text_model is None):
+            raise ValueError("TaskHead.build: give vision_model and text_model together (a CLIP and a BERT "
+                             "checkpoint).")
+        id2label = {"id2label": dict(enumerate(labels))} if labels is not None else {}
+        if self.adapt is None:
+            if checkpoint is not None:
+                return self.model_class.from_pretrained(checkpoint, **id2label)
+            if vision_model is not None:
+                return self.model_class.from_vision_text_pretrained(vision_model, text_model, config_kwargs=id2label)
+            if labels is not None:
+                config = copy.deepcopy(config)
+                config.id2label = dict(enumerate(labels))
+                config.label2id = {label: i for i, label in enumerate(labels)}
+            return self.model_class(config)
+        if checkpoint is not None:
+            source = _load_checkpoint(checkpoint)
+        elif vision_model is not None:
+            source = EfficientVLMModel.from_vision_text_pretrained(vision_model, text_model)
+        else:
+            source = EfficientVLMModel(config)
+        return self.adapt(source, labels, tokenizer)
 
 
 @dataclass(frozen=True)
@@ -100,12 +155,14 @@ class Task:
 
     Attributes:
         name: registry key.
-        heads: the task's model classes; the first is the one fine-tuning builds (``model_class``).
+        heads: the task's model classes; the first is the one fine-tuning builds by default (``model_class``);
+            ``head(name, checkpoint)`` chooses one.
         kd_weights: default weights of the distillation loss (the fields of
             ``efficientvlm.distillation.LossWeights``), read off the official EfficientVLM code.
         main_metric: the key of ``evaluate``'s result that model cards and the demo report (downstream tasks).
         make_collator: ``(processor, labels, max_length) -> collator`` (labels: the VQA answer list, else ignored).
-        evaluate: ``(model, processor, dataset) -> metrics`` (downstream tasks).
+        evaluate: ``(model, processor, dataset) -> metrics`` (downstream tasks; for every head of the task: VQA
+            takes the arg-max of ``logits``, the classifier's scores or the generative head's answer ranking).
         shapes_train / shapes_eval: ``(n, split, shapes_config) -> Dataset`` of the synthetic benchmark.
         load_train / load_eval: ``(annotation files, image_root) -> Dataset`` of the official X-VLM JSON format.
     """
@@ -131,14 +188,116 @@ class Task:
         """Whether the task has data, a collator and an evaluation here (not pre-training)."""
         return self.evaluate is not None
 
-    def collator(self, processor, labels: Sequence[str] | None = None, max_length: int = 40):
+    def collator(self, processor, labels: Sequence[str] | None = None, max_length: int = 40, model=None):
+        """The training collator of ``model``'s head (without ``model``: of the task's first head)."""
+        head = task_head(model) if model is not None else self.heads[0]
+        if head not in self.heads:
+            raise ValueError(f"A {type(unwrap_lora(model)).__name__} is not a head of the {self.name!r} task.")
+        if head.make_collator is not None:
+            return head.make_collator(processor, labels, max_length, unwrap_lora(model).config if model else None)
         return self.make_collator(processor, labels, max_length)
+
+    def checkpoint_head(self, checkpoint: str | os.PathLike | EfficientVLMConfig) -> TaskHead | None:
+        """The head of this task a checkpoint (or its config) was saved from: the class its config's
+        ``architectures`` names or, without them, a head with its own config class (generative VQA); None for any
+        other checkpoint (a base, pre-training or other task's one)."""
+        config = checkpoint if isinstance(checkpoint, EfficientVLMConfig) else AutoConfig.from_pretrained(checkpoint)
+        saved_as = set(getattr(config, "architectures", None) or ())
+        for head in self.heads:
+            if head.model_class.__name__ in saved_as:
+                return head
+        if saved_as:
+            return None
+        return next((head for head in self.heads if head.model_class.config_class is not EfficientVLMConfig
+                     and isinstance(config, head.model_class.config_class)), None)
+
+    def head(self, name: str | None = None, checkpoint: str | os.PathLike | None = None, *, trained: bool = False,
+             option: str = "head") -> TaskHead:
+        """The head called ``name``; without a name, the head ``checkpoint`` was saved with (a generative VQA
+        checkpoint keeps its answer decoder), else the task's first head.
+
+        Args:
+            trained: the checkpoint must already have this head (a teacher: distilling from a head built now would
+                distil a random one); otherwise a head that builds itself around any model's encoders (``adapt``:
+                generative VQA) may start from a checkpoint of another head.
+            option: what the messages call the head's name (the example scripts: ``"--vqa_head"``).
+
+        Raises:
+            ValueError: a name this task has no head of, or a checkpoint the asked head cannot be built from (one
+                line naming both and the fix).
+        """
+        named = {head.name: head for head in self.heads if head.name}
+        if name is not None and name not in named:
+            if named:
+                raise ValueError(f"{option} {name!r}: the {self.name} task has no such head; choose one of "
+                                 f"{', '.join(named)}.")
+            owners = [task.name for task in TASKS.values() if any(head.name == name for head in task.heads)]
+            where = f" ({name!r} is a head of the {' and '.join(owners)} task)" if owners else ""
+            raise ValueError(f"{option} {name}: the {self.name} task has one head ({self.model_class.__name__})"
+                             f"{where}; leave {option} out.")
+        saved = self.checkpoint_head(checkpoint) if checkpoint is not None else None
+        if name is None:
+            return saved or self.heads[0]
+        head = named[name]
+        if saved is not None and saved is not head and trained:
+            raise ValueError(f"{option} {name}: {checkpoint} is an {saved.model_class.__name__} ({saved.name}) "
+                             f"checkpoint, not a trained {head.model_class.__name__}; give a teacher fine-tuned with "
+                             f"{option} {name}, or leave {option} out to use its head.")
+        if saved is not None and saved is not head and head.adapt is None:
+            raise ValueError(f"{option} {name}: {checkpoint} is an {saved.model_class.__name__} ({saved.name}) "
+                             f"checkpoint and an {head.model_class.__name__} is not built from one (its "
+                             f"{saved.name} head would be dropped); leave {option} out to keep that head, or start "
+                             "from a checkpoint without it.")
+        if saved is None and trained and head.adapt is not None:
+            raise ValueError(f"{option} {name}: {checkpoint} has no trained {head.model_class.__name__} head to "
+                             f"distil from; fine-tune one first (examples/finetune.py {option} {name}) and give "
+                             "that checkpoint.")
+        return head
 
 
 def _vqa_collator(processor, labels, max_length):
     if not labels:
         raise ValueError("The VQA collator needs the answer vocabulary (labels).")
     return evlm_data.VQACollator(processor, {answer: i for i, answer in enumerate(labels)}, max_length=max_length)
+
+
+def _generative_vqa_collator(processor, labels, max_length, config):
+    """Question + image with the weighted annotated answers (the answer list is not needed: every answer is
+    trained); answers as long as the model's ``max_answer_length``."""
+    answer_length = {"max_answer_length": config.max_answer_length} if config is not None else {}
+    return evlm_data.GenerativeVQACollator(processor, max_length=max_length, **answer_length)
+
+
+def _generative_vqa(model, labels, tokenizer):
+    """``model`` as an ``EfficientVLMForGenerativeVQA`` ranking ``labels``.
+
+    A generative model is kept (``labels`` become its answer list when they differ). Any other EfficientVLM model
+    gives its encoders to a new one whose answer decoder is shaped like, and initialised from, its fusion layers (the
+    official initialisation, as the demo does); a pre-training model also gives its MLM head as the decoder's LM
+    head."""
+    if isinstance(model, EfficientVLMForGenerativeVQA):
+        if labels is not None and list(labels) != model.config.answer_list:
+            model.set_answer_list(labels, tokenizer)
+        return model
+    if not labels or tokenizer is None:
+        raise ValueError("A generative VQA model built from the encoders of another model needs its answer list "
+                         "(labels) and the tokenizer to tokenise it.")
+    generative = EfficientVLMForGenerativeVQA(EfficientVLMGenerativeVQAConfig.from_encoder_config(model.config))
+    generative.efficientvlm.load_state_dict(model.base_model.state_dict())
+    if isinstance(model, EfficientVLMForPreTraining):
+        generative.lm_head.load_state_dict(model.lm_head.state_dict())
+    generative.init_decoder_from_fusion()
+    generative.set_answer_list(labels, tokenizer)
+    return generative
+
+
+def _load_checkpoint(checkpoint):
+    """Any EfficientVLM checkpoint as the model class it was saved from (its config's ``architectures``: a task
+    head of the registry), else as the base model."""
+    saved_as = set(AutoConfig.from_pretrained(checkpoint).architectures or ())
+    classes = [head.model_class for task in TASKS.values() for head in task.heads]
+    model_class = next((c for c in classes if c.__name__ in saved_as), EfficientVLMModel)
+    return model_class.from_pretrained(checkpoint)
 
 
 def _pretraining_collator(processor, labels, max_length):
@@ -215,11 +374,12 @@ TASKS: dict[str, Task] = {
     "vqa": Task(
         "vqa",
         heads=(TaskHead(EfficientVLMForVisualQuestionAnswering, (_VISION, _TEXT, _fusion("text")),
-                        (_logits(multilabel=True),)),
+                        (_logits(multilabel=True),), name="classifier"),
                TaskHead(EfficientVLMForGenerativeVQA,
                         (_VISION, _TEXT, _fusion("text"),
                          KDStream("decoder", "decoder_model_output", "decoder", "answers")),
-                        (_logits(rows="answers", output="answer_logits"),))),
+                        (_logits(rows="answers", output="answer_logits"),), name="generative",
+                        make_collator=_generative_vqa_collator, adapt=_generative_vqa)),
         kd_weights=_weights(0.6, 0.4, 0.4, 0.4, vision=(0.2, 1.0), text=(1.0, 1.0), fusion=(0.5, 0.5, 0.5),
                             decoder=(1.0, 1.0, 1.0)),
         make_collator=_vqa_collator, main_metric="vqa_accuracy", evaluate=evaluation.evaluate_vqa,
@@ -355,6 +515,26 @@ class TaskDataArguments:
             shapes_config=evlm_data.ShapesConfig(image_size=self.shapes_image_size),
             tokenizer_dir=Path(output_dir) / "shapes_vocab" if self.dataset == "shapes" else None,
         )
+
+
+#: The heads that have a name (the choices of ``--vqa_head``): ``"classifier"`` and ``"generative"``.
+HEAD_NAMES: tuple[str, ...] = tuple(dict.fromkeys(head.name for task in TASKS.values() for head in task.heads
+                                                  if head.name))
+
+
+@dataclass
+class TaskHeadArguments:
+    """The command-line choice of a task's head (``HfArgumentParser``); ``head(task, checkpoint)`` resolves it."""
+
+    vqa_head: str | None = field(
+        default=None, metadata={"help": "VQA head: 'classifier' (scores over the answer vocabulary) or 'generative' "
+                                        "(the paper's answer decoder, ranking the answer list); default: the head of "
+                                        "the given checkpoint (teacher), else the classifier",
+                                "choices": HEAD_NAMES})
+
+    def head(self, task: str, checkpoint: str | os.PathLike | None = None, trained: bool = False) -> TaskHead:
+        """``TASKS[task].head(self.vqa_head, checkpoint, trained=trained)``, its messages naming ``--vqa_head``."""
+        return TASKS[task].head(self.vqa_head, checkpoint, trained=trained, option="--vqa_head")
 
 
 def small_config(tokenizer, layers: tuple[int, int, int], hidden_size: int = 128, head_dim: int = 32,

@@ -11,8 +11,11 @@ Each head is exported as one or more *graphs*: small ``nn.Module`` wrappers with
   gallery once, rank by ``image_features @ text_features.T``, re-score the top candidates with ``itm``;
 * ``EfficientVLMForCaptioning``: ``vision`` (pixel_values -> image_embeds) and ``decoder`` (input_ids,
   attention_mask, image_embeds -> logits ``(batch, text_length, vocab)``). The decoder step is *uncached*: it
-  recomputes the whole prefix at every step, as ``generate()`` does in PyTorch (the model has no key/value cache
-  yet); greedy decoding calls it once per token with the prefix so far and takes the last position's logits.
+  recomputes the whole prefix (and the image tokens' cross-attention keys and values) at every step, as PyTorch's
+  ``generate(use_cache=False)`` does; greedy decoding calls it once per token with the prefix so far and takes the
+  last position's logits. The PyTorch model's cache (``EncoderDecoderCache``, what ``generate()`` uses by default)
+  is a Python object, not tensors: ``CaptionDecoderGraph`` calls ``forward`` without one, so the graph has no past or
+  present key/value inputs and outputs. A cached graph would take and return those per-layer tensors.
 
 Every input has a dynamic batch axis and every text input a dynamic length axis (up to
 ``text_config.max_position_embeddings``); the image size is fixed at the config's ``vision_config.image_size``.

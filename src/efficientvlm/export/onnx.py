@@ -45,7 +45,10 @@ EXPORTERS = ("dynamo", "legacy")
 LEGACY_OPSET = 17
 DECODER_NOTE = ("The captioning decoder graph is uncached: it takes the whole prefix (input_ids, attention_mask) "
                 "and the image tokens and returns the logits of every position; decode by calling it once per "
-                "token and reading the last position (the model has no key/value cache yet).")
+                "token and reading the last position. (The PyTorch model's generate() uses a key/value cache, "
+                "transformers' EncoderDecoderCache; the graph is exported from a forward call without one, and has "
+                "no past or present key/value inputs or outputs, so every step recomputes the prefix and the "
+                "image tokens' cross-attention keys and values.)")
 _ONNX_HELP = 'ONNX export needs the export extra: pip install "efficientvlm[export]" (onnx, onnxruntime, onnxscript).'
 
 
