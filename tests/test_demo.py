@@ -153,10 +153,9 @@ def test_demo_runs_every_stage_with_the_generative_head(generative_demo_dir, tmp
 
 def test_questions_per_image_trains_on_whole_images(tmp_path):
     """--questions-per-image k: k questions per training image, each image once per batch (image_index)."""
-    from efficientvlm.data import make_vqa_dataset
+    from efficientvlm.data import ShapesConfig, answer_vocabulary, build_tokenizer, make_vqa_dataset
     from efficientvlm.demo import _Stages, build_teacher, vqa_collator
     from efficientvlm.models import EfficientVLMImageProcessor, EfficientVLMProcessor
-    from efficientvlm.data import ShapesConfig, answer_vocabulary, build_tokenizer
     from efficientvlm.tasks import small_config
 
     cfg = DemoConfig.quick(questions_per_image=4, output_dir=str(tmp_path))
