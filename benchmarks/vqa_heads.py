@@ -63,7 +63,8 @@ def run(cfg: DemoConfig) -> dict:
     torch.set_num_threads(cfg.train_threads or torch.get_num_threads())
     shapes = ShapesConfig(image_size=cfg.image_size, seed=cfg.seed, max_objects=cfg.max_objects,
                           small_radius=cfg.small_radius, large_radius=cfg.large_radius, noise_prob=cfg.noise_prob)
-    train = make_vqa_dataset(cfg.train_size, split_seed="train", config=shapes)
+    train = make_vqa_dataset(cfg.train_size, split_seed="train", config=shapes,
+                             questions_per_image=cfg.questions_per_image)
     validation = make_vqa_dataset(cfg.validation_size, split_seed="validation", config=shapes)
     test = make_vqa_dataset(cfg.test_size, split_seed="test", config=shapes)
     tokenizer = build_tokenizer(out / "vocab", shapes)

@@ -71,6 +71,7 @@ def test_demo_writes_curves_figures_and_trainer_states(demo_dir):
     (["--teacher-layers", "6", "2"], "--teacher-layers"),
     (["--student-layers", "4", "1", "1", "--teacher-layers", "2", "2", "2"], "--student-layers"),
     (["--image-size", "60", "--patch-size", "8"], "--image-size"),
+    (["--questions-per-image", "0"], "--questions-per-image"),
 ])
 def test_bad_flags_fail_before_any_work_naming_the_flag(flags, message, tmp_path):
     result = subprocess.run([sys.executable, "-m", "efficientvlm.cli", "demo", *flags, "--output-dir",
@@ -148,3 +149,28 @@ def test_demo_runs_every_stage_with_the_generative_head(generative_demo_dir, tmp
         str(image), "what color is the circle?", top_k=2)
     assert len(answers) == 2 and all(a["answer"] in model.config.label2id for a in answers)
     assert "generative answer decoder" in ModelCard.load(generative_demo_dir / "hub" / "README.md").text
+
+
+def test_questions_per_image_trains_on_whole_images(tmp_path):
+    """--questions-per-image k: k questions per training image, each image once per batch (image_index)."""
+    from efficientvlm.data import ShapesConfig, answer_vocabulary, build_tokenizer, make_vqa_dataset
+    from efficientvlm.demo import _Stages, build_teacher, vqa_collator
+    from efficientvlm.models import EfficientVLMImageProcessor, EfficientVLMProcessor
+    from efficientvlm.tasks import small_config
+
+    cfg = DemoConfig.quick(questions_per_image=4, output_dir=str(tmp_path))
+    shapes = ShapesConfig(image_size=cfg.image_size, seed=0, max_objects=cfg.max_objects)
+    train = make_vqa_dataset(64, split_seed="train", config=shapes, questions_per_image=cfg.questions_per_image)
+    validation = make_vqa_dataset(8, split_seed="validation", config=shapes)
+    tokenizer = build_tokenizer(tmp_path / "vocab", shapes)
+    processor = EfficientVLMProcessor(EfficientVLMImageProcessor(size={"height": cfg.image_size,
+                                                                       "width": cfg.image_size}), tokenizer)
+    answers = answer_vocabulary(shapes)
+    config = small_config(tokenizer, cfg.teacher_layers, cfg.hidden_size, cfg.head_dim, cfg.image_size,
+                          cfg.patch_size, answers)
+    stages = _Stages(cfg, tmp_path, train, validation, vqa_collator(cfg, processor, answers))
+    trainer = stages.run("teacher", build_teacher(cfg, config, tokenizer, answers), 1.0)
+    assert trainer.state.global_step == 4
+    for batch in trainer.get_train_dataloader():  # 16 questions about 4 images
+        assert batch["pixel_values"].shape[0] == 4 and batch["image_index"].tolist() == sorted(
+            batch["image_index"].tolist()) and len(batch["input_ids"]) == 16

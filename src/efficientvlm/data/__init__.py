@@ -1,5 +1,6 @@
-"""Data for EfficientVLM: the synthetic ``shapes`` benchmark, loaders for the real annotation formats, collators, and
-``ImageTextStream`` for pre-training pairs streamed from tar shards or ``datasets`` streams."""
+"""Data for EfficientVLM: the synthetic ``shapes`` benchmark, loaders for the real annotation formats, collators
+(``VQACollator(group_images=True)`` with ``ImageGroupedSampler`` encodes each image once for all its questions in a
+batch), and ``ImageTextStream`` for pre-training pairs streamed from tar shards or ``datasets`` streams."""
 
 from .collators import (
     CaptioningCollator,
@@ -34,6 +35,7 @@ from .shapes import (
     make_vqa_dataset,
     text_vocabulary,
 )
+from .sampling import ImageGroupedSampler, ImageGroupedSamplingMixin, ImageGroupedTrainer
 from .streaming import BadSampleError, ImageTextStream, expand_shards
 
 __all__ = [
@@ -41,6 +43,9 @@ __all__ = [
     "BadSampleError",
     "CaptioningCollator",
     "GenerativeVQACollator",
+    "ImageGroupedSampler",
+    "ImageGroupedSamplingMixin",
+    "ImageGroupedTrainer",
     "ImageTextStream",
     "LazyImageDecoder",
     "MissingImageError",

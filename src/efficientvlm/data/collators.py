@@ -12,7 +12,9 @@ are meant for ``Trainer(data_collator=..., args=TrainingArguments(remove_unused_
 Labels:
 
 * :class:`VQACollator` -> ``labels``: float ``(B, num_labels)`` VQA soft scores (see
-  :func:`efficientvlm.metrics.answer_soft_scores`); answers outside ``label2id`` are dropped;
+  :func:`efficientvlm.metrics.answer_soft_scores`); answers outside ``label2id`` are dropped; with
+  ``group_images=True`` also ``image_index``: long ``(B,)``, each question's row of ``pixel_values``, which holds
+  every distinct image of the batch once;
 * :class:`GenerativeVQACollator` -> ``answer_input_ids`` / ``answer_attention_mask``: long ``(B, A, L)``, each
   question's distinct (normalised) answers as ``[CLS] answer [SEP]``, and ``answer_weights``: float ``(B, A)``, their
   weights (the official code's answer frequencies, or VQA soft scores); from the same ``answers`` as the classifier;
@@ -91,6 +93,15 @@ class VQACollator(_ProcessorCollator):
             metric would give) or ``"min3"`` (``min(1, count / 3)``).
         image_column, question_column, answers_column: row keys. Rows whose ``answers`` are missing or empty
             (test questions) get no labels; if no row has answers, ``labels`` is omitted.
+        group_images: put each distinct image of the batch (rows with the same ``image_id_column`` value) once in
+            ``pixel_values`` and add ``image_index`` (long ``(B,)``: each question's row of ``pixel_values``), so that
+            the model encodes each image once for all its questions (``EfficientVLMForVisualQuestionAnswering``
+            takes ``image_index``). Rows sharing an id must show the same image (``make_vqa_dataset(...,
+            questions_per_image=k)`` writes such rows). The library's trainers then keep an image's questions
+            together in the training order (:class:`~efficientvlm.data.ImageGroupedSampler`); with a plain
+            ``Trainer`` use :class:`~efficientvlm.data.ImageGroupedTrainer`, else rows are shuffled apart and
+            little is shared.
+        image_id_column: the row key naming a row's image, with ``group_images``.
     """
 
     def __init__(
@@ -103,6 +114,8 @@ class VQACollator(_ProcessorCollator):
         image_column: str = "image",
         question_column: str = "question",
         answers_column: str = "answers",
+        group_images: bool = False,
+        image_id_column: str = "image_id",
     ):
         super().__init__(processor, max_length, padding)
         self.label2id = dict(label2id)
@@ -110,12 +123,42 @@ class VQACollator(_ProcessorCollator):
         self.image_column = image_column
         self.question_column = question_column
         self.answers_column = answers_column
+        self.group_images = group_images
+        self.image_id_column = image_id_column
 
     def __call__(self, features: list[dict[str, Any]]):
-        batch = self._process([f[self.image_column] for f in features], [f[self.question_column] for f in features])
+        questions = [f[self.question_column] for f in features]
+        if self.group_images:
+            batch = self._process_grouped(features, questions)
+        else:
+            batch = self._process([f[self.image_column] for f in features], questions)
         answers = [f.get(self.answers_column) or [] for f in features]
         if any(answers):
             batch["labels"] = vqa_soft_labels(answers, self.label2id, self.score_rule)
+        return batch
+
+
+    def _process_grouped(self, features: list[dict[str, Any]], questions: list[str]):
+        """Tokenise every question, preprocess each distinct image once; ``image_index`` links them."""
+        missing = [i for i, f in enumerate(features) if f.get(self.image_id_column) is None]
+        if missing:
+            raise ValueError(
+                f"VQACollator(group_images=True) groups rows by {self.image_id_column!r}, but row {missing[0]} of the "
+                f"batch has none ({len(missing)} of {len(features)} rows lack it). Add the column (make_vqa_dataset "
+                "writes image_id), name another one with image_id_column=..., or set group_images=False."
+            )
+        rows: dict[Any, int] = {}  # image id -> row of pixel_values, in order of first appearance
+        images, image_index = [], []
+        for f in features:
+            key = f[self.image_id_column]
+            if key not in rows:
+                rows[key] = len(images)
+                images.append(f[self.image_column])
+            image_index.append(rows[key])
+        batch = self.processor(text=questions, padding=self.padding, truncation=self.truncation,
+                               max_length=self.max_length, return_tensors="pt")
+        batch["pixel_values"] = self.processor(images=images, return_tensors="pt")["pixel_values"]
+        batch["image_index"] = torch.tensor(image_index, dtype=torch.long)
         return batch
 
 

@@ -17,8 +17,10 @@ The training loop is the stock one. The trainer overrides only ``compute_loss`` 
 ``prediction_step`` (drop id columns, record each micro-batch's loss for the check), ``log`` (the extra terms),
 ``create_optimizer`` (adds the projections), ``_clip_grad_norm`` (clips the projections together with the student),
 ``save_model`` / ``_save_checkpoint`` (the finiteness check; the position of a streamed training set),
-``get_train_dataloader`` (a streamed training set is read per process) and ``train`` (restores the trainer's own
-state and a stream's position on resume, see below), and adds callbacks that clear the projections' gradients after each optimizer step, check each
+``get_train_dataloader`` (a streamed training set is read per process), ``_get_train_sampler`` (with a collator that
+groups images, ``VQACollator(group_images=True)``, images are shuffled and each image's questions kept in one batch:
+``efficientvlm.data.ImageGroupedSampler``) and ``train`` (restores the trainer's own state and a stream's position on
+resume, see below), and adds callbacks that clear the projections' gradients after each optimizer step, check each
 step before ``optimizer.step()``, count skipped steps and save the trainer's own state.
 
 State outside the model - here the projections' weights, in the pruning trainer also the gates, multipliers and
@@ -42,6 +44,7 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
+from ..data.sampling import ImageGroupedSamplingMixin
 from ..data.streaming import ImageTextStream
 from ..models.configuration_efficientvlm import CROSS_ATTENTION_MODALITIES
 from ..models.modeling_efficientvlm import EfficientVLMForVisualQuestionAnswering, EfficientVLMPreTrainedModel
@@ -186,7 +189,7 @@ class _ClearProjectionGradients(TrainerCallback):
         self.projections.zero_grad(set_to_none=True)
 
 
-class DistillationTrainer(Trainer):
+class DistillationTrainer(ImageGroupedSamplingMixin, Trainer):
     """Distil ``teacher_model`` into ``model`` (the student) with the EfficientVLM loss.
 
     Args:

@@ -129,7 +129,8 @@ class EfficientVLMModelOutput(_NestedEncoderOutputs, ModelOutput):
     Args:
         last_hidden_state: fusion output ``(batch, text_seq, hidden)``.
         pooler_output: the fused ``[CLS]`` token ``(batch, hidden)``.
-        image_embeds: vision tower output ``(batch, image_seq, vision_hidden)``.
+        image_embeds: vision tower output ``(batch, image_seq, vision_hidden)`` (``(num_images, ...)``, one row per
+            image, when the forward was given an ``image_index``).
         text_embeds: text encoder output ``(batch, text_seq, hidden)``.
         vision_model_output, text_model_output, fusion_model_output: each encoder's ``EfficientVLMEncoderOutput``
             (per-layer hidden states, attention maps and, for fusion, cross-attention maps), set when
@@ -854,6 +855,24 @@ class EfficientVLMPreTrainedModel(PreTrainedModel):
         vc.image_size = image_size
 
 
+def check_image_index(image_index: torch.Tensor, num_images: int, num_texts: int) -> None:
+    """Raise a ``ValueError`` naming the problem unless ``image_index`` is a ``(num_texts,)`` integer tensor of rows
+    in ``[0, num_images)`` (the ``image_index`` argument of ``EfficientVLMModel.forward``)."""
+    if not isinstance(image_index, torch.Tensor):
+        raise ValueError(f"image_index must be a torch.LongTensor (one image row per text), got "
+                         f"{type(image_index).__name__}.")
+    if image_index.is_floating_point() or image_index.is_complex() or image_index.dtype == torch.bool:
+        raise ValueError(f"image_index must hold integers (rows of pixel_values), got dtype {image_index.dtype}: "
+                         "pass a torch.long tensor.")
+    if image_index.dim() != 1 or image_index.shape[0] != num_texts:
+        raise ValueError(f"image_index has shape {tuple(image_index.shape)} but the batch has {num_texts} texts: "
+                         f"pass one entry per text, shape ({num_texts},).")
+    if num_texts and (image_index.min() < 0 or image_index.max() >= num_images):
+        raise ValueError(f"image_index holds rows {image_index.min().item()}..{image_index.max().item()} but there "
+                         f"are {num_images} images (rows 0..{num_images - 1} of pixel_values): each entry names the "
+                         "row of the text's image.")
+
+
 class EfficientVLMModel(EfficientVLMPreTrainedModel):
     """The bare EfficientVLM model: vision tower, text encoder and fusion encoder.
 
@@ -924,14 +943,22 @@ class EfficientVLMModel(EfficientVLMPreTrainedModel):
     @output_conventions
     def forward(self, pixel_values=None, input_ids=None, attention_mask=None, token_type_ids=None,
                 image_embeds=None, causal=False, output_attentions=None, output_hidden_states=None,
-                return_dict=None, **kwargs) -> EfficientVLMModelOutput:
+                return_dict=None, image_index=None, **kwargs) -> EfficientVLMModelOutput:
         """Encode images and texts and fuse them.
 
         Args:
-            pixel_values: ``(batch, 3, H, W)`` from ``EfficientVLMImageProcessor``.
+            pixel_values: ``(batch, 3, H, W)`` from ``EfficientVLMImageProcessor``; with ``image_index``,
+                ``(num_images, 3, H, W)``: each distinct image once.
             input_ids, attention_mask, token_type_ids: ``(batch, seq)`` from the tokenizer.
-            image_embeds: already encoded images (skips the vision tower).
+            image_embeds: already encoded images (skips the vision tower); with ``image_index``, one per image.
             causal: causal self-attention in the text and fusion layers (captioning).
+            image_index: optional ``(batch,)`` integer tensor: for each text, the row of ``pixel_values`` (or
+                ``image_embeds``) it is about. The vision tower then encodes each image once however many texts
+                ask about it (``VQACollator(group_images=True)`` builds such batches); the fusion encoder reads
+                each text's image states. ``None``: one image per text, row ``i`` with text ``i``.
+
+        With ``image_index``, ``image_embeds`` and the vision tower's hidden states and attentions have one row per
+        image; the text and fusion fields one row per text.
         """
         output_attentions = bool(output_attentions if output_attentions is not None else self.config.output_attentions)
         output_hidden_states = bool(
@@ -945,13 +972,19 @@ class EfficientVLMModel(EfficientVLMPreTrainedModel):
                 raise ValueError("Pass pixel_values (or precomputed image_embeds).")
             vision = self.encode_image(pixel_values, output_attentions, output_hidden_states)
             image_embeds = vision.last_hidden_state
-        if image_embeds.shape[0] != input_ids.shape[0]:
+        if image_index is not None:
+            check_image_index(image_index, image_embeds.shape[0], input_ids.shape[0])
+            text_images = image_embeds.index_select(0, image_index.to(image_embeds.device))
+        elif image_embeds.shape[0] != input_ids.shape[0]:
             raise ValueError(
-                f"{image_embeds.shape[0]} images but {input_ids.shape[0]} texts: pass one image per text."
+                f"{image_embeds.shape[0]} images but {input_ids.shape[0]} texts: pass one image per text, or an "
+                "image_index naming each text's image."
             )
+        else:
+            text_images = image_embeds
         text = self.encode_text(input_ids, attention_mask, token_type_ids, causal, output_attentions,
                                 output_hidden_states)
-        fusion = self.fuse(text.last_hidden_state, attention_mask, image_embeds, causal, output_attentions,
+        fusion = self.fuse(text.last_hidden_state, attention_mask, text_images, causal, output_attentions,
                            output_hidden_states)
         return EfficientVLMModelOutput(
             last_hidden_state=fusion.last_hidden_state,
@@ -1039,10 +1072,15 @@ class EfficientVLMForVisualQuestionAnswering(EfficientVLMPreTrainedModel):
 
     @output_conventions
     def forward(self, pixel_values=None, input_ids=None, attention_mask=None, token_type_ids=None, labels=None,
-                output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs) -> EfficientVLMHeadOutput:
+                output_attentions=None, output_hidden_states=None, return_dict=None, image_index=None,
+                **kwargs) -> EfficientVLMHeadOutput:
+        """``image_index`` (optional, ``(batch,)``): for each question, its row of ``pixel_values``, which then holds
+        each distinct image once (see ``EfficientVLMModel.forward``); ``vision_hidden_states`` /
+        ``vision_attentions`` then have one row per image."""
         outputs = self.efficientvlm(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask,
                                     token_type_ids=token_type_ids, output_attentions=output_attentions,
-                                    output_hidden_states=output_hidden_states, return_dict=True)
+                                    output_hidden_states=output_hidden_states, return_dict=True,
+                                    image_index=image_index)
         logits = self.classifier(outputs.pooler_output)
         loss = None
         if labels is not None:
