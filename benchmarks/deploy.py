@@ -239,7 +239,8 @@ def markdown(result: dict) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, row in result["models"].items():
         count = row["parameters"]
-        cells = [name, f"{count / 1e6:.1f}M" if count >= 1e6 else f"{count / 1e3:.0f}k", f"{row['macs_batch1'] / 1e9:.2f}"]
+        cells = [name, f"{count / 1e6:.1f}M" if count >= 1e6 else f"{count / 1e3:.0f}k",
+                 f"{row['macs_batch1'] / 1e9:.2f}"]
         cells += [f"{1000 * row['latency_s'][b]:.0f} ms" for b in batches]
         cells += [f"{row['ratio_to_reference'][b]:.2f}x" for b in batches]
         diff = row.get("max_abs_diff")

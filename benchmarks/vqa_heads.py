@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from transformers.utils import logging as hf_logging
 
-from efficientvlm.data import ShapesConfig, answer_vocabulary, build_tokenizer, make_caption_dataset, make_vqa_dataset
+from efficientvlm.data import make_caption_dataset
 from efficientvlm.demo import (
     DemoConfig,
     _blind_baseline,
@@ -39,17 +39,18 @@ from efficientvlm.demo import (
     _layers,
     _Stages,
     add_demo_arguments,
+    build_data,
     build_teacher,
     load_pretrained,
+    teacher_config,
     vqa_collator,
 )
 from efficientvlm.distillation import DistillationConfig, DistillationTrainer
 from efficientvlm.distillation.data import ImageTextPretrainingCollator
 from efficientvlm.evaluation import evaluate_vqa, measure_latency
-from efficientvlm.models import EfficientVLMForPreTraining, EfficientVLMImageProcessor, EfficientVLMProcessor
+from efficientvlm.models import EfficientVLMForPreTraining
 from efficientvlm.pruning import ModalAdaptivePruningTrainer, PruningConfig
 from efficientvlm.student import create_student
-from efficientvlm.tasks import small_config
 
 logger = logging.getLogger("benchmarks.vqa_heads")
 HEADS = ("classifier", "generative")
@@ -61,21 +62,10 @@ def run(cfg: DemoConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     eval_threads = cfg.threads or torch.get_num_threads()
     torch.set_num_threads(cfg.train_threads or torch.get_num_threads())
-    shapes = ShapesConfig(image_size=cfg.image_size, seed=cfg.seed, max_objects=cfg.max_objects,
-                          small_radius=cfg.small_radius, large_radius=cfg.large_radius, noise_prob=cfg.noise_prob)
-    train = make_vqa_dataset(cfg.train_size, split_seed="train", config=shapes,
-                             questions_per_image=cfg.questions_per_image)
-    validation = make_vqa_dataset(cfg.validation_size, split_seed="validation", config=shapes)
-    test = make_vqa_dataset(cfg.test_size, split_seed="test", config=shapes)
-    tokenizer = build_tokenizer(out / "vocab", shapes)
-    processor = EfficientVLMProcessor(
-        EfficientVLMImageProcessor(size={"height": cfg.image_size, "width": cfg.image_size}), tokenizer)
-    answers = answer_vocabulary(shapes)
-    config = small_config(tokenizer, cfg.teacher_layers, cfg.hidden_size, cfg.head_dim, cfg.image_size,
-                          cfg.patch_size, answers)
-    config.initializer_range = cfg.initializer_range
-    for sub in (config.text_config, config.fusion_config):
-        sub.hidden_dropout_prob = sub.attention_probs_dropout_prob = cfg.dropout
+    data = build_data(cfg, out)
+    shapes, train, validation, test = data.shapes, data.train, data.validation, data.test
+    tokenizer, processor, answers = data.tokenizer, data.processor, data.answers
+    config = teacher_config(cfg, tokenizer, answers)
 
     pretrained = None
     if cfg.pretrain_steps:

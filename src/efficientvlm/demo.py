@@ -321,6 +321,45 @@ def _layers(model) -> str:
     return "/".join(str(getattr(c, f"{m}_config").num_hidden_layers) for m in model_modalities(c))
 
 
+@dataclass
+class DemoData:
+    """The demo's data and its processing: the shapes generator's config, the three splits, tokenizer, processor and
+    answer list."""
+
+    shapes: ShapesConfig
+    train: object
+    validation: object
+    test: object
+    tokenizer: object
+    processor: EfficientVLMProcessor
+    answers: list[str]
+
+
+def build_data(cfg: DemoConfig, out: Path) -> DemoData:
+    """The shapes splits (training with ``cfg.questions_per_image`` questions per image), a tokenizer over the
+    generator's vocabulary (saved under ``out/vocab``), the processor and the answer list."""
+    shapes = ShapesConfig(image_size=cfg.image_size, seed=cfg.seed, max_objects=cfg.max_objects,
+                          small_radius=cfg.small_radius, large_radius=cfg.large_radius, noise_prob=cfg.noise_prob)
+    train = make_vqa_dataset(cfg.train_size, split_seed="train", config=shapes,
+                             questions_per_image=cfg.questions_per_image)
+    validation = make_vqa_dataset(cfg.validation_size, split_seed="validation", config=shapes)
+    test = make_vqa_dataset(cfg.test_size, split_seed="test", config=shapes)
+    tokenizer = build_tokenizer(out / "vocab", shapes)
+    processor = EfficientVLMProcessor(
+        EfficientVLMImageProcessor(size={"height": cfg.image_size, "width": cfg.image_size}), tokenizer)
+    return DemoData(shapes, train, validation, test, tokenizer, processor, answer_vocabulary(shapes))
+
+
+def teacher_config(cfg: DemoConfig, tokenizer, answers):
+    """The teacher's encoder config: ``cfg``'s layers, width, heads and image, the initialisation std, dropout."""
+    config = small_config(tokenizer, cfg.teacher_layers, cfg.hidden_size, cfg.head_dim, cfg.image_size,
+                          cfg.patch_size, answers)
+    config.initializer_range = cfg.initializer_range  # the std every module is initialised with
+    for sub in (config.text_config, config.fusion_config):
+        sub.hidden_dropout_prob = sub.attention_probs_dropout_prob = cfg.dropout
+    return config
+
+
 def vqa_collator(cfg: DemoConfig, processor, answers):
     """The training collator of ``--vqa-head``: soft-score labels, or the weighted answers of the decoder."""
     if cfg.vqa_head == "generative":
@@ -361,16 +400,9 @@ def run(cfg: DemoConfig) -> dict:
     logger.info("[1/7] data: %d training (on %d images), %d validation and %d held-out shapes VQA questions (%d px)",
                 cfg.train_size, -(-cfg.train_size // cfg.questions_per_image), cfg.validation_size, cfg.test_size,
                 cfg.image_size)
-    shapes = ShapesConfig(image_size=cfg.image_size, seed=cfg.seed, max_objects=cfg.max_objects,
-                          small_radius=cfg.small_radius, large_radius=cfg.large_radius, noise_prob=cfg.noise_prob)
-    train = make_vqa_dataset(cfg.train_size, split_seed="train", config=shapes,
-                             questions_per_image=cfg.questions_per_image)
-    validation = make_vqa_dataset(cfg.validation_size, split_seed="validation", config=shapes)
-    test = make_vqa_dataset(cfg.test_size, split_seed="test", config=shapes)
-    tokenizer = build_tokenizer(out / "vocab", shapes)
-    processor = EfficientVLMProcessor(
-        EfficientVLMImageProcessor(size={"height": cfg.image_size, "width": cfg.image_size}), tokenizer)
-    answers = answer_vocabulary(shapes)
+    data = build_data(cfg, out)
+    shapes, train, validation, test = data.shapes, data.train, data.validation, data.test
+    tokenizer, processor, answers = data.tokenizer, data.processor, data.answers
     collator = vqa_collator(cfg, processor, answers)
     stages = _Stages(cfg, out, train, validation, collator)
 
@@ -379,11 +411,7 @@ def run(cfg: DemoConfig) -> dict:
     accuracy["image-blind baseline"], majority = _blind_baseline(train, test)
 
     torch.set_num_threads(train_threads)
-    config = small_config(tokenizer, cfg.teacher_layers, cfg.hidden_size, cfg.head_dim, cfg.image_size,
-                          cfg.patch_size, answers)
-    config.initializer_range = cfg.initializer_range  # the std every module is initialised with
-    for sub in (config.text_config, config.fusion_config):
-        sub.hidden_dropout_prob = sub.attention_probs_dropout_prob = cfg.dropout
+    config = teacher_config(cfg, tokenizer, answers)
     torch.manual_seed(cfg.seed)
     teacher = build_teacher(cfg, config, tokenizer, answers)
     if cfg.pretrain_steps:
