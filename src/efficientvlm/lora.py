@@ -43,7 +43,6 @@ if TYPE_CHECKING:
 #: for the answer decoder in ``EfficientVLMForGenerativeVQA`` itself.
 LORA_ENCODERS: dict[str, str] = {**{modality: f"{modality}_model" for modality in MODALITIES},
                                  DECODER: "answer_decoder"}
-_DECODER = DECODER
 
 #: The linear layers of an encoder layer that LoRA targets by default: attention projections and the FFN.
 LORA_MODULES: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
@@ -71,7 +70,7 @@ def model_encoders(model: nn.Module) -> tuple[str, ...]:
     """The encoders of ``model`` LoRA can target: vision, text, fusion, and ``"decoder"`` for a model with an answer
     decoder (``EfficientVLMForGenerativeVQA``)."""
     _base(model)
-    return MODALITIES + ((_DECODER,) if hasattr(model, LORA_ENCODERS[_DECODER]) else ())
+    return MODALITIES + ((DECODER,) if hasattr(model, LORA_ENCODERS[DECODER]) else ())
 
 
 def default_lora_targets(model: nn.Module, encoders: Sequence[str] | None = None,
@@ -95,13 +94,13 @@ def default_lora_targets(model: nn.Module, encoders: Sequence[str] | None = None
     encoders = model_encoders(model) if encoders is None else _check(encoders, tuple(LORA_ENCODERS), "encoders")
     modules = _check(modules, LORA_MODULES, "modules")
     base = _base(model)
-    if _DECODER in encoders and _DECODER not in model_encoders(model):
+    if DECODER in encoders and DECODER not in model_encoders(model):
         raise ValueError(f"encoders includes 'decoder' but {type(model).__name__} has no answer decoder (only "
                          "EfficientVLMForGenerativeVQA has one): choose among 'vision', 'text', 'fusion'.")
     targets = []
     for encoder in encoders:
         attribute = LORA_ENCODERS[encoder]
-        owner = model if encoder == _DECODER else base  # the decoder belongs to the head, not the base model
+        owner = model if encoder == DECODER else base  # the decoder belongs to the head, not the base model
         prefix = "" if owner is model else f"{model.base_model_prefix}."
         for name, module in getattr(owner, attribute).encoder.layers.named_modules():
             if (isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in modules
@@ -133,7 +132,7 @@ def default_modules_to_save(model: nn.Module) -> list[str]:
         return [found for child, sub in module.named_children() for found in trainable(f"{name}.{child}", sub)
                 if f"{name}.{child}" not in tied]
 
-    return [found for name, module in model.named_children() if module is not base and name != LORA_ENCODERS[_DECODER]
+    return [found for name, module in model.named_children() if module is not base and name != LORA_ENCODERS[DECODER]
             for found in trainable(name, module) if any(True for _ in model.get_submodule(found).parameters())]
 
 

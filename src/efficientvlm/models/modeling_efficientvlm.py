@@ -960,10 +960,7 @@ class EfficientVLMModel(EfficientVLMPreTrainedModel):
         With ``image_index``, ``image_embeds`` and the vision tower's hidden states and attentions have one row per
         image; the text and fusion fields one row per text.
         """
-        output_attentions = bool(output_attentions if output_attentions is not None else self.config.output_attentions)
-        output_hidden_states = bool(
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        )
+        output_attentions, output_hidden_states = bool(output_attentions), bool(output_hidden_states)
         if input_ids is None:
             raise ValueError("input_ids are required: EfficientVLMModel fuses a text with an image.")
         vision = None
@@ -1643,9 +1640,9 @@ class EfficientVLMForGenerativeVQA(EfficientVLMPreTrainedModel, EfficientVLMCach
         if answer_attention_mask is None:
             answer_attention_mask = (answer_input_ids != self.config.text_config.pad_token_id).long()
         ids, mask = answer_input_ids.reshape(-1, length), answer_attention_mask.reshape(-1, length)
-        question_mask = None if attention_mask is None else attention_mask.repeat_interleave(answers, 0)
-        logits, decoder = self.decode(ids, mask, question.repeat_interleave(answers, 0), question_mask,
-                                      output_attentions, output_hidden_states)
+        # One row of question states per question: its ``answers`` consecutive answer rows share the cross-attention
+        # keys and values (EfficientVLMAttention), which are then projected once per question, not once per answer.
+        logits, decoder = self.decode(ids, mask, question, attention_mask, output_attentions, output_hidden_states)
         log_likelihood = self.sequence_log_likelihood(logits, ids, mask).view(batch, answers)
         loss = None
         if answer_weights is not None:
@@ -2202,10 +2199,7 @@ class EfficientVLMForCaptioning(EfficientVLMPreTrainedModel, EfficientVLMCachedG
                 passed. ``True`` without a cache starts a new one.
         """
         cache = self._new_cache(past_key_values if cache is None else cache, use_cache)
-        output_attentions = bool(output_attentions if output_attentions is not None else self.config.output_attentions)
-        output_hidden_states = bool(
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        )
+        output_attentions, output_hidden_states = bool(output_attentions), bool(output_hidden_states)
         if input_ids is None:
             raise ValueError("input_ids are required: the captioning decoder predicts the next token of a text.")
         base = self.efficientvlm
