@@ -21,7 +21,7 @@ def demo_dir(tmp_path_factory):
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "| pruned student |" in result.stdout and "| image-blind baseline |" in result.stdout
-    assert "Accuracy per question type" in result.stdout
+    assert "Accuracy per question type" in result.stdout and "Accuracy by the number of objects" in result.stdout
     return out
 
 
@@ -50,6 +50,13 @@ def test_demo_writes_every_row_of_the_experiment(demo_dir):
     for modality in ("vision", "text", "fusion"):
         assert abs(fixed["achieved_sparsity"][modality] - quick.target_sparsity) <= 0.03
     assert "learned_expected_sparsity" in results["pruning"]
+    # accuracy by the number of objects in the scene, for every row: overall per count, and colour / shape questions
+    # on one-object scenes against scenes of several
+    quick_counts = {str(n) for n in range(1, quick.max_objects + 1)}
+    for name in rows:
+        by_objects = results["accuracy_by_objects"][name]
+        assert set(by_objects) & quick_counts and all(0.0 <= v <= 1.0 for v in by_objects.values()), name
+        assert {"color 1", "color 2+"} & set(by_objects), name
 
 
 def test_demo_writes_curves_figures_and_trainer_states(demo_dir):
@@ -72,6 +79,8 @@ def test_demo_writes_curves_figures_and_trainer_states(demo_dir):
     (["--student-layers", "4", "1", "1", "--teacher-layers", "2", "2", "2"], "--student-layers"),
     (["--image-size", "60", "--patch-size", "8"], "--image-size"),
     (["--questions-per-image", "0"], "--questions-per-image"),
+    (["--vqa-loss", "hinge"], "--vqa-loss"),
+    (["--vqa-loss", "softmax", "--vqa-head", "generative"], "--vqa-loss"),
 ])
 def test_bad_flags_fail_before_any_work_naming_the_flag(flags, message, tmp_path):
     result = subprocess.run([sys.executable, "-m", "efficientvlm.cli", "demo", *flags, "--output-dir",

@@ -72,6 +72,22 @@ def test_scores_are_the_model_sigmoid(vqa, checkpoint, images):
     assert {a["answer"]: pytest.approx(a["score"], abs=1e-5) for a in answers} == expected
 
 
+def test_scores_are_the_softmax_for_a_single_label_head(checkpoint, images, tmp_path):
+    folder, _, processor = checkpoint
+    model = EfficientVLMForVisualQuestionAnswering.from_pretrained(folder)
+    model.config.problem_type = "single_label_classification"  # trained with softmax cross-entropy
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    single = pipeline("visual-question-answering", model=str(tmp_path))
+    image = Image.open(images["rgb.png"])
+    answers = single(image, "is there a red square?", top_k=len(ANSWERS))
+    with torch.no_grad():
+        probs = model(**processor(images=[image], text=["is there a red square?"])).logits.softmax(-1)[0]
+    assert {a["answer"]: pytest.approx(a["score"], abs=1e-5) for a in answers} == {
+        ANSWERS[i]: float(p) for i, p in enumerate(probs)}
+    assert sum(a["score"] for a in answers) == pytest.approx(1.0, abs=1e-5)
+
+
 def test_many_images_many_questions_and_batching(vqa, images):
     files = [str(images["rgb.png"]), str(images["l.jpg"])]
     per_image = vqa(files, "how many squares are there?", top_k=1)

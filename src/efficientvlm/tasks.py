@@ -80,7 +80,8 @@ class KDLogits:
     Attributes:
         name: the logged term (``kd_logits``; pre-training: ``kd_logits_itm``, ``kd_logits_mlm``).
         output: the head output's field holding the logits.
-        multilabel: the head scores each label on its own (sigmoid: VQA's classifier), not one softmax.
+        multilabel: the head can score each label on its own (sigmoid: VQA's classifier), not one softmax; whether
+            a given model does is ``scores_each_label(config)``.
         rows: ``"all"`` (one per example or pair), ``"text"`` (every non-padding token), ``"masked_tokens"`` (MLM:
             the masked tokens only, where X-VLM's MLM head predicts) or ``"answers"`` (generative VQA: every token of
             every given answer, the decoder's next-token distributions).
@@ -90,6 +91,12 @@ class KDLogits:
     output: str
     multilabel: bool
     rows: str
+
+    def scores_each_label(self, config) -> bool:
+        """Whether a model with ``config`` scores each label with its own sigmoid (distil per-label Bernoulli
+        distributions) rather than one softmax: a multi-label head, unless its ``config.problem_type`` is
+        ``"single_label_classification"`` (the VQA classifier trained with softmax cross-entropy)."""
+        return self.multilabel and getattr(config, "problem_type", None) != "single_label_classification"
 
 
 @dataclass(frozen=True)

@@ -138,6 +138,15 @@ def check_teacher_fits(teacher: EfficientVLMPreTrainedModel, student: EfficientV
             f"The teacher answers over {teacher.config.num_labels} labels and the student over "
             f"{student.config.num_labels} (or in another order): VQA logits KD needs the same config.id2label."
         )
+    if isinstance(student, EfficientVLMForVisualQuestionAnswering) and \
+            (teacher.config.problem_type or "multi_label_classification") != \
+            (student.config.problem_type or "multi_label_classification"):
+        raise ValueError(
+            f"The teacher was trained with problem_type={teacher.config.problem_type!r} and the student is set to "
+            f"{student.config.problem_type!r}: VQA logits KD compares the sigmoid scores of a multi-label head or the "
+            "softmax of a single-label one, so both need one config.problem_type. Create the student from this "
+            "teacher (efficientvlm.create_student copies it) or set student.config.problem_type to the teacher's."
+        )
 
 
 def check_teacher_trained(teacher: nn.Module) -> None:
@@ -248,6 +257,7 @@ class DistillationTrainer(ImageGroupedSamplingMixin, Trainer):
         self.loss_weights = args.loss_weights(self.task)
         self.layer_pairs: dict[str, LayerPairs] = resolve_layer_map(args.layer_map, teacher_model.config, model.config)
         self.task_head: TaskHead = task_head(model)  # the registry's streams and logits terms of this head
+        self._student_config = model.config  # its problem_type picks the VQA logits' KD distribution
         self.term_weights = self._term_weights()
         self._output_flags = {
             "output_hidden_states": any(name.startswith("kd_hidden_") for name in self.term_weights),
@@ -376,7 +386,7 @@ class DistillationTrainer(ImageGroupedSamplingMixin, Trainer):
         for term in self.task_head.kd_logits:
             student_logits = getattr(student_outputs, term.output, None)
             if term.name in self.term_weights and student_logits is not None:
-                kd = multilabel_logits_kd_loss if term.multilabel else logits_kd_loss
+                kd = multilabel_logits_kd_loss if term.scores_each_label(self._student_config) else logits_kd_loss
                 terms[term.name] = kd(*_logit_rows(term.rows, inputs, student_logits,
                                                    getattr(teacher_outputs, term.output)),
                                       temperature=self.args.temperature)

@@ -277,6 +277,9 @@ class EfficientVLMConfig(PreTrainedConfig):
         use_bbox_head: give ``EfficientVLMForPreTraining`` X-VLM's box-regression head (``bbox_head``), trained on
             batches with region texts (``target_bbox``). Off by default, as in X-VLM (``use_bbox_loss``): a head that
             a batch does not use leaves DDP's gradient buckets unreduced unless ``find_unused_parameters`` is set.
+        problem_type: the VQA classifier's loss (transformers' field): ``None`` / ``"multi_label_classification"``
+            (binary cross-entropy on soft scores, the default) or ``"single_label_classification"`` (softmax
+            cross-entropy, for data with one answer per question); see ``EfficientVLMForVisualQuestionAnswering``.
         pruning_info: optional record of what pruning did (target, achieved sparsity per modality, parameter
             counts). Informational only: shapes are always read from the sub-configs.
 
@@ -345,6 +348,13 @@ class EfficientVLMConfig(PreTrainedConfig):
         if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)) or not 0 <= smoothing < 1:
             raise ValueError(f"EfficientVLMConfig.caption_label_smoothing must be in [0, 1) (the paper: 0.1), got "
                              f"{smoothing!r}.")
+        problem_type = kwargs.get("problem_type", getattr(self, "problem_type", None))
+        if problem_type not in (None, "multi_label_classification", "single_label_classification"):
+            raise ValueError(
+                f"EfficientVLMConfig.problem_type={problem_type!r} is not supported: the VQA classifier trains with "
+                "'multi_label_classification' (binary cross-entropy on soft scores, the default: VQAv2's ten answers) "
+                "or 'single_label_classification' (softmax cross-entropy, for one answer per question)."
+            )
         super().__post_init__(**kwargs)
         self._set_aside_installed_pipelines()
 

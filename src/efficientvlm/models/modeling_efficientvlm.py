@@ -1056,8 +1056,18 @@ class EfficientVLMForVisualQuestionAnswering(EfficientVLMPreTrainedModel):
 
     This deliberately differs from the paper, which ranks answers with a generative decoder: a classifier head
     gives a fixed-cost forward pass, prunes like the rest of the model and plugs into the standard
-    ``visual-question-answering`` pipeline. ``labels`` are soft scores ``(batch, num_labels)`` in [0, 1]; the loss is
-    binary cross-entropy with logits, multiplied by the number of labels (the ViLT / BUTD convention).
+    ``visual-question-answering`` pipeline. ``labels`` are soft scores ``(batch, num_labels)`` in [0, 1].
+
+    The loss follows ``config.problem_type``, as transformers' classification heads do:
+
+    - ``None`` or ``"multi_label_classification"`` (the default): binary cross-entropy with logits, multiplied by the
+      number of labels (the ViLT / BUTD convention for VQAv2, whose ten human answers often disagree);
+    - ``"single_label_classification"``: cross-entropy of the softmax against the soft scores normalised to sum to
+      one, for data with one answer per question (a question whose answers are all outside the vocabulary adds 0).
+      On the demo's synthetic shapes it lets the question's words steer the answer far earlier: see the README.
+
+    The pipeline scores answers with the matching sigmoid or softmax, and distillation compares the matching
+    distributions (``tasks.vqa_logits_are_multilabel``).
     """
 
     def __init__(self, config: EfficientVLMConfig):
@@ -1086,8 +1096,20 @@ class EfficientVLMForVisualQuestionAnswering(EfficientVLMPreTrainedModel):
                     f"VQA labels must be soft scores of shape (batch, num_labels)={tuple(logits.shape)}, got "
                     f"{tuple(labels.shape)}."
                 )
-            loss = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype)) * labels.shape[1]
+            loss = vqa_classification_loss(logits, labels, self.config.problem_type)
         return EfficientVLMHeadOutput(loss=loss, logits=logits, **_model_fields(outputs))
+
+
+def vqa_classification_loss(logits: torch.Tensor, labels: torch.Tensor, problem_type: str | None) -> torch.Tensor:
+    """The VQA classifier's loss on soft scores ``labels`` ``(batch, num_labels)`` (see
+    ``EfficientVLMForVisualQuestionAnswering``): BCE times ``num_labels`` for ``None`` /
+    ``"multi_label_classification"``, soft-target softmax cross-entropy (mean over questions) for
+    ``"single_label_classification"``."""
+    labels = labels.to(logits.dtype)
+    if problem_type == "single_label_classification":
+        targets = labels / labels.sum(-1, keepdim=True).clamp_min(torch.finfo(labels.dtype).tiny)
+        return -(targets * logits.float().log_softmax(-1)).sum(-1).mean()
+    return F.binary_cross_entropy_with_logits(logits, labels) * labels.shape[1]
 
 
 def _model_fields(outputs: EfficientVLMModelOutput) -> dict:

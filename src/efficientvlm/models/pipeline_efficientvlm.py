@@ -16,8 +16,9 @@ vqa({"image": image, "question": "..."})                # dict, or a list of dic
 Images may be PIL images, file paths, ``http(s)://`` URLs, ``data:image/`` URIs, numpy arrays or torch tensors (see
 ``EfficientVLMImageProcessor``; ``do_rescale=False`` for float images in [0, 1], ``input_data_format`` for the channel
 axis of arrays). Each input returns ``[{"answer": str, "score": float}, ...]`` (``top_k`` answers, sorted by score;
-classifier heads score answers with a sigmoid, as they are trained on soft scores; answer-ranking heads with the
-softmax over the answers they re-scored, the paper's answer probabilities).
+classifier heads score answers with a sigmoid, as they are trained on soft scores, or with a softmax where
+``config.problem_type`` is ``"single_label_classification"``; answer-ranking heads with the softmax over the answers
+they re-scored, the paper's answer probabilities).
 
 Arguments are checked before anything runs: ``top_k`` must be a positive integer, ``image`` a non-empty image or list
 of images, ``question`` a non-empty string or list of strings. A classifier model whose head was not loaded from its
@@ -162,6 +163,8 @@ class EfficientVLMVQAPipeline(Pipeline):
         if getattr(self.model, "ranks_answers", False):
             probs = logits.softmax(-1)  # -inf (answers not re-scored) -> 0
             top_k = min(top_k, int(probs.gt(0).sum()))
+        elif self.model.config.problem_type == "single_label_classification":  # trained with one softmax
+            probs = logits.softmax(-1)
         else:
             probs = logits.sigmoid()
         scores, ids = probs.topk(min(top_k, probs.shape[-1]))
