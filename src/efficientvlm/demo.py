@@ -321,8 +321,9 @@ def _blind_baseline(train, test) -> tuple[dict[str, float], dict[str, str]]:
 
 def _accuracy_by_objects(predictions: dict[str, list[str]], test) -> dict[str, dict[str, float]]:
     """Per model, VQA accuracy on the held-out scenes of each number of objects (``"1"``, ``"2"``, ...) and per
-    question type on one-object scenes and on scenes of several (``"color 1"``, ``"color 2+"``, ...). With one object a colour or shape question names the only object,
-    so only scenes of two or more show whether a model reads *which* object the question asks about."""
+    question type on one-object scenes and on scenes of several (``"color 1"``, ``"color 2+"``, ...). With one object
+    a colour or shape question names the only object, so only scenes of two or more show whether a model reads
+    *which* object the question asks about."""
     plain = test.with_format(None)
     objects = [str(len(Scene.from_json(scene).objects)) for scene in plain["scene"]]
     per_type = [f"{qtype} {'1' if n == '1' else '2+'}" for qtype, n in zip(plain["question_type"], objects)]

@@ -348,7 +348,7 @@ class EfficientVLMConfig(PreTrainedConfig):
         if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)) or not 0 <= smoothing < 1:
             raise ValueError(f"EfficientVLMConfig.caption_label_smoothing must be in [0, 1) (the paper: 0.1), got "
                              f"{smoothing!r}.")
-        problem_type = kwargs.get("problem_type", getattr(self, "problem_type", None))
+        problem_type = self.problem_type
         if problem_type not in (None, "multi_label_classification", "single_label_classification"):
             raise ValueError(
                 f"EfficientVLMConfig.problem_type={problem_type!r} is not supported: the VQA classifier trains with "

@@ -1064,10 +1064,9 @@ class EfficientVLMForVisualQuestionAnswering(EfficientVLMPreTrainedModel):
       number of labels (the ViLT / BUTD convention for VQAv2, whose ten human answers often disagree);
     - ``"single_label_classification"``: cross-entropy of the softmax against the soft scores normalised to sum to
       one, for data with one answer per question (a question whose answers are all outside the vocabulary adds 0).
-      On the demo's synthetic shapes it lets the question's words steer the answer far earlier: see the README.
 
     The pipeline scores answers with the matching sigmoid or softmax, and distillation compares the matching
-    distributions (``tasks.vqa_logits_are_multilabel``).
+    distributions (``tasks.KDLogits.scores_each_label``).
     """
 
     def __init__(self, config: EfficientVLMConfig):
