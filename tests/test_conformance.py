@@ -146,6 +146,9 @@ def test_config_common_kwargs_and_num_labels_round_trip():
     reloaded = EfficientVLMConfig.from_dict(config.to_dict())
     for key, value in common.items():
         assert getattr(config, key) == value and getattr(reloaded, key) == value, key
+    # label2id follows id2label (transformers 5 fills it only through num_labels): config.label2id["yes"] works
+    assert config.label2id == reloaded.label2id == {"no": 0, "yes": 1}
+    assert EfficientVLMConfig(id2label={0: "a"}, label2id={"a": 0, "b": 1}).label2id == {"a": 0, "b": 1}  # given: kept
     config.num_labels = 5
     assert len(config.id2label) == 5 and len(config.label2id) == 5
     config.num_labels = 3

@@ -356,6 +356,8 @@ class EfficientVLMConfig(PreTrainedConfig):
                 "or 'single_label_classification' (softmax cross-entropy, for one answer per question)."
             )
         super().__post_init__(**kwargs)
+        if self.id2label and not self.label2id:  # transformers 5 fills label2id only through num_labels
+            self.label2id = {label: index for index, label in self.id2label.items()}
         self._set_aside_installed_pipelines()
 
     def _set_aside_installed_pipelines(self) -> None:
