@@ -474,6 +474,16 @@ def test_card_options_put_what_is_true_of_the_model_in_the_vqa_card():
            "### Accuracy vs latency\n\n![Accuracy vs latency](figures/latency.png)\n\n## Limitations" in text
 
 
+def test_the_vqa_card_scores_a_single_label_classifier_with_a_softmax():
+    text = cards.render_model_card("vqa", repo_id="org/x",
+                                   config=tiny_config(problem_type="single_label_classification")).text
+    usage = [snippet for snippet in card_snippets(text) if ".logits." in snippet]
+    assert usage and all(".logits.softmax(-1)" in snippet and "sigmoid" not in snippet for snippet in usage)
+    assert "independent sigmoids" not in text and "scores are a softmax over the answer vocabulary" in text
+    default = cards.render_model_card("vqa", repo_id="org/x", config=tiny_config()).text
+    assert "independent sigmoids" in default and ".logits.sigmoid()" in default and "softmax" not in default
+
+
 @pytest.mark.parametrize("task", sorted(cards.CARD_KINDS))
 def test_limitations_and_figures_apply_to_every_card(task):
     kind = cards.CARD_KINDS[task]

@@ -9,7 +9,8 @@ the repository is a link to that folder, so there is one copy). Each template is
 * ``num_parameters``, ``image_size``, ``architecture_table`` (per-layer sizes read from the config);
 * ``eval_table`` (Markdown table of the evaluation results, also in the ``model-index`` metadata);
 * ``pruning_section`` (Markdown rendered from a pruning report, see [`render_pruning_section`]);
-* ``citation_bibtex``; task specifics: ``num_answers`` and ``generative_vqa`` (VQA: the answer decoder head),
+* ``citation_bibtex``; task specifics: ``num_answers``, ``generative_vqa`` (VQA: the answer decoder head) and
+  ``single_label_vqa`` (VQA: a classifier trained with softmax cross-entropy, scored with a softmax),
   ``has_pretraining_heads`` (pre-training);
 * what is true of this particular model, from optional ``render_model_card`` keyword arguments (without them the card
   is the generic one):
@@ -523,6 +524,7 @@ def render_model_card(
         "num_answers": getattr(config, "num_labels", "") if config is not None else "",
         "has_pretraining_heads": architecture != "EfficientVLMModel",
         "generative_vqa": getattr(config, "decoder_config", None) is not None,
+        "single_label_vqa": getattr(config, "problem_type", None) == "single_label_classification",
         "eval_table": render_eval_table(results),
         "pruning_section": render_pruning_section(pruning_report, pruning_figure),
         "citation_bibtex": CITATION_BIBTEX,
