@@ -113,7 +113,7 @@ def run(cfg: DemoConfig) -> dict:
     logger.info("evaluation on %d held-out questions; latency round-robin on %d thread(s)", cfg.test_size,
                 eval_threads)
     accuracy = {name: evaluate_vqa(model, processor, test) for name, model in models.items()}
-    accuracy["image-blind baseline"], _ = _blind_baseline(train, test)
+    accuracy["image-blind baseline"] = evaluate_vqa(None, None, test, predictions=_blind_baseline(train, test)[1])
     example = processor(images=[test[0]["image"]], text=[test[0]["question"]])
     batch = max(cfg.latency_batch_sizes)
     images, questions = [test[i]["image"] for i in range(batch)], [test[i]["question"] for i in range(batch)]

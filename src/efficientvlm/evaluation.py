@@ -67,8 +67,12 @@ def predict_vqa(model, processor, dataset, batch_size: int = 64, max_length: int
 
 def evaluate_vqa(model, processor, dataset, batch_size: int = 64, max_length: int = 40,
                  answers_column: str = "answers", type_column: str | None = "question_type",
-                 answer_type_column: str | None = "answer_type", official: bool = True) -> dict[str, float]:
+                 answer_type_column: str | None = "answer_type", official: bool = True,
+                 predictions: list[str] | None = None) -> dict[str, float]:
     """VQA accuracy (fraction in [0, 1]) overall, per question type and per answer type.
+
+    ``predictions``: one answer per row, when already computed (``predict_vqa``, or a baseline's answers); ``model``
+    and ``processor`` are then not used.
 
     ``vqa_accuracy`` follows the official VQA evaluation (``official=False``: the smoothed rules, see
     :mod:`efficientvlm.metrics.vqa`). When the dataset has ``type_column`` (VQAv2 and shapes: ``question_type``)
@@ -76,7 +80,10 @@ def evaluate_vqa(model, processor, dataset, batch_size: int = 64, max_length: in
     ``answer_type``), ``vqa_accuracy_answer_type_<answer type>`` -- the official ``perQuestionType`` and
     ``perAnswerType`` (divided by 100, not rounded).
     """
-    predictions = predict_vqa(model, processor, dataset, batch_size, max_length)
+    if predictions is None:
+        predictions = predict_vqa(model, processor, dataset, batch_size, max_length)
+    elif len(predictions) != len(dataset):
+        raise ValueError(f"predictions has {len(predictions)} answers for {len(dataset)} rows: give one per row.")
     plain = dataset.with_format(None) if hasattr(dataset, "with_format") else dataset
     references = [list(a) for a in plain[answers_column]]
     columns = getattr(dataset, "column_names", ())
