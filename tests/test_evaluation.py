@@ -62,6 +62,16 @@ def test_vqa_accuracy_of_a_constant_answer(setup):
         assert result["vqa_accuracy_color"] == 0.0
 
 
+def test_vqa_accuracy_of_given_predictions_equals_the_models(setup):
+    processor, config, answers = setup
+    dataset = make_vqa_dataset(24, split_seed="test", config=SHAPES)
+    model = EfficientVLMForVisualQuestionAnswering(config)
+    _force_class(model.classifier, answers.index("no"))
+    assert evaluate_vqa(None, None, dataset, predictions=["no"] * 24) == evaluate_vqa(model, processor, dataset)
+    with pytest.raises(ValueError, match="predictions has 3 answers for 24 rows"):
+        evaluate_vqa(None, None, dataset, predictions=["no"] * 3)
+
+
 def test_vqa_accuracy_per_answer_type_and_the_smoothed_option(setup):
     processor, config, answers = setup
     dataset = make_vqa_dataset(24, split_seed="test", config=SHAPES)
