@@ -183,3 +183,17 @@ def test_questions_per_image_trains_on_whole_images(tmp_path):
     for batch in trainer.get_train_dataloader():  # 16 questions about 4 images
         assert batch["pixel_values"].shape[0] == 4 and batch["image_index"].tolist() == sorted(
             batch["image_index"].tolist()) and len(batch["input_ids"]) == 16
+
+
+def test_speedup_is_the_median_of_per_round_ratios():
+    """A latency is the median over the rounds; a speed-up the median of each round's teacher / model ratio, so that a
+    round slowed for every model (load on shared cores) does not skew it."""
+    from efficientvlm.demo import _latency_and_speedup
+
+    rounds = {"teacher": [0.010, 0.020, 0.012, 0.030], "pruned": [0.004, 0.010, 0.003, 0.010]}
+    milliseconds, speedup = _latency_and_speedup(rounds, "pruned")
+    assert milliseconds == pytest.approx(1000 * (0.004 + 0.010) / 2)  # median of 0.003, 0.004, 0.010, 0.010
+    assert speedup == pytest.approx((2.5 + 3.0) / 2)  # ratios 2.5, 2.0, 4.0, 3.0 -> median 2.75
+    assert _latency_and_speedup(rounds, "teacher")[1] == 1.0
+    with pytest.raises(ValueError):  # rounds of different lengths are a bug, not data
+        _latency_and_speedup({"teacher": [0.01], "pruned": [0.01, 0.02]}, "pruned")

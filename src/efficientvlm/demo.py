@@ -40,6 +40,7 @@ import json
 import logging
 import os
 import shutil
+import statistics
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -144,7 +145,9 @@ class DemoConfig:
                                           "0.1: a trained student resists pruning, and the run is short)")
     lambda_learning_rate: float = _flag(0.3, "learning rate of the Lagrange multipliers")
     latency_batch_sizes: tuple[int, ...] = _flag((1, 16), "batch sizes timed", nargs="+")
-    latency_repeats: int = _flag(10, "timed rounds per batch size (median; models alternate every round)")
+    latency_repeats: int = _flag(30, "timed rounds per batch size: every model runs once per round, in rotating "
+                                     "order; a latency is the median over the rounds and a speed-up the median of the "
+                                     "per-round ratios to the teacher, which cancels load that drifts between rounds")
     threads: int = _flag(1, "torch threads for evaluation and timing (1 measures steadily on shared cores; 0 = "
                             "torch's choice)")
     train_threads: int = _flag(2, "torch threads while training (0 = torch's choice)")
@@ -335,6 +338,13 @@ def _accuracy_by_objects(predictions: dict[str, list[str]], test) -> dict[str, d
     return result
 
 
+def _latency_and_speedup(rounds: dict[str, list[float]], name: str) -> tuple[float, float]:
+    """``name``'s latency in ms (median over the rounds) and its speed-up over the teacher: the median of the
+    per-round ratios, so that load which drifts between rounds (shared cores) cancels out of each ratio."""
+    ratios = [teacher / model for teacher, model in zip(rounds["teacher"], rounds[name], strict=True)]
+    return 1000 * statistics.median(rounds[name]), statistics.median(ratios)
+
+
 def _forward_flops(model, inputs) -> int:
     """Multiply-accumulates of one forward (FlopCounterMode counts 2 FLOPs per MAC; eager attention, because CPU
     fused attention kernels are not counted)."""
@@ -501,7 +511,7 @@ def run(cfg: DemoConfig) -> dict:
     latency = {}
     for batch in cfg.latency_batch_sizes:
         inputs = processor(images=images[:batch], text=questions[:batch])
-        latency[batch] = measure_latency(models, lambda: inputs, repeats=cfg.latency_repeats)
+        latency[batch] = measure_latency(models, lambda: inputs, repeats=cfg.latency_repeats, per_round=True)
 
     teacher_accuracy = accuracy["teacher"]["vqa_accuracy"]
     rows = []
@@ -515,8 +525,8 @@ def run(cfg: DemoConfig) -> dict:
                                       if teacher_accuracy else 0.0)}
         for batch in cfg.latency_batch_sizes:
             if model is not None:
-                row[f"latency_ms_batch{batch}"] = 1000 * latency[batch][name]
-                row[f"speedup_batch{batch}"] = latency[batch]["teacher"] / latency[batch][name]
+                milliseconds, speedup = _latency_and_speedup(latency[batch], name)
+                row[f"latency_ms_batch{batch}"], row[f"speedup_batch{batch}"] = milliseconds, speedup
         if name in pruned:
             info = pruned[name][0].config.pruning_info
             row["target_sparsity"] = info["target_sparsity"]
