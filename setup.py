@@ -25,7 +25,9 @@ setup(
         "transformers>=5.0,<6",
         "datasets>=3.0",
         "evaluate>=0.4.3",
-        "accelerate>=1.0",
+        # < 1.16: with accelerate 1.16.0 (released 2026-12-02) a GradScaler whose scaled gradients overflow no longer
+        # lowers its scale in the Trainer's fp16 step (tests/test_numerics.py); held back until that is understood.
+        "accelerate>=1.0,<1.16",
         "huggingface-hub>=1.0",
         "peft>=0.13",
         "sentencepiece>=0.2",
